@@ -1,0 +1,234 @@
+//! Types and constants shared by leaktrace's eBPF programs (`tracer-ebpf`) and
+//! its userspace daemon (`tracer`).
+//!
+//! Every type that crosses the kernel/user boundary is `#[repr(C)]` and laid
+//! out with explicit padding fields, so that both sides agree byte for byte
+//! and no uninitialised padding is ever hashed as part of a map key.
+#![no_std]
+
+/// Allocation functions leaktrace probes. The discriminant travels to the
+/// eBPF programs in the low byte of the attach cookie, so one program can
+/// serve every function with the same argument layout.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AllocKind {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Reallocarray = 3,
+    PosixMemalign = 4,
+    AlignedAlloc = 5,
+    Memalign = 6,
+    Valloc = 7,
+    Pvalloc = 8,
+}
+
+impl AllocKind {
+    pub const ALL: [AllocKind; 9] = [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::Realloc,
+        AllocKind::Reallocarray,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+        AllocKind::Memalign,
+        AllocKind::Valloc,
+        AllocKind::Pvalloc,
+    ];
+
+    pub const fn from_u32(v: u32) -> Option<AllocKind> {
+        match v {
+            0 => Some(AllocKind::Malloc),
+            1 => Some(AllocKind::Calloc),
+            2 => Some(AllocKind::Realloc),
+            3 => Some(AllocKind::Reallocarray),
+            4 => Some(AllocKind::PosixMemalign),
+            5 => Some(AllocKind::AlignedAlloc),
+            6 => Some(AllocKind::Memalign),
+            7 => Some(AllocKind::Valloc),
+            8 => Some(AllocKind::Pvalloc),
+            _ => None,
+        }
+    }
+
+    /// The C symbol this kind is probed at.
+    pub const fn symbol(self) -> &'static str {
+        match self {
+            AllocKind::Malloc => "malloc",
+            AllocKind::Calloc => "calloc",
+            AllocKind::Realloc => "realloc",
+            AllocKind::Reallocarray => "reallocarray",
+            AllocKind::PosixMemalign => "posix_memalign",
+            AllocKind::AlignedAlloc => "aligned_alloc",
+            AllocKind::Memalign => "memalign",
+            AllocKind::Valloc => "valloc",
+            AllocKind::Pvalloc => "pvalloc",
+        }
+    }
+}
+
+/// Attach cookie layout: bits 0..8 hold the [`AllocKind`], bits 8..16 the
+/// number of bytes the probed instruction sits below the function's entry
+/// stack pointer (non-zero when the probe is placed after some pushes), so
+/// the program can still find the caller's return address.
+pub const fn cookie(kind: AllocKind, stack_delta: u8) -> u64 {
+    (kind as u64) | ((stack_delta as u64) << 8)
+}
+
+pub const fn cookie_kind(cookie: u64) -> u32 {
+    (cookie & 0xff) as u32
+}
+
+pub const fn cookie_stack_delta(cookie: u64) -> u64 {
+    (cookie >> 8) & 0xff
+}
+
+/// Stack id used when the kernel could not record a stack (map full, hash
+/// collision, unreadable user stack). The bytes are still accounted, under
+/// the immediate caller only, and the failure is counted.
+pub const STACK_UNKNOWN: u32 = u32::MAX;
+
+/// Key of the per-(thread, function kind) entry→return hand-off. Keying by
+/// kind as well as thread keeps an allocator that calls another (realloc →
+/// malloc) from overwriting the outer call's pending state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingKey {
+    pub tid: u32,
+    pub kind: u32,
+}
+
+/// State stashed by an entry probe for the matching return probe.
+/// Layout: 4×u64 then 2×u32, 40 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Pending {
+    /// Requested size in bytes (n × size for calloc/reallocarray).
+    pub size: u64,
+    /// realloc/reallocarray: the old pointer; posix_memalign: `memptr`.
+    pub aux: u64,
+    /// Return address into the caller of the allocation function.
+    pub caller: u64,
+    /// Stack pointer at function entry (before any pushes the probe skipped);
+    /// the matching return sees `entry_sp + 8`.
+    pub entry_sp: u64,
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
+/// One live allocation, keyed by its address. 24 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AllocRecord {
+    pub size: u64,
+    pub caller: u64,
+    pub stack_id: u32,
+    /// Generation (age bucket) current when the block was allocated.
+    pub generation: u32,
+}
+
+/// Key of the per-site totals: an allocation site (stack + immediate caller)
+/// and an age generation. Generation 0 is the "folded" bucket of everything
+/// older than the horizon (see [`Config`]). 16 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    pub caller: u64,
+    pub stack_id: u32,
+    pub generation: u32,
+}
+
+/// Outstanding bytes and blocks of one [`SiteKey`]. Signed because frees of
+/// folded allocations are subtracted from generation 0 before userspace has
+/// moved the folded positives out of the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteTotals {
+    pub bytes: i64,
+    pub count: i64,
+}
+
+/// Runtime configuration written by userspace into the one-element `CONFIG`
+/// array. 8 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Generation stamped on new allocations; starts at 1 (0 is the folded bucket).
+    pub generation: u32,
+    /// Frees of blocks from generations below this go to generation 0.
+    pub horizon: u32,
+}
+
+/// Indexes into the per-CPU `COUNTERS` array: everything the probes could
+/// not record. Userspace sums the CPUs and prints these in every report.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// An allocation not recorded because the allocation map was full.
+    AllocMapFull = 0,
+    /// An allocation not recorded because the per-site totals map was full.
+    SiteMapFull = 1,
+    /// A stack the kernel could not store (stack map full or hash collision).
+    StackLost = 2,
+    /// An entry probe could not stash its state (pending map full).
+    PendingMapFull = 3,
+    /// The caller's return address could not be read from the user stack.
+    CallerUnreadable = 4,
+    /// posix_memalign succeeded but `*memptr` could not be read.
+    ResultUnreadable = 5,
+}
+
+pub const COUNTER_COUNT: u32 = 6;
+
+/// Default map sizes (overridable by flags).
+pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
+pub const DEFAULT_MAX_SITES: u32 = 1 << 16;
+pub const DEFAULT_MAX_STACKS: u32 = 1 << 14;
+pub const DEFAULT_MAX_THREADS: u32 = 1 << 14;
+
+/// Frame-pointer walk depth stored per stack (the kernel's default
+/// `perf_event_max_stack`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers, and
+    // have no implicit padding (explicit `_pad` fields where needed), so
+    // every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for super::PendingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Pending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AllocRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SiteKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SiteTotals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<PendingKey>(), 8);
+        assert_eq!(size_of::<Pending>(), 40);
+        assert_eq!(size_of::<AllocRecord>(), 24);
+        assert_eq!(size_of::<SiteKey>(), 16);
+        assert_eq!(size_of::<SiteTotals>(), 16);
+        assert_eq!(size_of::<Config>(), 8);
+    }
+
+    #[test]
+    fn cookie_round_trips() {
+        for kind in AllocKind::ALL {
+            let c = cookie(kind, 24);
+            assert_eq!(AllocKind::from_u32(cookie_kind(c)), Some(kind));
+            assert_eq!(cookie_stack_delta(c), 24);
+        }
+    }
+}

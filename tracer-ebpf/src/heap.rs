@@ -1,0 +1,352 @@
+//! Allocator probes (malloc family and free).
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    macros::{map, uprobe, uretprobe},
+    maps::{Array, HashMap, PerCpuArray, StackTrace},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use tracer_common::{
+    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, Pending, PendingKey,
+    SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
+    DEFAULT_MAX_THREADS, STACK_UNKNOWN,
+};
+
+// Sizes here are defaults; userspace resizes every map from its flags
+// before loading.
+#[map]
+static PENDING: HashMap<PendingKey, Pending> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+
+/// Per thread: the entry stack pointer of the outermost allocator call in
+/// flight. A call entered below it is internal to that call (realloc →
+/// malloc) and is not recorded on its own.
+#[map]
+static INFLIGHT: HashMap<u32, u64> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+
+#[map]
+static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, 0);
+
+#[map]
+static SITES: HashMap<SiteKey, SiteTotals> = HashMap::with_max_entries(DEFAULT_MAX_SITES, 0);
+
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
+
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+const EEXIST: i32 = 17;
+
+/// `*dst += v` as one BPF atomic add (core's atomics need compare-and-swap,
+/// which the BPF target does not offer).
+///
+/// # Safety
+/// `dst` must point into a live map value.
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut i64, v: i64) {
+    // SAFETY: caller guarantees `dst` is a valid map value pointer.
+    unsafe {
+        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) v);
+    }
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, and uprobe programs do not nest on one CPU
+        // for the same program type, so nobody else writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Config {
+    match CONFIG.get(0) {
+        // SAFETY: the array slot always exists; a torn read of the two u32s
+        // only ever pairs a generation with a neighbouring horizon, which
+        // both sides tolerate.
+        Some(c) => unsafe { core::ptr::read_volatile(c) },
+        None => Config::default(),
+    }
+}
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn cookie<C: EbpfContext>(ctx: &C) -> u64 {
+    // SAFETY: helper call with the program's own context pointer.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
+    // SAFETY: the context of a uprobe program is the probed task's pt_regs.
+    unsafe { &*ctx.regs }
+}
+
+/// Adds `(bytes, count)` to a site's totals, creating the entry if needed.
+#[inline(always)]
+fn site_add(key: &SiteKey, bytes: i64, count: i64) -> bool {
+    for _ in 0..2 {
+        if let Some(v) = SITES.get_ptr_mut(key) {
+            // SAFETY: the pointer is into a live map value; atomics because
+            // other CPUs update the same site concurrently.
+            unsafe {
+                atomic_add(core::ptr::addr_of_mut!((*v).bytes), bytes);
+                atomic_add(core::ptr::addr_of_mut!((*v).count), count);
+            }
+            return true;
+        }
+        match SITES.insert(key, SiteTotals { bytes, count }, BPF_NOEXIST as u64) {
+            Ok(()) => return true,
+            // Another CPU created it between our lookup and insert: add to it.
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Forgets the block at `addr` (if we recorded it) and subtracts it from its
+/// site's totals.
+#[inline(always)]
+fn release(addr: u64) {
+    // SAFETY: the record is copied out before the entry is removed.
+    let rec = match unsafe { ALLOCS.get(&addr) } {
+        Some(r) => *r,
+        None => return,
+    };
+    if ALLOCS.remove(&addr).is_err() {
+        // Another thread released it first (a double free in the target).
+        return;
+    }
+    let cfg = config();
+    let generation = if rec.generation < cfg.horizon { 0 } else { rec.generation };
+    let key = SiteKey {
+        caller: rec.caller,
+        stack_id: rec.stack_id,
+        generation,
+    };
+    if !site_add(&key, -(rec.size as i64), -1) {
+        count(Counter::SiteMapFull);
+    }
+}
+
+/// Records a successful allocation of `size` bytes at `addr`.
+#[inline(always)]
+fn record(addr: u64, p: &Pending) {
+    // An address handed out again means the previous block there was freed
+    // by a path we do not see (or by an inner allocator call that we already
+    // recorded): the newest, outermost call wins.
+    release(addr);
+    let generation = config().generation;
+    let key = SiteKey {
+        caller: p.caller,
+        stack_id: p.stack_id,
+        generation,
+    };
+    if !site_add(&key, p.size as i64, 1) {
+        count(Counter::SiteMapFull);
+        return;
+    }
+    let rec = AllocRecord {
+        size: p.size,
+        caller: p.caller,
+        stack_id: p.stack_id,
+        generation,
+    };
+    if ALLOCS.insert(&addr, &rec, 0).is_err() {
+        count(Counter::AllocMapFull);
+        site_add(&key, -(p.size as i64), -1);
+    }
+}
+
+#[inline(always)]
+fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
+    let c = cookie(ctx);
+    let kind = cookie_kind(c);
+    let r = regs(ctx);
+    // Stack pointer as it was at the function's first instruction.
+    let entry_sp = r.rsp + cookie_stack_delta(c);
+    let tid = tid();
+
+    // SAFETY: plain u64 copied out of the map.
+    if let Some(outer_sp) = unsafe { INFLIGHT.get(&tid) } {
+        if entry_sp < *outer_sp {
+            return 0; // nested inside another probed allocator call
+        }
+    }
+
+    // SAFETY: reading a user-space word; failure is handled.
+    let caller = match unsafe { bpf_probe_read_user(entry_sp as *const u64) } {
+        Ok(ra) => ra,
+        Err(_) => {
+            count(Counter::CallerUnreadable);
+            0
+        }
+    };
+    // The frame-pointer walk starts at the caller's frame: frame 0 is the
+    // probed instruction and the immediate caller is missing, hence `caller`.
+    let stack_id = match unsafe {
+        // SAFETY: helper call with this program's context and a stack map.
+        aya_ebpf::helpers::bpf_get_stackid(ctx.as_ptr(), &STACKS as *const _ as *mut _, BPF_F_USER_STACK as u64)
+    } {
+        id if id >= 0 => id as u32,
+        _ => {
+            count(Counter::StackLost);
+            STACK_UNKNOWN
+        }
+    };
+
+    let key = PendingKey { tid, kind };
+    let pending = Pending {
+        size,
+        aux,
+        caller,
+        entry_sp,
+        stack_id,
+        _pad: 0,
+    };
+    if PENDING.insert(&key, &pending, 0).is_err() {
+        count(Counter::PendingMapFull);
+        return 0;
+    }
+    if INFLIGHT.insert(&tid, &entry_sp, 0).is_err() {
+        count(Counter::PendingMapFull);
+    }
+    0
+}
+
+/// malloc, valloc, pvalloc: size in the first argument.
+#[uprobe]
+pub fn alloc_entry_size0(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    on_entry(&ctx, r.rdi, 0)
+}
+
+/// memalign, aligned_alloc: (alignment, size).
+#[uprobe]
+pub fn alloc_entry_size1(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    on_entry(&ctx, r.rsi, 0)
+}
+
+/// calloc(nmemb, size).
+#[uprobe]
+pub fn alloc_entry_calloc(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    on_entry(&ctx, r.rdi.wrapping_mul(r.rsi), 0)
+}
+
+/// realloc(ptr, size).
+#[uprobe]
+pub fn alloc_entry_realloc(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    on_entry(&ctx, r.rsi, r.rdi)
+}
+
+/// reallocarray(ptr, nmemb, size).
+#[uprobe]
+pub fn alloc_entry_reallocarray(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    on_entry(&ctx, r.rsi.wrapping_mul(r.rdx), r.rdi)
+}
+
+/// posix_memalign(memptr, alignment, size).
+#[uprobe]
+pub fn alloc_entry_posix_memalign(ctx: ProbeContext) -> u32 {
+    let r = regs(&ctx);
+    on_entry(&ctx, r.rdx, r.rdi)
+}
+
+/// Return of every allocation function; the cookie says which.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let kind = cookie_kind(cookie(&ctx));
+    let tid = tid();
+    let key = PendingKey { tid, kind };
+    // SAFETY: the pending state is copied out before the entry is removed.
+    let p = match unsafe { PENDING.get(&key) } {
+        Some(p) => *p,
+        None => return 0,
+    };
+    // SAFETY: the context of a uretprobe program is the task's pt_regs.
+    let r = unsafe { &*ctx.regs };
+    // Only the return of the very call that stashed `p` (same stack depth)
+    // consumes it; a same-kind call nested inside it returns higher up.
+    if r.rsp != p.entry_sp + 8 {
+        return 0;
+    }
+    let _ = PENDING.remove(&key);
+    // SAFETY: plain u64 copied out of the map.
+    if let Some(sp) = unsafe { INFLIGHT.get(&tid) } {
+        if *sp == p.entry_sp {
+            let _ = INFLIGHT.remove(&tid);
+        }
+    }
+
+    let ret = r.rax;
+    match AllocKind::from_u32(kind) {
+        Some(AllocKind::Realloc) | Some(AllocKind::Reallocarray) => {
+            if ret != 0 {
+                // Success: the old block is gone (even if moved in place).
+                if p.aux != 0 {
+                    release(p.aux);
+                }
+                record(ret, &p);
+            } else if p.size == 0 && p.aux != 0 {
+                // realloc(p, 0) freed p and returned NULL.
+                release(p.aux);
+            }
+            // Otherwise the call failed and the old block is still live.
+        }
+        Some(AllocKind::PosixMemalign) => {
+            if ret as u32 == 0 {
+                // SAFETY: reading the user's out-parameter; failure handled.
+                match unsafe { bpf_probe_read_user(p.aux as *const u64) } {
+                    Ok(addr) if addr != 0 => record(addr, &p),
+                    Ok(_) => {}
+                    Err(_) => count(Counter::ResultUnreadable),
+                }
+            }
+        }
+        Some(_) => {
+            if ret != 0 {
+                record(ret, &p);
+            }
+        }
+        None => {}
+    }
+    0
+}
+
+/// free(ptr).
+#[uprobe]
+pub fn free_entry(ctx: ProbeContext) -> u32 {
+    let ptr = regs(&ctx).rdi;
+    if ptr != 0 {
+        release(ptr);
+    }
+    0
+}
+
+/// Does nothing: `--probe-mode empty` attaches it at the same sites to
+/// measure the cost of the probes themselves (the benchmark's floor).
+#[uprobe]
+pub fn empty_entry(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// Does nothing; the return-probe twin of [`empty_entry`].
+#[uretprobe]
+pub fn empty_return(_ctx: RetProbeContext) -> u32 {
+    0
+}

@@ -1,0 +1,26 @@
+//! leaktrace's kernel side: uprobes on the target's allocator.
+//!
+//! Entry probes stash `(size, caller, stack)` per (thread, function kind);
+//! return probes turn a successful result into an [`AllocRecord`] keyed by
+//! address and add it to per-site totals; `free` removes the record and
+//! subtracts it again. Userspace only ever reads the per-site totals and the
+//! stacks, so a report costs work per site, not per live allocation.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Inline BPF assembly (atomic add) is still unstable; the build sets RUSTC_BOOTSTRAP.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
+
+#[cfg(target_arch = "bpf")]
+mod heap;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it is here
+    // only because no_std requires one.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // Host builds of the workspace compile this crate as an empty binary.
+}
