@@ -1,1 +1,16 @@
+//! leaktrace: find what a running process allocates and never gives back.
+//!
+//! Data flow: [`target`] (what to attach to and where its allocator is) →
+//! [`probes`] (eBPF programs in the kernel) → [`collect`] (per-site totals
+//! read from the kernel, aged by generation) → [`symbolize`] (addresses to
+//! functions, on a thread of its own) → [`report`] (text or JSON lines).
+//! [`session`] runs the whole thing.
 
+pub mod cli;
+pub mod collect;
+pub mod privileges;
+pub mod probes;
+pub mod report;
+pub mod session;
+pub mod symbolize;
+pub mod target;

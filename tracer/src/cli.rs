@@ -1,0 +1,163 @@
+//! Command-line interface. Flag names follow bcc's memleak where they mean
+//! the same thing (`-p/--pid`, `-i/--interval`, `-T/--top`).
+
+use std::{ffi::OsString, time::Duration};
+
+use clap::{Parser, ValueEnum};
+use tracer_common::{DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_THREADS};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    about = "Report what a running process allocates and never frees, without restarting it",
+    long_about = "leaktrace attaches eBPF uprobes to the allocator of a running process (or of a \
+command it starts) and, every interval, reports the call stacks holding the most heap memory \
+that was allocated longer ago than --older-than and not freed since: bytes, blocks, age of the \
+oldest block and growth since the previous report. On Ctrl-C, SIGTERM, --count reports or target \
+exit it prints a final report and removes every probe; the target keeps running untouched.\n\n\
+Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).",
+    after_help = "Examples:\n  sudo leaktrace --pid 4242\n  sudo leaktrace -p 4242 -i 10 --older-than 30s --top 5\n  \
+sudo leaktrace --format json -n 3 -- ./server --port 8080"
+)]
+pub struct Cli {
+    /// Trace the already running process with this PID.
+    #[arg(short = 'p', long, value_name = "PID", required_unless_present = "command")]
+    pub pid: Option<u32>,
+
+    /// Seconds between reports (fractions allowed, or a unit: 500ms, 1m).
+    #[arg(short = 'i', long, value_name = "SECS", default_value = "5", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Stop after this many reports; the last one is the final report.
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Report only blocks allocated longer ago than this (e.g. 500ms, 30s, 2m; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub older_than: Duration,
+
+    /// Show at most this many allocation sites per report, largest first.
+    #[arg(short = 'T', long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Output format: human-readable text, or one JSON object per report per line.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// When to colour text output.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Capacity of the kernel's live-allocation table; allocations beyond it are counted as dropped.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ALLOCS)]
+    pub max_allocs: u32,
+
+    /// Capacity of the kernel's per-site totals table.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SITES)]
+    pub max_sites: u32,
+
+    /// Capacity of the kernel's stack table; stacks beyond it are counted as lost.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STACKS)]
+    pub max_stacks: u32,
+
+    /// Capacity of the per-thread tables (threads inside an allocation call at once).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_THREADS)]
+    pub max_threads: u32,
+
+    /// Benchmarking aid: `empty` attaches do-nothing probes at the same sites.
+    #[arg(long, value_enum, default_value_t = ProbeMode::Full, hide = true)]
+    pub probe_mode: ProbeMode,
+
+    /// Command to start under tracing (after `--`); leaktrace exits with its exit status.
+    #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeMode {
+    Full,
+    Empty,
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (try 500ms, 30s, 2m)"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s, m or h)")),
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("interval `{s}` is too short (minimum 10ms)"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_interval("1ms").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn pid_or_command_required() {
+        assert!(Cli::try_parse_from(["leaktrace"]).is_err());
+        assert!(Cli::try_parse_from(["leaktrace", "-p", "1", "--", "true"]).is_err());
+        let cli = Cli::try_parse_from(["leaktrace", "--", "ls", "-l"]).expect("launch mode parses");
+        assert_eq!(cli.command, vec![OsString::from("ls"), OsString::from("-l")]);
+        let cli = Cli::try_parse_from(["leaktrace", "-p", "42", "--older-than", "2s", "-n", "3"])
+            .expect("pid mode parses");
+        assert_eq!(cli.pid, Some(42));
+        assert_eq!(cli.older_than, Duration::from_secs(2));
+        assert_eq!(cli.count, Some(3));
+    }
+}

@@ -1,0 +1,248 @@
+//! Loading leaktrace's eBPF object and attaching its probes to the target.
+
+use std::{num::NonZeroU32, path::Path};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        ProbeKind, UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use tracer_common::{cookie, AllocKind, Config, PendingKey, Pending, SiteKey, SiteTotals};
+
+use crate::{
+    cli::ProbeMode,
+    target::{Allocator, ProbeFn},
+};
+
+/// The eBPF object built by build.rs from `tracer-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
+
+const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("this kernel has no uprobe support (no {UPROBE_PMU}; needs CONFIG_UPROBE_EVENTS)")]
+    NoUprobes,
+    #[error("cannot load eBPF programs into this kernel: {0} (needs CONFIG_BPF_SYSCALL, kernel 5.15 or newer)")]
+    Load(String),
+    #[error("cannot attach a probe to {function} in {library}: {reason}")]
+    Attach {
+        function: &'static str,
+        library: String,
+        reason: String,
+    },
+    #[error("eBPF object lacks {0} (build mismatch)")]
+    Missing(&'static str),
+}
+
+/// Capacities of the kernel-side tables.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub allocs: u32,
+    pub sites: u32,
+    pub stacks: u32,
+    pub threads: u32,
+}
+
+/// The maps userspace reads while tracing.
+pub struct HeapMaps {
+    pub sites: HashMap<MapData, SiteKey, SiteTotals>,
+    pub stacks: StackTraceMap<MapData>,
+    pub config: Array<MapData, Config>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub pending: HashMap<MapData, PendingKey, Pending>,
+    pub inflight: HashMap<MapData, u32, u64>,
+}
+
+struct Link {
+    program: &'static str,
+    id: UProbeLinkId,
+}
+
+/// Loaded programs and the links that attach them. Dropping this detaches
+/// everything too; [`HeapProbes::detach`] does it in a safe order.
+pub struct HeapProbes {
+    ebpf: Ebpf,
+    entry_links: Vec<Link>,
+    return_links: Vec<Link>,
+    mode: ProbeMode,
+}
+
+/// Checks the kernel can run what leaktrace needs, before touching anything.
+pub fn check_kernel_support() -> Result<(), ProbeError> {
+    if !Path::new(UPROBE_PMU).exists() {
+        return Err(ProbeError::NoUprobes);
+    }
+    Ok(())
+}
+
+fn entry_program(f: ProbeFn) -> &'static str {
+    match f {
+        ProbeFn::Free => "free_entry",
+        ProbeFn::Alloc(k) => match k {
+            AllocKind::Malloc | AllocKind::Valloc | AllocKind::Pvalloc => "alloc_entry_size0",
+            AllocKind::AlignedAlloc | AllocKind::Memalign => "alloc_entry_size1",
+            AllocKind::Calloc => "alloc_entry_calloc",
+            AllocKind::Realloc => "alloc_entry_realloc",
+            AllocKind::Reallocarray => "alloc_entry_reallocarray",
+            AllocKind::PosixMemalign => "alloc_entry_posix_memalign",
+        },
+    }
+}
+
+impl HeapProbes {
+    pub fn load(sizes: MapSizes, mode: ProbeMode) -> Result<Self, ProbeError> {
+        raise_memlock_limit();
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("ALLOCS", sizes.allocs.max(1))
+            .map_max_entries("SITES", sizes.sites.max(1))
+            .map_max_entries("STACKS", sizes.stacks.max(1))
+            .map_max_entries("PENDING", sizes.threads.max(1))
+            .map_max_entries("INFLIGHT", sizes.threads.max(1))
+            .load(EBPF_OBJECT)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let mut probes = Self { ebpf, entry_links: Vec::new(), return_links: Vec::new(), mode };
+        let names: Vec<&'static str> = match mode {
+            ProbeMode::Full => vec![
+                "alloc_entry_size0",
+                "alloc_entry_size1",
+                "alloc_entry_calloc",
+                "alloc_entry_realloc",
+                "alloc_entry_reallocarray",
+                "alloc_entry_posix_memalign",
+                "alloc_return",
+                "free_entry",
+            ],
+            ProbeMode::Empty => vec!["empty_entry", "empty_return"],
+        };
+        for name in names {
+            probes.program(name)?.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        }
+        Ok(probes)
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut UProbe, ProbeError> {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut UProbe>::try_from(p).ok())
+            .ok_or(ProbeError::Missing(name))
+    }
+
+    /// Attaches to every probe site of `alloc`, only for process `pid`.
+    ///
+    /// Return probes go in first: once an entry probe can fire, the return
+    /// probe of the same call is guaranteed to fire as well, so no entry
+    /// state is ever left behind by the attach itself.
+    pub fn attach(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Attach {
+            function: "malloc",
+            library: alloc.display.clone(),
+            reason: "PID 0".into(),
+        })?);
+        let (entry_of, return_prog) = match self.mode {
+            ProbeMode::Full => (entry_program as fn(ProbeFn) -> &'static str, "alloc_return"),
+            ProbeMode::Empty => ((|_| "empty_entry") as fn(ProbeFn) -> &'static str, "empty_return"),
+        };
+        for &(f, offset) in &alloc.sites {
+            if let ProbeFn::Alloc(kind) = f {
+                let id = self.attach_one(return_prog, kind.symbol(), alloc, offset, cookie(kind, 0), scope)?;
+                self.return_links.push(Link { program: return_prog, id });
+            }
+        }
+        for &(f, offset) in &alloc.sites {
+            let (name, c) = match f {
+                ProbeFn::Alloc(kind) => (kind.symbol(), cookie(kind, 0)),
+                ProbeFn::Free => ("free", 0),
+            };
+            let prog = entry_of(f);
+            let id = self.attach_one(prog, name, alloc, offset, c, scope)?;
+            self.entry_links.push(Link { program: prog, id });
+        }
+        Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        program: &'static str,
+        function: &'static str,
+        alloc: &Allocator,
+        offset: u64,
+        cookie: u64,
+        scope: UProbeScope,
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let library = alloc.display.clone();
+        let prog = self.program(program)?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        };
+        debug_assert!(matches!(prog.kind(), ProbeKind::Entry | ProbeKind::Return));
+        prog.attach(point, &alloc.path, scope)
+            .map_err(|e| ProbeError::Attach { function, library, reason: error_chain(&e) })
+    }
+
+    /// Moves the maps userspace reads out of the loaded object.
+    pub fn take_maps(&mut self) -> Result<HeapMaps, ProbeError> {
+        macro_rules! take {
+            ($name:literal) => {
+                self.ebpf
+                    .take_map($name)
+                    .ok_or(ProbeError::Missing($name))?
+                    .try_into()
+                    .map_err(|_| ProbeError::Missing($name))?
+            };
+        }
+        Ok(HeapMaps {
+            sites: take!("SITES"),
+            stacks: take!("STACKS"),
+            config: take!("CONFIG"),
+            counters: take!("COUNTERS"),
+            pending: take!("PENDING"),
+            inflight: take!("INFLIGHT"),
+        })
+    }
+
+    /// Removes every probe: entries first, so that no new call starts being
+    /// traced while its return probe is already gone.
+    pub fn detach(mut self) {
+        let entries = std::mem::take(&mut self.entry_links);
+        let returns = std::mem::take(&mut self.return_links);
+        for link in entries.into_iter().chain(returns) {
+            if let Ok(p) = self.program(link.program) {
+                // Errors here mean the link is already gone (target exited).
+                let _ = p.detach(link.id);
+            }
+        }
+        // Dropping `self.ebpf` unloads the programs and closes the maps.
+    }
+
+    pub fn probe_count(&self) -> usize {
+        self.entry_links.len() + self.return_links.len()
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it can
+/// fail without CAP_SYS_RESOURCE; that is harmless on newer kernels, where
+/// the memory is charged to the cgroup, so the result is ignored.
+fn raise_memlock_limit() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let msg = inner.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,125 @@
+//! JSON lines: one object per report. The schema is documented in the
+//! README ("JSON output"); keep the two in step.
+
+use std::{
+    io::{self, Write},
+    time::UNIX_EPOCH,
+};
+
+use serde_json::{json, Value};
+
+use super::{Report, SiteReport};
+use crate::symbolize::Frame;
+
+pub fn write(out: &mut impl Write, r: &Report) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &to_value(r))?;
+    out.write_all(b"\n")
+}
+
+fn to_value(r: &Report) -> Value {
+    json!({
+        "type": "heap_report",
+        "seq": r.seq,
+        "final": r.final_report,
+        "target_exited": r.target_exited,
+        "timestamp_ms": r.timestamp.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        "elapsed_ms": r.elapsed.as_millis() as u64,
+        "pid": r.pid,
+        "comm": r.comm,
+        "older_than_ms": r.older_than.as_millis() as u64,
+        "live_bytes": r.live_bytes,
+        "live_blocks": r.live_blocks,
+        "old_bytes": r.old_bytes,
+        "old_blocks": r.old_blocks,
+        "sites_total": r.sites_total,
+        "dropped": {
+            "alloc_map_full": r.dropped.alloc_map_full,
+            "site_map_full": r.dropped.site_map_full,
+            "stacks_lost": r.dropped.stacks_lost,
+            "pending_map_full": r.dropped.pending_map_full,
+            "caller_unreadable": r.dropped.caller_unreadable,
+            "result_unreadable": r.dropped.result_unreadable,
+        },
+        "stacks": r.sites.iter().map(site).collect::<Vec<_>>(),
+    })
+}
+
+fn site(s: &SiteReport) -> Value {
+    json!({
+        "bytes": s.bytes,
+        "blocks": s.blocks,
+        "oldest_age_ms": s.oldest.as_millis() as u64,
+        "growth_bytes": s.growth,
+        "allocator": s.allocator,
+        "stack_lost": s.stack_lost,
+        "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
+    })
+}
+
+fn frame(f: &Frame) -> Value {
+    json!({
+        "address": format!("{:#x}", f.address),
+        "symbol": f.symbol,
+        "module": f.module,
+        "file": f.file,
+        "line": f.line,
+        "inlined": f.inlined,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::Dropped;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn one_line_with_schema_fields() {
+        let r = Report {
+            seq: 2,
+            final_report: true,
+            timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1234),
+            elapsed: Duration::from_millis(5000),
+            pid: 42,
+            comm: "demo".into(),
+            older_than: Duration::from_millis(500),
+            live_bytes: 300,
+            live_blocks: 3,
+            old_bytes: 200,
+            old_blocks: 2,
+            sites_total: 1,
+            sites: vec![SiteReport {
+                bytes: 200,
+                blocks: 2,
+                oldest: Duration::from_millis(4000),
+                growth: Some(100),
+                allocator: Some("calloc"),
+                stack_lost: false,
+                frames: vec![Frame {
+                    address: 0x401000,
+                    symbol: Some("leak".into()),
+                    module: Some("demo".into()),
+                    file: Some("demo.c".into()),
+                    line: Some(7),
+                    inlined: false,
+                    location: None,
+                }],
+            }],
+            dropped: Dropped { stacks_lost: 3, ..Dropped::default() },
+            target_exited: false,
+        };
+        let mut buf = Vec::new();
+        write(&mut buf, &r).expect("writes");
+        let text = String::from_utf8(buf).expect("utf8");
+        assert_eq!(text.matches('\n').count(), 1);
+        let v: Value = serde_json::from_str(&text).expect("valid json");
+        assert_eq!(v["type"], "heap_report");
+        assert_eq!(v["timestamp_ms"], 1234);
+        assert_eq!(v["dropped"]["stacks_lost"], 3);
+        assert_eq!(v["stacks"][0]["bytes"], 200);
+        assert_eq!(v["stacks"][0]["allocator"], "calloc");
+        assert_eq!(v["stacks"][0]["growth_bytes"], 100);
+        assert_eq!(v["stacks"][0]["frames"][0]["address"], "0x401000");
+        assert_eq!(v["stacks"][0]["frames"][0]["line"], 7);
+    }
+}

@@ -1,0 +1,72 @@
+//! Reports: what one interval's reading says, rendered as text or JSON.
+
+mod json;
+mod text;
+
+use std::{
+    io::{self, Write},
+    time::{Duration, SystemTime},
+};
+
+use crate::{cli::Format, collect::Dropped, symbolize::Frame};
+
+pub use text::{bytes, human_duration, Style};
+
+/// One allocation site in a report.
+#[derive(Debug, Clone)]
+pub struct SiteReport {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub oldest: Duration,
+    /// Change in bytes since the previous report (`None`: first seen).
+    pub growth: Option<i64>,
+    /// The allocator function called (malloc, calloc, ...), when known.
+    pub allocator: Option<&'static str>,
+    /// The kernel could not store this site's stack: only the immediate
+    /// caller is known.
+    pub stack_lost: bool,
+    pub frames: Vec<Frame>,
+}
+
+/// One report: survivors older than the threshold, largest sites first.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seq: u64,
+    pub final_report: bool,
+    pub timestamp: SystemTime,
+    pub elapsed: Duration,
+    pub pid: u32,
+    pub comm: String,
+    pub older_than: Duration,
+    /// Every outstanding allocation, including young ones.
+    pub live_bytes: u64,
+    pub live_blocks: u64,
+    /// Survivors older than the threshold, over all sites (not just shown ones).
+    pub old_bytes: u64,
+    pub old_blocks: u64,
+    pub sites_total: usize,
+    pub sites: Vec<SiteReport>,
+    pub dropped: Dropped,
+    /// Set when the target exited before this report.
+    pub target_exited: bool,
+}
+
+/// Writes reports in the chosen format, one at a time, flushing each.
+pub struct Reporter {
+    format: Format,
+    style: Style,
+}
+
+impl Reporter {
+    pub fn new(format: Format, style: Style) -> Self {
+        Reporter { format, style }
+    }
+
+    pub fn write(&self, out: &mut impl Write, report: &Report) -> io::Result<()> {
+        match self.format {
+            Format::Text => text::write(out, report, self.style)?,
+            Format::Json => json::write(out, report)?,
+        }
+        out.flush()
+    }
+}

@@ -1,0 +1,162 @@
+//! Human-readable reports.
+
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
+
+use super::{Report, SiteReport};
+
+/// Whether to emit ANSI colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Plain,
+    Color,
+}
+
+impl Style {
+    fn paint(self, code: &str, s: &str) -> String {
+        match self {
+            Style::Plain => s.to_string(),
+            Style::Color => format!("\x1b[{code}m{s}\x1b[0m"),
+        }
+    }
+}
+
+pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
+    let kind = if r.final_report { "final report" } else { "report" };
+    let exited = if r.target_exited { ", target exited" } else { "" };
+    writeln!(
+        out,
+        "{}",
+        style.paint(
+            "1",
+            &format!(
+                "== {kind} #{} · pid {} ({}) · +{}{exited}",
+                r.seq,
+                r.pid,
+                r.comm,
+                human_duration(r.elapsed)
+            )
+        )
+    )?;
+    writeln!(
+        out,
+        "   outstanding: {} in {} blocks; older than {}: {} in {} blocks at {} site(s)",
+        bytes(r.live_bytes),
+        r.live_blocks,
+        human_duration(r.older_than),
+        bytes(r.old_bytes),
+        r.old_blocks,
+        r.sites_total,
+    )?;
+    for (i, s) in r.sites.iter().enumerate() {
+        site(out, i + 1, s, style)?;
+    }
+    if r.sites.len() < r.sites_total {
+        writeln!(out, "   ({} smaller sites not shown; see --top)", r.sites_total - r.sites.len())?;
+    }
+    let d = &r.dropped;
+    let line = format!(
+        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost",
+        d.alloc_map_full + d.site_map_full + d.pending_map_full + d.result_unreadable,
+        d.alloc_map_full,
+        d.site_map_full,
+        d.pending_map_full,
+        d.result_unreadable,
+        d.stacks_lost,
+    );
+    if d.total() > 0 {
+        writeln!(out, "{}", style.paint("33", &line))?;
+    } else {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(out)
+}
+
+fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Result<()> {
+    let growth = match s.growth {
+        None => "new".to_string(),
+        Some(0) => "steady".to_string(),
+        Some(g) if g > 0 => format!("+{} since last report", bytes(g as u64)),
+        Some(g) => format!("-{} since last report", bytes(g.unsigned_abs())),
+    };
+    let via = s.allocator.map(|a| format!(" via {a}")).unwrap_or_default();
+    writeln!(
+        out,
+        "  [{n}] {} in {} blocks{via} · oldest {} · {growth}",
+        style.paint("1;31", &bytes(s.bytes)),
+        s.blocks,
+        human_duration(s.oldest),
+    )?;
+    for f in &s.frames {
+        let sym = f.symbol.as_deref().unwrap_or("??");
+        let loc = match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!(" {file}:{line}"),
+            (Some(file), None) => format!(" {file}"),
+            _ => String::new(),
+        };
+        let module = f.module.as_deref().map(|m| format!(" [{m}]")).unwrap_or_default();
+        let inl = if f.inlined { " (inlined)" } else { "" };
+        writeln!(
+            out,
+            "        {:#014x} {}{}{}{inl}",
+            f.address,
+            style.paint("36", sym),
+            style.paint("2", &loc),
+            module
+        )?;
+    }
+    if s.stack_lost {
+        writeln!(out, "        (rest of stack lost: stack table full or hash collision)")?;
+    }
+    Ok(())
+}
+
+/// Exact bytes, plus a binary-prefixed size when large.
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64;
+    let mut unit = "B";
+    for u in UNITS {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{b} B ({v:.1} {unit})")
+}
+
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_sizes_and_ages() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(4096), "4096 B (4.0 KiB)");
+        assert_eq!(bytes(3 * 1024 * 1024), "3145728 B (3.0 MiB)");
+        assert_eq!(human_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(human_duration(Duration::from_millis(4200)), "4.2s");
+        assert_eq!(human_duration(Duration::from_secs(125)), "2m05s");
+        assert_eq!(human_duration(Duration::from_secs(7260)), "2h01m");
+    }
+}

@@ -1,0 +1,326 @@
+//! One tracing session: resolve the target, attach, report every interval,
+//! and on the way out print the final report and remove every probe.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io::{self, IsTerminal},
+    os::fd::{FromRawFd, OwnedFd},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+    time::{interval, interval_at, MissedTickBehavior},
+};
+use tracer_common::STACK_UNKNOWN;
+
+use crate::{
+    cli::{Cli, ColorChoice},
+    collect::{Collector, Snapshot},
+    privileges,
+    probes::{self, HeapProbes, MapSizes},
+    report::{Report, Reporter, SiteReport, Style},
+    symbolize::Symbolizer,
+    target::{self, launch, Allocator, ProbeFn},
+};
+
+/// Ticks during which the symbolizer re-reads the target's mappings every
+/// time, so that a command started by us is seen after its exec even if it
+/// exits before the first report.
+const EARLY_MAP_REFRESH_TICKS: u32 = 20;
+
+/// Runs leaktrace; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    privileges::check()?;
+    probes::check_kernel_support()?;
+
+    // Fork the command (if any) before any other thread exists.
+    let (pid, comm, paused, candidates) = match cli.pid {
+        Some(pid) => {
+            let proc_ = target::inspect(pid)?;
+            (pid, proc_.comm, None, target::mapped_objects(pid)?)
+        }
+        None => {
+            let paused = launch::spawn_paused(&cli.command)?;
+            let comm = paused
+                .program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let candidates = launch::program_objects(&paused.program)?;
+            (paused.pid, comm, Some(paused), candidates)
+        }
+    };
+    let allocator = target::find_allocator(&candidates)?;
+
+    let sizes = MapSizes {
+        allocs: cli.max_allocs,
+        sites: cli.max_sites,
+        stacks: cli.max_stacks,
+        threads: cli.max_threads,
+    };
+    let mut probes = HeapProbes::load(sizes, cli.probe_mode)?;
+    probes.attach(&allocator, pid)?;
+    let maps = probes.take_maps()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(trace(cli, pid, comm, paused, allocator, probes, maps))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn trace(
+    cli: Cli,
+    pid: u32,
+    comm: String,
+    paused: Option<launch::Paused>,
+    allocator: Allocator,
+    probes: HeapProbes,
+    maps: probes::HeapMaps,
+) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    let launched = paused.is_some();
+    let mut collector = Collector::new(maps, cli.older_than, start).context("cannot initialise the eBPF maps")?;
+    let mut exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
+    let symbolizer = Symbolizer::start(pid).context("cannot start the symbolization thread")?;
+    if let Some(p) = paused {
+        p.release();
+    }
+
+    let style = match cli.color {
+        ColorChoice::Always => Style::Color,
+        ColorChoice::Never => Style::Plain,
+        ColorChoice::Auto if io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() => Style::Color,
+        ColorChoice::Auto => Style::Plain,
+    };
+    let reporter = Reporter::new(cli.format, style);
+    eprintln!(
+        "leaktrace: tracing pid {pid} ({comm}): heap via {} ({} probes); reporting every {} on blocks older than {}; Ctrl-C to stop",
+        allocator.display,
+        probes.probe_count(),
+        crate::report::human_duration(cli.interval),
+        crate::report::human_duration(cli.older_than),
+    );
+
+    let tick_period = Collector::tick_period(cli.older_than, cli.interval);
+    let mut tick = interval(tick_period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report_timer = interval_at((start + cli.interval).into(), cli.interval);
+    report_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let mut builder = ReportBuilder { pid, comm, allocator, top: cli.top, older_than: cli.older_than, start, seq: 0 };
+    let mut ticks = 0u32;
+    let mut exit_status: Option<i32> = None;
+    let mut stop_signal: Option<i32> = None;
+    let mut stdout = io::stdout().lock();
+    let final_done = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                collector.tick(Instant::now()).context("reading the eBPF maps")?;
+                ticks += 1;
+                if ticks <= EARLY_MAP_REFRESH_TICKS {
+                    symbolizer.refresh();
+                }
+            }
+            _ = report_timer.tick() => {
+                symbolizer.refresh();
+                collector.prune_dead_threads(pid);
+                let snap = collector.snapshot(Instant::now()).context("reading the eBPF maps")?;
+                let last = cli.count.is_some_and(|n| builder.seq + 1 >= n);
+                let report = builder.build(&mut collector, &symbolizer, snap, last, false).await?;
+                reporter.write(&mut stdout, &report).context("writing the report")?;
+                if last {
+                    break true;
+                }
+            }
+            _ = sigint.recv() => { stop_signal = Some(libc::SIGINT); break false; }
+            _ = sigterm.recv() => { stop_signal = Some(libc::SIGTERM); break false; }
+            status = exit.exited() => { exit_status = status; break false; }
+        }
+    };
+    if !final_done {
+        let snap = collector.snapshot(Instant::now()).context("reading the eBPF maps")?;
+        let report = builder.build(&mut collector, &symbolizer, snap, true, exit.has_exited()).await?;
+        reporter.write(&mut stdout, &report).context("writing the report")?;
+    }
+    drop(stdout);
+    probes.detach();
+    drop(collector);
+    drop(symbolizer);
+    eprintln!("leaktrace: all probes removed");
+
+    if !launched {
+        return Ok(0);
+    }
+    // Launch mode: leaktrace ends with the command, and with its status.
+    if let Some(status) = exit_status {
+        return Ok(status);
+    }
+    if stop_signal == Some(libc::SIGTERM) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    loop {
+        tokio::select! {
+            status = exit.exited() => return Ok(status.unwrap_or(0)),
+            _ = sigint.recv() => { unsafe_kill(pid, libc::SIGINT); }
+            _ = sigterm.recv() => { unsafe_kill(pid, libc::SIGTERM); }
+        }
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    // SAFETY: signalling our own child process by pid.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Builds reports from snapshots: top-N selection and symbolization.
+struct ReportBuilder {
+    pid: u32,
+    comm: String,
+    allocator: Allocator,
+    top: usize,
+    older_than: Duration,
+    start: Instant,
+    seq: u64,
+}
+
+impl ReportBuilder {
+    async fn build(
+        &mut self,
+        collector: &mut Collector,
+        symbolizer: &Symbolizer,
+        snap: Snapshot,
+        final_report: bool,
+        target_exited: bool,
+    ) -> anyhow::Result<Report> {
+        self.seq += 1;
+        let shown = &snap.sites[..snap.sites.len().min(self.top)];
+        let stacks: Vec<Vec<u64>> = shown.iter().map(|s| collector.site_frames(s.site)).collect();
+        let probe_ips: Vec<Option<u64>> = shown.iter().map(|s| collector.site_probe_ip(s.site)).collect();
+
+        let unique: Vec<u64> = stacks.iter().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
+        let symbolized = symbolizer.symbolize(unique.clone(), true).await?;
+        let by_addr: HashMap<u64, _> = unique.into_iter().zip(symbolized).collect();
+        let ips: Vec<u64> = probe_ips.iter().flatten().copied().collect();
+        let probe_frames = symbolizer.symbolize(ips.clone(), false).await?;
+        let probe_by_ip: HashMap<u64, _> = ips.into_iter().zip(probe_frames).collect();
+
+        let sites = shown
+            .iter()
+            .zip(stacks)
+            .zip(probe_ips)
+            .map(|((s, stack), ip)| {
+                let allocator = ip
+                    .and_then(|ip| probe_by_ip.get(&ip))
+                    .and_then(|f| f.last())
+                    .and_then(|f| f.location.as_ref())
+                    .and_then(|(path, off)| self.allocator_at(path, *off));
+                SiteReport {
+                    bytes: s.bytes,
+                    blocks: s.blocks,
+                    oldest: s.oldest,
+                    growth: s.growth,
+                    allocator,
+                    stack_lost: s.site.stack_id == STACK_UNKNOWN,
+                    frames: stack.iter().flat_map(|a| by_addr.get(a).cloned().unwrap_or_default()).collect(),
+                }
+            })
+            .collect();
+        Ok(Report {
+            seq: self.seq,
+            final_report,
+            timestamp: SystemTime::now(),
+            elapsed: self.start.elapsed(),
+            pid: self.pid,
+            comm: self.comm.clone(),
+            older_than: self.older_than,
+            live_bytes: snap.live_bytes,
+            live_blocks: snap.live_blocks,
+            old_bytes: snap.sites.iter().map(|s| s.bytes).sum(),
+            old_blocks: snap.sites.iter().map(|s| s.blocks).sum(),
+            sites_total: snap.sites.len(),
+            sites,
+            dropped: snap.dropped,
+            target_exited,
+        })
+    }
+
+    fn allocator_at(&self, path: &str, offset: u64) -> Option<&'static str> {
+        if path != self.allocator.display {
+            return None;
+        }
+        self.allocator.sites.iter().find(|(_, o)| *o == offset).and_then(|(f, _)| match f {
+            ProbeFn::Alloc(k) => Some(k.symbol()),
+            ProbeFn::Free => None,
+        })
+    }
+}
+
+/// Notices when the target exits, through a pidfd (readable on exit).
+struct ExitWatcher {
+    pid: u32,
+    fd: Option<AsyncFd<OwnedFd>>,
+    /// We started the target: reap it and report its status.
+    is_child: bool,
+    exited: bool,
+}
+
+impl ExitWatcher {
+    fn new(pid: u32, is_child: bool) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let fd = if fd >= 0 {
+            // SAFETY: the kernel just gave us this fd, so we own it, and
+            // the OwnedFd is registered once and only closed by AsyncFd.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            // SAFETY: `owned` is a valid fd exclusively owned by the AsyncFd.
+            Some(unsafe { AsyncFd::register(owned) }.map_err(io::Error::from)?)
+        } else if io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            None // already gone
+        } else {
+            return Err(io::Error::last_os_error());
+        };
+        Ok(ExitWatcher { pid, exited: fd.is_none(), fd, is_child })
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited
+    }
+
+    /// Resolves when the target exits; for our own child, with its exit
+    /// code (128 + signal if killed). Pending forever once it has resolved.
+    async fn exited(&mut self) -> Option<i32> {
+        if self.exited {
+            return std::future::pending().await;
+        }
+        if let Some(fd) = &self.fd {
+            if let Ok(mut guard) = fd.readable().await {
+                guard.retain_ready();
+            }
+        }
+        self.exited = true;
+        if !self.is_child {
+            return None;
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own exited child; status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(self.pid as i32, &mut status, 0) };
+        if r < 0 {
+            return None;
+        }
+        if libc::WIFEXITED(status) {
+            Some(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Some(128 + libc::WTERMSIG(status))
+        } else {
+            None
+        }
+    }
+}
