@@ -21,10 +21,14 @@ pub enum AllocKind {
     Memalign = 6,
     Valloc = 7,
     Pvalloc = 8,
+    /// C++ `operator new` / `new[]` and their nothrow and aligned variants
+    /// (libstdc++/libc++). Probed because they call malloc from code built
+    /// without frame pointers, which would hide the caller of `new`.
+    OperatorNew = 9,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 9] = [
+    pub const ALL: [AllocKind; 10] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -34,6 +38,7 @@ impl AllocKind {
         AllocKind::Memalign,
         AllocKind::Valloc,
         AllocKind::Pvalloc,
+        AllocKind::OperatorNew,
     ];
 
     pub const fn from_u32(v: u32) -> Option<AllocKind> {
@@ -47,12 +52,13 @@ impl AllocKind {
             6 => Some(AllocKind::Memalign),
             7 => Some(AllocKind::Valloc),
             8 => Some(AllocKind::Pvalloc),
+            9 => Some(AllocKind::OperatorNew),
             _ => None,
         }
     }
 
-    /// The C symbol this kind is probed at.
-    pub const fn symbol(self) -> &'static str {
+    /// The name users know this function by.
+    pub const fn name(self) -> &'static str {
         match self {
             AllocKind::Malloc => "malloc",
             AllocKind::Calloc => "calloc",
@@ -63,6 +69,33 @@ impl AllocKind {
             AllocKind::Memalign => "memalign",
             AllocKind::Valloc => "valloc",
             AllocKind::Pvalloc => "pvalloc",
+            AllocKind::OperatorNew => "operator new",
+        }
+    }
+
+    /// The ELF symbols this kind is probed at.
+    pub const fn symbols(self) -> &'static [&'static str] {
+        match self {
+            AllocKind::Malloc => &["malloc"],
+            AllocKind::Calloc => &["calloc"],
+            AllocKind::Realloc => &["realloc"],
+            AllocKind::Reallocarray => &["reallocarray"],
+            AllocKind::PosixMemalign => &["posix_memalign"],
+            AllocKind::AlignedAlloc => &["aligned_alloc"],
+            AllocKind::Memalign => &["memalign"],
+            AllocKind::Valloc => &["valloc"],
+            AllocKind::Pvalloc => &["pvalloc"],
+            // Size is the first argument in every variant.
+            AllocKind::OperatorNew => &[
+                "_Znwm",
+                "_Znam",
+                "_ZnwmRKSt9nothrow_t",
+                "_ZnamRKSt9nothrow_t",
+                "_ZnwmSt11align_val_t",
+                "_ZnamSt11align_val_t",
+                "_ZnwmSt11align_val_tRKSt9nothrow_t",
+                "_ZnamSt11align_val_tRKSt9nothrow_t",
+            ],
         }
     }
 }
@@ -115,6 +148,21 @@ pub struct Pending {
     pub stack_id: u32,
     pub _pad: u32,
 }
+
+/// The outermost allocator call in flight on a thread. 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct InFlight {
+    /// Entry stack pointer of that call.
+    pub entry_sp: u64,
+    /// When it started (bpf_ktime_get_ns), so that an entry whose return
+    /// was never seen goes stale instead of muting the thread forever.
+    pub since_ns: u64,
+}
+
+/// An in-flight entry older than this is treated as stale: no allocator
+/// call takes a second before making its internal calls.
+pub const INFLIGHT_STALE_NS: u64 = 1_000_000_000;
 
 /// One live allocation, keyed by its address. 24 bytes, no implicit padding.
 #[repr(C)]
@@ -201,6 +249,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AllocRecord {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::InFlight {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SiteKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SiteTotals {}
@@ -221,6 +271,7 @@ mod tests {
         assert_eq!(size_of::<SiteKey>(), 16);
         assert_eq!(size_of::<SiteTotals>(), 16);
         assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<InFlight>(), 16);
     }
 
     #[test]

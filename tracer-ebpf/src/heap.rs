@@ -2,16 +2,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+    },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use tracer_common::{
-    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, Pending, PendingKey,
+    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, InFlight, Pending, PendingKey,
     SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
-    DEFAULT_MAX_THREADS, STACK_UNKNOWN,
+    DEFAULT_MAX_THREADS, INFLIGHT_STALE_NS, STACK_UNKNOWN,
 };
 
 // Sizes here are defaults; userspace resizes every map from its flags
@@ -19,11 +22,12 @@ use tracer_common::{
 #[map]
 static PENDING: HashMap<PendingKey, Pending> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
 
-/// Per thread: the entry stack pointer of the outermost allocator call in
-/// flight. A call entered below it is internal to that call (realloc →
-/// malloc) and is not recorded on its own.
+/// Per thread: the outermost allocator call in flight. A call entered below
+/// it (realloc → malloc), or tail-called from it in the same frame
+/// (operator new[] → operator new), is internal to that call and is not
+/// recorded on its own.
 #[map]
-static INFLIGHT: HashMap<u32, u64> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
 
 #[map]
 static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, 0);
@@ -178,10 +182,12 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     let entry_sp = r.rsp + cookie_stack_delta(c);
     let tid = tid();
 
-    // SAFETY: plain u64 copied out of the map.
-    if let Some(outer_sp) = unsafe { INFLIGHT.get(&tid) } {
-        if entry_sp < *outer_sp {
-            return 0; // nested inside another probed allocator call
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain data copied out of the map.
+    if let Some(outer) = unsafe { INFLIGHT.get(&tid) } {
+        if entry_sp <= outer.entry_sp && now.wrapping_sub(outer.since_ns) < INFLIGHT_STALE_NS {
+            return 0; // inside another probed allocator call
         }
     }
 
@@ -219,7 +225,7 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
         count(Counter::PendingMapFull);
         return 0;
     }
-    if INFLIGHT.insert(&tid, &entry_sp, 0).is_err() {
+    if INFLIGHT.insert(&tid, &InFlight { entry_sp, since_ns: now }, 0).is_err() {
         count(Counter::PendingMapFull);
     }
     0
@@ -286,9 +292,9 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let _ = PENDING.remove(&key);
-    // SAFETY: plain u64 copied out of the map.
-    if let Some(sp) = unsafe { INFLIGHT.get(&tid) } {
-        if *sp == p.entry_sp {
+    // SAFETY: plain data copied out of the map.
+    if let Some(outer) = unsafe { INFLIGHT.get(&tid) } {
+        if outer.entry_sp == p.entry_sp {
             let _ = INFLIGHT.remove(&tid);
         }
     }

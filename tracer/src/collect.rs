@@ -43,8 +43,6 @@ pub struct SiteSurvivors {
     pub blocks: u64,
     /// Age of the oldest surviving block (to within one tick).
     pub oldest: Duration,
-    /// Change in `bytes` since the previous report; `None` on first sight.
-    pub growth: Option<i64>,
 }
 
 /// Everything the probes could not record, summed over CPUs, since attach.
@@ -103,7 +101,6 @@ pub struct Collector {
     horizon: u32,
     gen_start: BTreeMap<u32, Instant>,
     folded: HashMap<SiteId, Folded>,
-    previous: HashMap<SiteId, u64>,
     stacks: HashMap<u32, Vec<u64>>,
 }
 
@@ -116,7 +113,6 @@ impl Collector {
             horizon: 1,
             gen_start: BTreeMap::from([(1, now)]),
             folded: HashMap::new(),
-            previous: HashMap::new(),
             stacks: HashMap::new(),
         };
         c.publish()?;
@@ -255,17 +251,9 @@ impl Collector {
                 bytes: a.bytes.max(0) as u64,
                 blocks: a.count as u64,
                 oldest: a.oldest.map_or(self.older_than, |o| now.saturating_duration_since(o)),
-                growth: None,
             })
             .collect();
         sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)).then(a.site.cmp(&b.site)));
-        let mut current = HashMap::with_capacity(sites.len());
-        for s in &mut sites {
-            s.growth = self.previous.get(&s.site).map(|&p| s.bytes as i64 - p as i64);
-            current.insert(s.site, s.bytes);
-        }
-        self.previous = current;
-
         Ok(Snapshot {
             sites,
             live_bytes: live_bytes.max(0) as u64,

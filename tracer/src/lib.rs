@@ -6,6 +6,7 @@
 //! functions, on a thread of its own) → [`report`] (text or JSON lines).
 //! [`session`] runs the whole thing.
 
+pub mod aggregate;
 pub mod cli;
 pub mod collect;
 pub mod privileges;

@@ -17,13 +17,14 @@ use tokio::{
 use tracer_common::STACK_UNKNOWN;
 
 use crate::{
+    aggregate::{self, GrowthTracker},
     cli::{Cli, ColorChoice},
     collect::{Collector, Snapshot},
     privileges,
     probes::{self, HeapProbes, MapSizes},
     report::{Report, Reporter, SiteReport, Style},
     symbolize::Symbolizer,
-    target::{self, launch, Allocator, ProbeFn},
+    target::{self, launch, Allocator},
 };
 
 /// Ticks during which the symbolizer re-reads the target's mappings every
@@ -100,7 +101,7 @@ async fn trace(
     let reporter = Reporter::new(cli.format, style);
     eprintln!(
         "leaktrace: tracing pid {pid} ({comm}): heap via {} ({} probes); reporting every {} on blocks older than {}; Ctrl-C to stop",
-        allocator.display,
+        allocator.display(),
         probes.probe_count(),
         crate::report::human_duration(cli.interval),
         crate::report::human_duration(cli.older_than),
@@ -114,7 +115,16 @@ async fn trace(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    let mut builder = ReportBuilder { pid, comm, allocator, top: cli.top, older_than: cli.older_than, start, seq: 0 };
+    let mut builder = ReportBuilder {
+        pid,
+        comm,
+        allocator,
+        top: cli.top,
+        older_than: cli.older_than,
+        start,
+        seq: 0,
+        growth: GrowthTracker::default(),
+    };
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
     let mut stop_signal: Option<i32> = None;
@@ -180,7 +190,13 @@ fn unsafe_kill(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
-/// Builds reports from snapshots: top-N selection and symbolization.
+/// How many of the largest sites are symbolized per report, so that sites
+/// merging into one stack (see [`aggregate`]) still rank correctly.
+fn symbolized_sites(top: usize) -> usize {
+    top.saturating_mul(4).max(64)
+}
+
+/// Builds reports from snapshots: symbolization, merging, top-N, growth.
 struct ReportBuilder {
     pid: u32,
     comm: String,
@@ -189,6 +205,7 @@ struct ReportBuilder {
     older_than: Duration,
     start: Instant,
     seq: u64,
+    growth: GrowthTracker,
 }
 
 impl ReportBuilder {
@@ -201,18 +218,18 @@ impl ReportBuilder {
         target_exited: bool,
     ) -> anyhow::Result<Report> {
         self.seq += 1;
-        let shown = &snap.sites[..snap.sites.len().min(self.top)];
-        let stacks: Vec<Vec<u64>> = shown.iter().map(|s| collector.site_frames(s.site)).collect();
-        let probe_ips: Vec<Option<u64>> = shown.iter().map(|s| collector.site_probe_ip(s.site)).collect();
+        let considered = &snap.sites[..snap.sites.len().min(symbolized_sites(self.top))];
+        let stacks: Vec<Vec<u64>> = considered.iter().map(|s| collector.site_frames(s.site)).collect();
+        let probe_ips: Vec<Option<u64>> = considered.iter().map(|s| collector.site_probe_ip(s.site)).collect();
 
         let unique: Vec<u64> = stacks.iter().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
         let symbolized = symbolizer.symbolize(unique.clone(), true).await?;
         let by_addr: HashMap<u64, _> = unique.into_iter().zip(symbolized).collect();
-        let ips: Vec<u64> = probe_ips.iter().flatten().copied().collect();
+        let ips: Vec<u64> = probe_ips.iter().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
         let probe_frames = symbolizer.symbolize(ips.clone(), false).await?;
         let probe_by_ip: HashMap<u64, _> = ips.into_iter().zip(probe_frames).collect();
 
-        let sites = shown
+        let sites: Vec<SiteReport> = considered
             .iter()
             .zip(stacks)
             .zip(probe_ips)
@@ -221,18 +238,23 @@ impl ReportBuilder {
                     .and_then(|ip| probe_by_ip.get(&ip))
                     .and_then(|f| f.last())
                     .and_then(|f| f.location.as_ref())
-                    .and_then(|(path, off)| self.allocator_at(path, *off));
+                    .and_then(|(path, off)| self.allocator.names_at(path, *off))
+                    .map(str::to_string);
                 SiteReport {
                     bytes: s.bytes,
                     blocks: s.blocks,
                     oldest: s.oldest,
-                    growth: s.growth,
+                    growth: None,
                     allocator,
                     stack_lost: s.site.stack_id == STACK_UNKNOWN,
                     frames: stack.iter().flat_map(|a| by_addr.get(a).cloned().unwrap_or_default()).collect(),
                 }
             })
             .collect();
+        let mut sites = aggregate::merge_identical(sites);
+        self.growth.apply(&mut sites);
+        let sites_total = sites.len() + (snap.sites.len() - considered.len());
+        sites.truncate(self.top);
         Ok(Report {
             seq: self.seq,
             final_report,
@@ -245,20 +267,10 @@ impl ReportBuilder {
             live_blocks: snap.live_blocks,
             old_bytes: snap.sites.iter().map(|s| s.bytes).sum(),
             old_blocks: snap.sites.iter().map(|s| s.blocks).sum(),
-            sites_total: snap.sites.len(),
+            sites_total,
             sites,
             dropped: snap.dropped,
             target_exited,
-        })
-    }
-
-    fn allocator_at(&self, path: &str, offset: u64) -> Option<&'static str> {
-        if path != self.allocator.display {
-            return None;
-        }
-        self.allocator.sites.iter().find(|(_, o)| *o == offset).and_then(|(f, _)| match f {
-            ProbeFn::Alloc(k) => Some(k.symbol()),
-            ProbeFn::Free => None,
         })
     }
 }

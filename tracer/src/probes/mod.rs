@@ -10,11 +10,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{cookie, AllocKind, Config, PendingKey, Pending, SiteKey, SiteTotals};
+use tracer_common::{cookie, AllocKind, Config, InFlight, Pending, PendingKey, SiteKey, SiteTotals};
 
 use crate::{
     cli::ProbeMode,
-    target::{Allocator, ProbeFn},
+    target::{Allocator, ProbeFn, ProbedObject},
 };
 
 /// The eBPF object built by build.rs from `tracer-ebpf`.
@@ -54,7 +54,7 @@ pub struct HeapMaps {
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, PendingKey, Pending>,
-    pub inflight: HashMap<MapData, u32, u64>,
+    pub inflight: HashMap<MapData, u32, InFlight>,
 }
 
 struct Link {
@@ -83,7 +83,9 @@ fn entry_program(f: ProbeFn) -> &'static str {
     match f {
         ProbeFn::Free => "free_entry",
         ProbeFn::Alloc(k) => match k {
-            AllocKind::Malloc | AllocKind::Valloc | AllocKind::Pvalloc => "alloc_entry_size0",
+            AllocKind::Malloc | AllocKind::Valloc | AllocKind::Pvalloc | AllocKind::OperatorNew => {
+                "alloc_entry_size0"
+            }
             AllocKind::AlignedAlloc | AllocKind::Memalign => "alloc_entry_size1",
             AllocKind::Calloc => "alloc_entry_calloc",
             AllocKind::Realloc => "alloc_entry_realloc",
@@ -139,27 +141,31 @@ impl HeapProbes {
     pub fn attach(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Attach {
             function: "malloc",
-            library: alloc.display.clone(),
+            library: alloc.display().to_string(),
             reason: "PID 0".into(),
         })?);
         let (entry_of, return_prog) = match self.mode {
             ProbeMode::Full => (entry_program as fn(ProbeFn) -> &'static str, "alloc_return"),
             ProbeMode::Empty => ((|_| "empty_entry") as fn(ProbeFn) -> &'static str, "empty_return"),
         };
-        for &(f, offset) in &alloc.sites {
-            if let ProbeFn::Alloc(kind) = f {
-                let id = self.attach_one(return_prog, kind.symbol(), alloc, offset, cookie(kind, 0), scope)?;
-                self.return_links.push(Link { program: return_prog, id });
+        for object in &alloc.objects {
+            for site in &object.sites {
+                if let ProbeFn::Alloc(kind) = site.func {
+                    let id = self.attach_one(return_prog, kind.name(), object, site.offset, cookie(kind, 0), scope)?;
+                    self.return_links.push(Link { program: return_prog, id });
+                }
             }
         }
-        for &(f, offset) in &alloc.sites {
-            let (name, c) = match f {
-                ProbeFn::Alloc(kind) => (kind.symbol(), cookie(kind, 0)),
-                ProbeFn::Free => ("free", 0),
-            };
-            let prog = entry_of(f);
-            let id = self.attach_one(prog, name, alloc, offset, c, scope)?;
-            self.entry_links.push(Link { program: prog, id });
+        for object in &alloc.objects {
+            for site in &object.sites {
+                let (name, c) = match site.func {
+                    ProbeFn::Alloc(kind) => (kind.name(), cookie(kind, 0)),
+                    ProbeFn::Free => ("free", 0),
+                };
+                let prog = entry_of(site.func);
+                let id = self.attach_one(prog, name, object, site.offset, c, scope)?;
+                self.entry_links.push(Link { program: prog, id });
+            }
         }
         Ok(())
     }
@@ -168,19 +174,19 @@ impl HeapProbes {
         &mut self,
         program: &'static str,
         function: &'static str,
-        alloc: &Allocator,
+        object: &ProbedObject,
         offset: u64,
         cookie: u64,
         scope: UProbeScope,
     ) -> Result<UProbeLinkId, ProbeError> {
-        let library = alloc.display.clone();
+        let library = object.display.clone();
         let prog = self.program(program)?;
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset),
             cookie: Some(cookie),
         };
         debug_assert!(matches!(prog.kind(), ProbeKind::Entry | ProbeKind::Return));
-        prog.attach(point, &alloc.path, scope)
+        prog.attach(point, &object.path, scope)
             .map_err(|e| ProbeError::Attach { function, library, reason: error_chain(&e) })
     }
 

@@ -93,7 +93,7 @@ mod tests {
                 blocks: 2,
                 oldest: Duration::from_millis(4000),
                 growth: Some(100),
-                allocator: Some("calloc"),
+                allocator: Some("calloc".into()),
                 stack_lost: false,
                 frames: vec![Frame {
                     address: 0x401000,

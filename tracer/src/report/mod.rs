@@ -20,8 +20,8 @@ pub struct SiteReport {
     pub oldest: Duration,
     /// Change in bytes since the previous report (`None`: first seen).
     pub growth: Option<i64>,
-    /// The allocator function called (malloc, calloc, ...), when known.
-    pub allocator: Option<&'static str>,
+    /// The allocator function(s) called (malloc, calloc, ...), when known.
+    pub allocator: Option<String>,
     /// The kernel could not store this site's stack: only the immediate
     /// caller is known.
     pub stack_lost: bool,

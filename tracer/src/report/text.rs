@@ -81,7 +81,7 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
         Some(g) if g > 0 => format!("+{} since last report", bytes(g as u64)),
         Some(g) => format!("-{} since last report", bytes(g.unsigned_abs())),
     };
-    let via = s.allocator.map(|a| format!(" via {a}")).unwrap_or_default();
+    let via = s.allocator.as_deref().map(|a| format!(" via {a}")).unwrap_or_default();
     writeln!(
         out,
         "  [{n}] {} in {} blocks{via} · oldest {} · {growth}",

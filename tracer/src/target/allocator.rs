@@ -26,15 +26,47 @@ pub enum ProbeFn {
     Free,
 }
 
-/// The allocator library chosen for the target.
+/// One object file to probe and the probe sites in it.
 #[derive(Debug, Clone)]
-pub struct Allocator {
+pub struct ProbedObject {
     pub display: String,
     pub path: PathBuf,
-    /// Probe sites: function and file offset. Aliases (two names at one
-    /// address, e.g. glibc's aligned_alloc and memalign) appear once, so a
-    /// call is never seen twice.
-    pub sites: Vec<(ProbeFn, u64)>,
+    /// Probe sites. Aliases (two names at one address, e.g. glibc's
+    /// aligned_alloc and memalign) appear once, so a call is never seen twice.
+    pub sites: Vec<Site>,
+}
+
+/// One probed address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    pub func: ProbeFn,
+    pub offset: u64,
+    /// Every function name at this address, e.g. "aligned_alloc/memalign".
+    pub names: String,
+}
+
+/// The target's allocator: the C library (or whatever object defines
+/// malloc and free), plus the C++ runtime's `operator new` when loaded.
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    pub objects: Vec<ProbedObject>,
+}
+
+impl Allocator {
+    /// The object defining malloc/free, for messages.
+    pub fn display(&self) -> &str {
+        self.objects.first().map(|o| o.display.as_str()).unwrap_or("?")
+    }
+
+    /// The allocation function(s) at `offset` in `path` (as the target sees it).
+    pub fn names_at(&self, path: &str, offset: u64) -> Option<&str> {
+        self.objects
+            .iter()
+            .filter(|o| o.display == path)
+            .flat_map(|o| o.sites.iter())
+            .find(|s| s.offset == offset && s.func != ProbeFn::Free)
+            .map(|s| s.names.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,22 +80,31 @@ pub enum AllocatorError {
 
 /// Picks the allocator among `candidates`: a C library first (libc, musl),
 /// then any other object exporting both `malloc` and `free` (a statically
-/// linked executable, a preloaded allocator).
+/// linked executable, a preloaded allocator); and every object defining
+/// C++ `operator new`.
 pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorError> {
     let mut ordered: Vec<&Candidate> = candidates.iter().collect();
     ordered.sort_by_key(|c| !is_c_library(&c.display));
+    let mut malloc_object: Option<ProbedObject> = None;
+    let mut new_objects = Vec::new();
     for cand in ordered {
         let Ok(data) = fs::read(&cand.path) else { continue };
         let Some(symbols) = function_offsets(&data) else { continue };
-        if let Some(sites) = allocator_sites(&symbols) {
-            return Ok(Allocator {
-                display: cand.display.clone(),
-                path: cand.path.clone(),
-                sites,
-            });
+        let object = |sites| ProbedObject { display: cand.display.clone(), path: cand.path.clone(), sites };
+        if malloc_object.is_none() {
+            if let Some(sites) = allocator_sites(&symbols) {
+                malloc_object = Some(object(sites));
+                continue;
+            }
+        }
+        let new_sites = operator_new_sites(&symbols);
+        if !new_sites.is_empty() {
+            new_objects.push(object(new_sites));
         }
     }
-    Err(AllocatorError::NotFound)
+    let mut objects = vec![malloc_object.ok_or(AllocatorError::NotFound)?];
+    objects.extend(new_objects);
+    Ok(Allocator { objects })
 }
 
 fn is_c_library(path: &str) -> bool {
@@ -74,24 +115,55 @@ fn is_c_library(path: &str) -> bool {
     base.starts_with("libc.so") || base.starts_with("libc-") || base.starts_with("ld-musl")
 }
 
-/// The probe sites present in one object, if it has at least malloc and free.
-fn allocator_sites(symbols: &HashMap<String, u64>) -> Option<Vec<(ProbeFn, u64)>> {
-    symbols.get("malloc")?;
-    let free = *symbols.get("free")?;
-    let mut by_offset: BTreeMap<u64, ProbeFn> = BTreeMap::new();
-    by_offset.insert(free, ProbeFn::Free);
-    // AllocKind::ALL lists malloc first, so on an alias the most common name wins.
-    for kind in AllocKind::ALL {
-        if let Some(&off) = symbols.get(kind.symbol()) {
-            by_offset.entry(off).or_insert(ProbeFn::Alloc(kind));
+type ByOffset = BTreeMap<u64, (ProbeFn, Vec<&'static str>)>;
+
+/// Deduplicated sites of `kinds` in one object: on an alias the first kind
+/// decides the probe, and every name is kept for display.
+fn sites_of(symbols: &HashMap<String, u64>, kinds: &[AllocKind], by_offset: &mut ByOffset) {
+    for &kind in kinds {
+        for name in kind.symbols() {
+            if let Some(&off) = symbols.get(*name) {
+                let entry = by_offset.entry(off).or_insert((ProbeFn::Alloc(kind), Vec::new()));
+                if !entry.1.contains(&kind.name()) {
+                    entry.1.push(kind.name());
+                }
+            }
         }
     }
-    let mut sites: Vec<(ProbeFn, u64)> = by_offset.into_iter().map(|(o, f)| (f, o)).collect();
-    sites.sort_by_key(|(f, _)| match f {
-        ProbeFn::Alloc(k) => *k as u32,
-        ProbeFn::Free => u32::MAX,
+}
+
+fn sorted(by_offset: ByOffset) -> Vec<Site> {
+    let mut sites: Vec<Site> = by_offset
+        .into_iter()
+        .map(|(offset, (func, names))| Site { func, offset, names: names.join("/") })
+        .collect();
+    sites.sort_by_key(|s| {
+        let rank = match s.func {
+            ProbeFn::Alloc(k) => k as u32,
+            ProbeFn::Free => u32::MAX,
+        };
+        (rank, s.offset)
     });
-    Some(sites)
+    sites
+}
+
+/// The malloc-family sites in one object, if it has at least malloc and free.
+fn allocator_sites(symbols: &HashMap<String, u64>) -> Option<Vec<Site>> {
+    symbols.get("malloc")?;
+    let free = *symbols.get("free")?;
+    let mut by_offset = ByOffset::new();
+    by_offset.insert(free, (ProbeFn::Free, vec!["free"]));
+    // AllocKind::ALL ends with operator new: a statically linked C++
+    // program carries it next to malloc.
+    sites_of(symbols, &AllocKind::ALL, &mut by_offset);
+    Some(sorted(by_offset))
+}
+
+/// `operator new` sites in a C++ runtime (libstdc++, libc++).
+fn operator_new_sites(symbols: &HashMap<String, u64>) -> Vec<Site> {
+    let mut by_offset = ByOffset::new();
+    sites_of(symbols, &[AllocKind::OperatorNew], &mut by_offset);
+    sorted(by_offset)
 }
 
 /// File offsets of the defined functions of an ELF object, by name
@@ -127,6 +199,10 @@ pub fn function_offsets(data: &[u8]) -> Option<HashMap<String, u64>> {
 mod tests {
     use super::*;
 
+    fn site(func: ProbeFn, offset: u64, names: &str) -> Site {
+        Site { func, offset, names: names.into() }
+    }
+
     fn syms(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
         pairs.iter().map(|(n, o)| (n.to_string(), *o)).collect()
     }
@@ -136,7 +212,7 @@ mod tests {
         assert!(allocator_sites(&syms(&[("malloc", 1)])).is_none());
         assert!(allocator_sites(&syms(&[("free", 1)])).is_none());
         let s = allocator_sites(&syms(&[("malloc", 1), ("free", 2)])).expect("has both");
-        assert_eq!(s, vec![(ProbeFn::Alloc(AllocKind::Malloc), 1), (ProbeFn::Free, 2)]);
+        assert_eq!(s, vec![site(ProbeFn::Alloc(AllocKind::Malloc), 1, "malloc"), site(ProbeFn::Free, 2, "free")]);
     }
 
     #[test]
@@ -152,10 +228,22 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                (ProbeFn::Alloc(AllocKind::Malloc), 10),
-                (ProbeFn::Alloc(AllocKind::Calloc), 40),
-                (ProbeFn::Alloc(AllocKind::AlignedAlloc), 30),
-                (ProbeFn::Free, 20),
+                site(ProbeFn::Alloc(AllocKind::Malloc), 10, "malloc"),
+                site(ProbeFn::Alloc(AllocKind::Calloc), 40, "calloc"),
+                site(ProbeFn::Alloc(AllocKind::AlignedAlloc), 30, "aligned_alloc/memalign"),
+                site(ProbeFn::Free, 20, "free"),
+            ]
+        );
+    }
+
+    #[test]
+    fn operator_new_variants_share_one_kind() {
+        let s = operator_new_sites(&syms(&[("_Znwm", 5), ("_Znam", 6), ("malloc", 7)]));
+        assert_eq!(
+            s,
+            vec![
+                site(ProbeFn::Alloc(AllocKind::OperatorNew), 5, "operator new"),
+                site(ProbeFn::Alloc(AllocKind::OperatorNew), 6, "operator new"),
             ]
         );
     }
@@ -170,10 +258,11 @@ mod tests {
             .map(|p| Candidate { path: PathBuf::from(&p), display: p })
             .collect();
         let alloc = find_allocator(&candidates).expect("glibc found");
-        assert!(alloc.display.contains("libc.so"), "{}", alloc.display);
-        assert!(alloc.sites.iter().any(|(f, _)| *f == ProbeFn::Free));
+        assert!(alloc.display().contains("libc.so"), "{}", alloc.display());
+        let sites = &alloc.objects[0].sites;
+        assert!(sites.iter().any(|s| s.func == ProbeFn::Free));
         for kind in [AllocKind::Malloc, AllocKind::Calloc, AllocKind::Realloc, AllocKind::PosixMemalign] {
-            assert!(alloc.sites.iter().any(|(f, _)| *f == ProbeFn::Alloc(kind)), "{kind:?} missing");
+            assert!(sites.iter().any(|s| s.func == ProbeFn::Alloc(kind)), "{kind:?} missing");
         }
     }
 }

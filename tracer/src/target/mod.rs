@@ -7,7 +7,7 @@ pub mod procfs;
 
 use std::{collections::HashSet, io, path::PathBuf};
 
-pub use allocator::{find_allocator, Allocator, AllocatorError, Candidate, ProbeFn};
+pub use allocator::{find_allocator, Allocator, AllocatorError, Candidate, ProbeFn, ProbedObject, Site};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
