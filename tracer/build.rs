@@ -33,8 +33,15 @@ fn main() {
     }
 
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let root = manifest_dir.parent().expect("tracer/ lives in the workspace root");
-    for dir in ["tracer-ebpf/src", "tracer-ebpf/Cargo.toml", "tracer-common/src", "Cargo.lock"] {
+    let root = manifest_dir
+        .parent()
+        .expect("tracer/ lives in the workspace root");
+    for dir in [
+        "tracer-ebpf/src",
+        "tracer-ebpf/Cargo.toml",
+        "tracer-common/src",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
 
@@ -67,7 +74,10 @@ fn main() {
     // bpf-linker is installed by `cargo install`, into $CARGO_HOME/bin.
     let mut path = vec![cargo_home().join("bin")];
     path.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-    cmd.env("PATH", env::join_paths(path).expect("PATH entries are valid"));
+    cmd.env(
+        "PATH",
+        env::join_paths(path).expect("PATH entries are valid"),
+    );
 
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("cannot run the eBPF build ({e}); run `cargo xtask setup` first")

@@ -12,9 +12,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, InFlight, Pending, PendingKey,
-    SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
-    DEFAULT_MAX_THREADS, INFLIGHT_STALE_NS, STACK_UNKNOWN,
+    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, InFlight, Pending,
+    PendingKey, SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES,
+    DEFAULT_MAX_STACKS, DEFAULT_MAX_THREADS, INFLIGHT_STALE_NS, STACK_UNKNOWN,
 };
 
 // Sizes here are defaults; userspace resizes every map from its flags
@@ -133,7 +133,11 @@ fn release(addr: u64) {
         return;
     }
     let cfg = config();
-    let generation = if rec.generation < cfg.horizon { 0 } else { rec.generation };
+    let generation = if rec.generation < cfg.horizon {
+        0
+    } else {
+        rec.generation
+    };
     let key = SiteKey {
         caller: rec.caller,
         stack_id: rec.stack_id,
@@ -203,7 +207,11 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     // probed instruction and the immediate caller is missing, hence `caller`.
     let stack_id = match unsafe {
         // SAFETY: helper call with this program's context and a stack map.
-        aya_ebpf::helpers::bpf_get_stackid(ctx.as_ptr(), &STACKS as *const _ as *mut _, BPF_F_USER_STACK as u64)
+        aya_ebpf::helpers::bpf_get_stackid(
+            ctx.as_ptr(),
+            &STACKS as *const _ as *mut _,
+            BPF_F_USER_STACK as u64,
+        )
     } {
         id if id >= 0 => id as u32,
         _ => {
@@ -225,7 +233,17 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
         count(Counter::PendingMapFull);
         return 0;
     }
-    if INFLIGHT.insert(&tid, &InFlight { entry_sp, since_ns: now }, 0).is_err() {
+    if INFLIGHT
+        .insert(
+            &tid,
+            &InFlight {
+                entry_sp,
+                since_ns: now,
+            },
+            0,
+        )
+        .is_err()
+    {
         count(Counter::PendingMapFull);
     }
     0

@@ -10,7 +10,12 @@ use crate::{report::SiteReport, symbolize::Frame};
 /// line; the address only when nothing else is known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum FrameKey {
-    Symbol { symbol: String, file: Option<String>, line: Option<u32>, inlined: bool },
+    Symbol {
+        symbol: String,
+        file: Option<String>,
+        line: Option<u32>,
+        inlined: bool,
+    },
     Address(u64),
 }
 
@@ -113,8 +118,20 @@ mod tests {
 
     #[test]
     fn merges_same_line_different_addresses() {
-        let a = site(1000, 1, 100, "calloc", vec![frame(0x10, Some("leak"), 7), frame(0x99, Some("main"), 20)]);
-        let b = site(1000, 1, 300, "calloc", vec![frame(0x18, Some("leak"), 7), frame(0x99, Some("main"), 20)]);
+        let a = site(
+            1000,
+            1,
+            100,
+            "calloc",
+            vec![frame(0x10, Some("leak"), 7), frame(0x99, Some("main"), 20)],
+        );
+        let b = site(
+            1000,
+            1,
+            300,
+            "calloc",
+            vec![frame(0x18, Some("leak"), 7), frame(0x99, Some("main"), 20)],
+        );
         let c = site(50, 1, 300, "malloc", vec![frame(0x30, Some("other"), 9)]);
         let merged = merge_identical(vec![c, a, b]);
         assert_eq!(merged.len(), 2);

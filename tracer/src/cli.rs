@@ -4,7 +4,9 @@
 use std::{ffi::OsString, time::Duration};
 
 use clap::{Parser, ValueEnum};
-use tracer_common::{DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_THREADS};
+use tracer_common::{
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_THREADS,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +24,12 @@ sudo leaktrace --format json -n 3 -- ./server --port 8080"
 )]
 pub struct Cli {
     /// Trace the already running process with this PID.
-    #[arg(short = 'p', long, value_name = "PID", required_unless_present = "command")]
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "PID",
+        required_unless_present = "command"
+    )]
     pub pid: Option<u32>,
 
     /// Seconds between reports (fractions allowed, or a unit: 500ms, 1m).
@@ -109,7 +116,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" | "µs" => 1e-6,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use ms, s, m or h)"
+            ))
+        }
     };
     let secs = value * scale;
     if !secs.is_finite() || secs < 0.0 {
@@ -153,7 +164,10 @@ mod tests {
         assert!(Cli::try_parse_from(["leaktrace"]).is_err());
         assert!(Cli::try_parse_from(["leaktrace", "-p", "1", "--", "true"]).is_err());
         let cli = Cli::try_parse_from(["leaktrace", "--", "ls", "-l"]).expect("launch mode parses");
-        assert_eq!(cli.command, vec![OsString::from("ls"), OsString::from("-l")]);
+        assert_eq!(
+            cli.command,
+            vec![OsString::from("ls"), OsString::from("-l")]
+        );
         let cli = Cli::try_parse_from(["leaktrace", "-p", "42", "--older-than", "2s", "-n", "3"])
             .expect("pid mode parses");
         assert_eq!(cli.pid, Some(42));

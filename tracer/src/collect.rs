@@ -31,7 +31,10 @@ pub struct SiteId {
 
 impl From<&SiteKey> for SiteId {
     fn from(k: &SiteKey) -> Self {
-        SiteId { caller: k.caller, stack_id: k.stack_id }
+        SiteId {
+            caller: k.caller,
+            stack_id: k.stack_id,
+        }
     }
 }
 
@@ -127,7 +130,10 @@ impl Collector {
     }
 
     fn publish(&mut self) -> Result<(), MapError> {
-        let cfg = Config { generation: self.generation, horizon: self.horizon };
+        let cfg = Config {
+            generation: self.generation,
+            horizon: self.horizon,
+        };
         self.maps.config.set(0, cfg, 0)
     }
 
@@ -162,7 +168,11 @@ impl Collector {
         for (key, v) in fold {
             let site = SiteId::from(&key);
             let start = self.gen_start.get(&key.generation).copied().unwrap_or(now);
-            let f = self.folded.entry(site).or_insert(Folded { bytes: 0, count: 0, oldest: start });
+            let f = self.folded.entry(site).or_insert(Folded {
+                bytes: 0,
+                count: 0,
+                oldest: start,
+            });
             if f.count <= 0 || (v.count > 0 && start < f.oldest) {
                 f.oldest = start;
             }
@@ -196,13 +206,21 @@ impl Collector {
             .folded
             .iter()
             .filter_map(|(site, f)| {
-                let key = SiteKey { caller: site.caller, stack_id: site.stack_id, generation: 0 };
+                let key = SiteKey {
+                    caller: site.caller,
+                    stack_id: site.stack_id,
+                    generation: 0,
+                };
                 let k = self.maps.sites.get(&key, 0).unwrap_or_default();
                 (f.count + k.count == 0 && f.bytes + k.bytes == 0).then_some(*site)
             })
             .collect();
         for site in settled {
-            let key = SiteKey { caller: site.caller, stack_id: site.stack_id, generation: 0 };
+            let key = SiteKey {
+                caller: site.caller,
+                stack_id: site.stack_id,
+                generation: 0,
+            };
             let _ = self.maps.sites.remove(&key);
             self.folded.remove(&site);
         }
@@ -250,10 +268,17 @@ impl Collector {
                 site,
                 bytes: a.bytes.max(0) as u64,
                 blocks: a.count as u64,
-                oldest: a.oldest.map_or(self.older_than, |o| now.saturating_duration_since(o)),
+                oldest: a
+                    .oldest
+                    .map_or(self.older_than, |o| now.saturating_duration_since(o)),
             })
             .collect();
-        sites.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)).then(a.site.cmp(&b.site)));
+        sites.sort_by(|a, b| {
+            b.bytes
+                .cmp(&a.bytes)
+                .then(b.blocks.cmp(&a.blocks))
+                .then(a.site.cmp(&b.site))
+        });
         Ok(Snapshot {
             sites,
             live_bytes: live_bytes.max(0) as u64,
@@ -310,18 +335,32 @@ impl Collector {
 
     /// The probed instruction a site's stack starts at (which allocator).
     pub fn site_probe_ip(&self, site: SiteId) -> Option<u64> {
-        self.stacks.get(&site.stack_id).and_then(|s| s.first().copied())
+        self.stacks
+            .get(&site.stack_id)
+            .and_then(|s| s.first().copied())
     }
 
     /// Forgets per-thread entry state of threads that no longer exist (a
     /// thread killed inside malloc never returns).
     pub fn prune_dead_threads(&mut self, pid: u32) {
         let alive = |tid: u32| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
-        let dead: Vec<_> = self.maps.pending.keys().filter_map(Result::ok).filter(|k| !alive(k.tid)).collect();
+        let dead: Vec<_> = self
+            .maps
+            .pending
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !alive(k.tid))
+            .collect();
         for k in dead {
             let _ = self.maps.pending.remove(&k);
         }
-        let dead: Vec<u32> = self.maps.inflight.keys().filter_map(Result::ok).filter(|t| !alive(*t)).collect();
+        let dead: Vec<u32> = self
+            .maps
+            .inflight
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|t| !alive(*t))
+            .collect();
         for t in dead {
             let _ = self.maps.inflight.remove(&t);
         }
@@ -335,9 +374,18 @@ mod tests {
     #[test]
     fn tick_period_is_bounded() {
         let i = Duration::from_secs(5);
-        assert_eq!(Collector::tick_period(Duration::from_millis(500), i), Duration::from_millis(125));
-        assert_eq!(Collector::tick_period(Duration::ZERO, i), Duration::from_millis(20));
-        assert_eq!(Collector::tick_period(Duration::from_secs(60), i), Duration::from_secs(1));
+        assert_eq!(
+            Collector::tick_period(Duration::from_millis(500), i),
+            Duration::from_millis(125)
+        );
+        assert_eq!(
+            Collector::tick_period(Duration::ZERO, i),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            Collector::tick_period(Duration::from_secs(60), i),
+            Duration::from_secs(1)
+        );
         assert_eq!(
             Collector::tick_period(Duration::from_secs(60), Duration::from_millis(100)),
             Duration::from_millis(100)

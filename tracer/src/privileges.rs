@@ -37,7 +37,10 @@ mod tests {
 
     #[test]
     fn parses_capabilities() {
-        assert_eq!(parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"), Some(0x1ff_ffff_ffff));
+        assert_eq!(
+            parse_cap_eff("Name:\tx\nCapEff:\t000001ffffffffff\n"),
+            Some(0x1ff_ffff_ffff)
+        );
         assert_eq!(parse_cap_eff("CapEff:\t0000000000000000\n"), Some(0));
         assert_eq!(parse_cap_eff("nothing"), None);
     }

@@ -85,7 +85,8 @@ async fn trace(
 ) -> anyhow::Result<i32> {
     let start = Instant::now();
     let launched = paused.is_some();
-    let mut collector = Collector::new(maps, cli.older_than, start).context("cannot initialise the eBPF maps")?;
+    let mut collector =
+        Collector::new(maps, cli.older_than, start).context("cannot initialise the eBPF maps")?;
     let mut exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
     let symbolizer = Symbolizer::start(pid).context("cannot start the symbolization thread")?;
     if let Some(p) = paused {
@@ -95,7 +96,11 @@ async fn trace(
     let style = match cli.color {
         ColorChoice::Always => Style::Color,
         ColorChoice::Never => Style::Plain,
-        ColorChoice::Auto if io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() => Style::Color,
+        ColorChoice::Auto
+            if io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() =>
+        {
+            Style::Color
+        }
         ColorChoice::Auto => Style::Plain,
     };
     let reporter = Reporter::new(cli.format, style);
@@ -155,9 +160,15 @@ async fn trace(
         }
     };
     if !final_done {
-        let snap = collector.snapshot(Instant::now()).context("reading the eBPF maps")?;
-        let report = builder.build(&mut collector, &symbolizer, snap, true, exit.has_exited()).await?;
-        reporter.write(&mut stdout, &report).context("writing the report")?;
+        let snap = collector
+            .snapshot(Instant::now())
+            .context("reading the eBPF maps")?;
+        let report = builder
+            .build(&mut collector, &symbolizer, snap, true, exit.has_exited())
+            .await?;
+        reporter
+            .write(&mut stdout, &report)
+            .context("writing the report")?;
     }
     drop(stdout);
     probes.detach();
@@ -219,13 +230,31 @@ impl ReportBuilder {
     ) -> anyhow::Result<Report> {
         self.seq += 1;
         let considered = &snap.sites[..snap.sites.len().min(symbolized_sites(self.top))];
-        let stacks: Vec<Vec<u64>> = considered.iter().map(|s| collector.site_frames(s.site)).collect();
-        let probe_ips: Vec<Option<u64>> = considered.iter().map(|s| collector.site_probe_ip(s.site)).collect();
+        let stacks: Vec<Vec<u64>> = considered
+            .iter()
+            .map(|s| collector.site_frames(s.site))
+            .collect();
+        let probe_ips: Vec<Option<u64>> = considered
+            .iter()
+            .map(|s| collector.site_probe_ip(s.site))
+            .collect();
 
-        let unique: Vec<u64> = stacks.iter().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
+        let unique: Vec<u64> = stacks
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let symbolized = symbolizer.symbolize(unique.clone(), true).await?;
         let by_addr: HashMap<u64, _> = unique.into_iter().zip(symbolized).collect();
-        let ips: Vec<u64> = probe_ips.iter().flatten().copied().collect::<HashSet<_>>().into_iter().collect();
+        let ips: Vec<u64> = probe_ips
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let probe_frames = symbolizer.symbolize(ips.clone(), false).await?;
         let probe_by_ip: HashMap<u64, _> = ips.into_iter().zip(probe_frames).collect();
 
@@ -247,7 +276,10 @@ impl ReportBuilder {
                     growth: None,
                     allocator,
                     stack_lost: s.site.stack_id == STACK_UNKNOWN,
-                    frames: stack.iter().flat_map(|a| by_addr.get(a).cloned().unwrap_or_default()).collect(),
+                    frames: stack
+                        .iter()
+                        .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
+                        .collect(),
                 }
             })
             .collect();
@@ -299,7 +331,12 @@ impl ExitWatcher {
         } else {
             return Err(io::Error::last_os_error());
         };
-        Ok(ExitWatcher { pid, exited: fd.is_none(), fd, is_child })
+        Ok(ExitWatcher {
+            pid,
+            exited: fd.is_none(),
+            fd,
+            is_child,
+        })
     }
 
     fn has_exited(&self) -> bool {

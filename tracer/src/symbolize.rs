@@ -65,7 +65,10 @@ impl Symbolizer {
         let thread = thread::Builder::new()
             .name("symbolize".into())
             .spawn(move || Worker::new(pid).run(rx))?;
-        Ok(Symbolizer { tx: Some(tx), thread: Some(thread) })
+        Ok(Symbolizer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Re-reads the target's mappings (new libraries, before it exits).
@@ -77,12 +80,20 @@ impl Symbolizer {
 
     /// Symbolizes return addresses (or, with `return_addresses == false`,
     /// exact instruction addresses).
-    pub async fn symbolize(&self, addrs: Vec<u64>, return_addresses: bool) -> Result<Vec<Vec<Frame>>, SymbolizerGone> {
+    pub async fn symbolize(
+        &self,
+        addrs: Vec<u64>,
+        return_addresses: bool,
+    ) -> Result<Vec<Vec<Frame>>, SymbolizerGone> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .as_ref()
             .ok_or(SymbolizerGone)?
-            .send(Request::Symbolize { addrs, return_addresses, reply })
+            .send(Request::Symbolize {
+                addrs,
+                return_addresses,
+                reply,
+            })
             .map_err(|_| SymbolizerGone)?;
         rx.await.map_err(|_| SymbolizerGone)
     }
@@ -121,7 +132,12 @@ impl Worker {
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        let mut w = Worker { pid, blazesym, modules: Vec::new(), cache: HashMap::new() };
+        let mut w = Worker {
+            pid,
+            blazesym,
+            modules: Vec::new(),
+            cache: HashMap::new(),
+        };
         w.refresh();
         w
     }
@@ -130,8 +146,15 @@ impl Worker {
         while let Ok(req) = rx.recv() {
             match req {
                 Request::Refresh => self.refresh(),
-                Request::Symbolize { addrs, return_addresses, reply } => {
-                    let out = addrs.iter().map(|&a| self.frames(a, return_addresses)).collect();
+                Request::Symbolize {
+                    addrs,
+                    return_addresses,
+                    reply,
+                } => {
+                    let out = addrs
+                        .iter()
+                        .map(|&a| self.frames(a, return_addresses))
+                        .collect();
                     let _ = reply.send(out);
                 }
             }
@@ -139,14 +162,21 @@ impl Worker {
     }
 
     fn refresh(&mut self) {
-        let Ok(maps) = procfs::read_maps(self.pid) else { return }; // exited: keep the last snapshot
+        let Ok(maps) = procfs::read_maps(self.pid) else {
+            return;
+        }; // exited: keep the last snapshot
         let mut fresh = Vec::new();
-        for m in maps.into_iter().filter(|m| m.executable && m.path.is_some()) {
+        for m in maps
+            .into_iter()
+            .filter(|m| m.executable && m.path.is_some())
+        {
             if let Some(pos) = self.modules.iter().position(|old| old.mapping == m) {
                 fresh.push(self.modules.swap_remove(pos));
                 continue;
             }
-            let Ok(file) = File::open(m.open_path(self.pid)) else { continue };
+            let Ok(file) = File::open(m.open_path(self.pid)) else {
+                continue;
+            };
             let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
             let name = m
                 .path
@@ -154,7 +184,12 @@ impl Worker {
                 .and_then(|p| Path::new(p).file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            fresh.push(Module { mapping: m, open_path, name, _file: file });
+            fresh.push(Module {
+                mapping: m,
+                open_path,
+                name,
+                _file: file,
+            });
         }
         fresh.append(&mut self.modules);
         self.modules = fresh;
@@ -164,7 +199,11 @@ impl Worker {
         if let Some(hit) = self.cache.get(&(addr, return_address)) {
             return hit.clone();
         }
-        let lookup = if return_address { addr.saturating_sub(1) } else { addr };
+        let lookup = if return_address {
+            addr.saturating_sub(1)
+        } else {
+            addr
+        };
         let unknown = Frame {
             address: addr,
             symbol: None,
@@ -181,7 +220,10 @@ impl Worker {
                 let location = m.mapping.path.clone().map(|p| (p, offset));
                 let module = Some(m.name.clone());
                 let src = Source::Elf(Elf::new(&m.open_path));
-                match self.blazesym.symbolize_single(&src, Input::FileOffset(offset)) {
+                match self
+                    .blazesym
+                    .symbolize_single(&src, Input::FileOffset(offset))
+                {
                     Ok(Symbolized::Sym(sym)) => {
                         let mut out = Vec::with_capacity(sym.inlined.len() + 1);
                         for f in sym.inlined.iter().rev() {
@@ -208,7 +250,11 @@ impl Worker {
                         });
                         out
                     }
-                    _ => vec![Frame { module, location, ..unknown }],
+                    _ => vec![Frame {
+                        module,
+                        location,
+                        ..unknown
+                    }],
                 }
             }
         };
@@ -221,7 +267,9 @@ fn code_location(ci: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {
     match ci {
         Some(ci) => {
             let file = match &ci.dir {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.join(&*ci.file).display().to_string(),
+                Some(dir) if !dir.as_os_str().is_empty() => {
+                    dir.join(&*ci.file).display().to_string()
+                }
                 _ => Path::new(&*ci.file).display().to_string(),
             };
             (Some(file), ci.line)

@@ -1,1 +1,165 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup|build|demo|test|bench`.
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "leaktrace developer tasks")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install every prerequisite (Debian packages, bpf-linker); idempotent.
+    Setup,
+    /// Build the eBPF object and target/release/leaktrace.
+    Build,
+    /// Build, then trace the bundled leaky demo program and print real reports.
+    Demo,
+    /// Run every test: unit tests and end-to-end tests against the real kernel (as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// malloc/free microbenchmark: untraced vs empty probes vs leaktrace.
+    Bench {
+        /// Seconds per measured run.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Runs per configuration (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Append the result to bench/RESULTS.md.
+        #[arg(long)]
+        record: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let root = workspace_root();
+    match args.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            build(&root)
+        }
+        Cmd::Demo => {
+            setup::run()?;
+            build(&root)?;
+            demo(&root)
+        }
+        Cmd::Test { args } => {
+            setup::run()?;
+            build(&root)?;
+            test(&root, &args)
+        }
+        Cmd::Bench {
+            seconds,
+            rounds,
+            record,
+        } => {
+            setup::run()?;
+            build(&root)?;
+            bench::run(&root, seconds, rounds, record)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(root: &Path) -> Result<()> {
+    eprintln!("xtask: building leaktrace (release, with its eBPF object)");
+    run(Command::new("cargo").current_dir(root).args([
+        "build",
+        "--release",
+        "--package",
+        "leaktrace",
+    ]))
+}
+
+pub fn leaktrace_bin(root: &Path) -> PathBuf {
+    root.join("target/release/leaktrace")
+}
+
+/// Compiles a C source with the flags leaktrace's stacks need.
+pub fn compile_c(src: &Path, out: &Path) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    run(Command::new("cc")
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(out)
+        .arg(src))
+}
+
+fn demo(root: &Path) -> Result<()> {
+    let demo_bin = root.join("target/demo/leaky_demo");
+    compile_c(&root.join("xtask/demo/leaky_demo.c"), &demo_bin)?;
+    let mut target = Command::new(&demo_bin)
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start the demo target")?;
+    let pid = target.id();
+    eprintln!(
+        "xtask: started the demo target (pid {pid}): it leaks one 4096-byte buffer per request \
+         in leak_request_buffer(), 5 requests/s, and frees its other buffers"
+    );
+    thread::sleep(Duration::from_millis(500));
+    let status = Command::new(leaktrace_bin(root))
+        .args([
+            "--pid",
+            &pid.to_string(),
+            "--interval",
+            "2",
+            "--count",
+            "3",
+            "--older-than",
+            "1s",
+        ])
+        .status();
+    let _ = target.kill();
+    let _ = target.wait();
+    let status = status.context("cannot run leaktrace")?;
+    if !status.success() {
+        bail!("leaktrace failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    eprintln!("xtask: running the test suite");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .env("LEAKTRACE_BIN", leaktrace_bin(root))
+        .args(["test", "--workspace"])
+        .args(extra))
+}

@@ -10,7 +10,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use tracer_common::{cookie, AllocKind, Config, InFlight, Pending, PendingKey, SiteKey, SiteTotals};
+use tracer_common::{
+    cookie, AllocKind, Config, InFlight, Pending, PendingKey, SiteKey, SiteTotals,
+};
 
 use crate::{
     cli::ProbeMode,
@@ -106,7 +108,12 @@ impl HeapProbes {
             .map_max_entries("INFLIGHT", sizes.threads.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-        let mut probes = Self { ebpf, entry_links: Vec::new(), return_links: Vec::new(), mode };
+        let mut probes = Self {
+            ebpf,
+            entry_links: Vec::new(),
+            return_links: Vec::new(),
+            mode,
+        };
         let names: Vec<&'static str> = match mode {
             ProbeMode::Full => vec![
                 "alloc_entry_size0",
@@ -121,7 +128,10 @@ impl HeapProbes {
             ProbeMode::Empty => vec!["empty_entry", "empty_return"],
         };
         for name in names {
-            probes.program(name)?.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
+            probes
+                .program(name)?
+                .load()
+                .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         }
         Ok(probes)
     }
@@ -146,13 +156,26 @@ impl HeapProbes {
         })?);
         let (entry_of, return_prog) = match self.mode {
             ProbeMode::Full => (entry_program as fn(ProbeFn) -> &'static str, "alloc_return"),
-            ProbeMode::Empty => ((|_| "empty_entry") as fn(ProbeFn) -> &'static str, "empty_return"),
+            ProbeMode::Empty => (
+                (|_| "empty_entry") as fn(ProbeFn) -> &'static str,
+                "empty_return",
+            ),
         };
         for object in &alloc.objects {
             for site in &object.sites {
                 if let ProbeFn::Alloc(kind) = site.func {
-                    let id = self.attach_one(return_prog, kind.name(), object, site.offset, cookie(kind, 0), scope)?;
-                    self.return_links.push(Link { program: return_prog, id });
+                    let id = self.attach_one(
+                        return_prog,
+                        kind.name(),
+                        object,
+                        site.offset,
+                        cookie(kind, 0),
+                        scope,
+                    )?;
+                    self.return_links.push(Link {
+                        program: return_prog,
+                        id,
+                    });
                 }
             }
         }
@@ -187,7 +210,11 @@ impl HeapProbes {
         };
         debug_assert!(matches!(prog.kind(), ProbeKind::Entry | ProbeKind::Return));
         prog.attach(point, &object.path, scope)
-            .map_err(|e| ProbeError::Attach { function, library, reason: error_chain(&e) })
+            .map_err(|e| ProbeError::Attach {
+                function,
+                library,
+                reason: error_chain(&e),
+            })
     }
 
     /// Moves the maps userspace reads out of the loaded object.
@@ -234,7 +261,10 @@ impl HeapProbes {
 /// fail without CAP_SYS_RESOURCE; that is harmless on newer kernels, where
 /// the memory is charged to the cgroup, so the result is ignored.
 fn raise_memlock_limit() {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit with a valid pointer to a local struct.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
 }

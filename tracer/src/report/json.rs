@@ -105,7 +105,10 @@ mod tests {
                     location: None,
                 }],
             }],
-            dropped: Dropped { stacks_lost: 3, ..Dropped::default() },
+            dropped: Dropped {
+                stacks_lost: 3,
+                ..Dropped::default()
+            },
             target_exited: false,
         };
         let mut buf = Vec::new();

@@ -24,8 +24,16 @@ impl Style {
 }
 
 pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
-    let kind = if r.final_report { "final report" } else { "report" };
-    let exited = if r.target_exited { ", target exited" } else { "" };
+    let kind = if r.final_report {
+        "final report"
+    } else {
+        "report"
+    };
+    let exited = if r.target_exited {
+        ", target exited"
+    } else {
+        ""
+    };
     writeln!(
         out,
         "{}",
@@ -54,7 +62,11 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         site(out, i + 1, s, style)?;
     }
     if r.sites.len() < r.sites_total {
-        writeln!(out, "   ({} smaller sites not shown; see --top)", r.sites_total - r.sites.len())?;
+        writeln!(
+            out,
+            "   ({} smaller sites not shown; see --top)",
+            r.sites_total - r.sites.len()
+        )?;
     }
     let d = &r.dropped;
     let line = format!(
@@ -81,7 +93,11 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
         Some(g) if g > 0 => format!("+{} since last report", bytes(g as u64)),
         Some(g) => format!("-{} since last report", bytes(g.unsigned_abs())),
     };
-    let via = s.allocator.as_deref().map(|a| format!(" via {a}")).unwrap_or_default();
+    let via = s
+        .allocator
+        .as_deref()
+        .map(|a| format!(" via {a}"))
+        .unwrap_or_default();
     writeln!(
         out,
         "  [{n}] {} in {} blocks{via} · oldest {} · {growth}",
@@ -96,7 +112,11 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
             (Some(file), None) => format!(" {file}"),
             _ => String::new(),
         };
-        let module = f.module.as_deref().map(|m| format!(" [{m}]")).unwrap_or_default();
+        let module = f
+            .module
+            .as_deref()
+            .map(|m| format!(" [{m}]"))
+            .unwrap_or_default();
         let inl = if f.inlined { " (inlined)" } else { "" };
         writeln!(
             out,
@@ -108,7 +128,10 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
         )?;
     }
     if s.stack_lost {
-        writeln!(out, "        (rest of stack lost: stack table full or hash collision)")?;
+        writeln!(
+            out,
+            "        (rest of stack lost: stack table full or hash collision)"
+        )?;
     }
     Ok(())
 }

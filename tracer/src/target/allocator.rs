@@ -55,7 +55,10 @@ pub struct Allocator {
 impl Allocator {
     /// The object defining malloc/free, for messages.
     pub fn display(&self) -> &str {
-        self.objects.first().map(|o| o.display.as_str()).unwrap_or("?")
+        self.objects
+            .first()
+            .map(|o| o.display.as_str())
+            .unwrap_or("?")
     }
 
     /// The allocation function(s) at `offset` in `path` (as the target sees it).
@@ -88,9 +91,17 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
     let mut malloc_object: Option<ProbedObject> = None;
     let mut new_objects = Vec::new();
     for cand in ordered {
-        let Ok(data) = fs::read(&cand.path) else { continue };
-        let Some(symbols) = function_offsets(&data) else { continue };
-        let object = |sites| ProbedObject { display: cand.display.clone(), path: cand.path.clone(), sites };
+        let Ok(data) = fs::read(&cand.path) else {
+            continue;
+        };
+        let Some(symbols) = function_offsets(&data) else {
+            continue;
+        };
+        let object = |sites| ProbedObject {
+            display: cand.display.clone(),
+            path: cand.path.clone(),
+            sites,
+        };
         if malloc_object.is_none() {
             if let Some(sites) = allocator_sites(&symbols) {
                 malloc_object = Some(object(sites));
@@ -123,7 +134,9 @@ fn sites_of(symbols: &HashMap<String, u64>, kinds: &[AllocKind], by_offset: &mut
     for &kind in kinds {
         for name in kind.symbols() {
             if let Some(&off) = symbols.get(*name) {
-                let entry = by_offset.entry(off).or_insert((ProbeFn::Alloc(kind), Vec::new()));
+                let entry = by_offset
+                    .entry(off)
+                    .or_insert((ProbeFn::Alloc(kind), Vec::new()));
                 if !entry.1.contains(&kind.name()) {
                     entry.1.push(kind.name());
                 }
@@ -135,7 +148,11 @@ fn sites_of(symbols: &HashMap<String, u64>, kinds: &[AllocKind], by_offset: &mut
 fn sorted(by_offset: ByOffset) -> Vec<Site> {
     let mut sites: Vec<Site> = by_offset
         .into_iter()
-        .map(|(offset, (func, names))| Site { func, offset, names: names.join("/") })
+        .map(|(offset, (func, names))| Site {
+            func,
+            offset,
+            names: names.join("/"),
+        })
         .collect();
     sites.sort_by_key(|s| {
         let rank = match s.func {
@@ -200,7 +217,11 @@ mod tests {
     use super::*;
 
     fn site(func: ProbeFn, offset: u64, names: &str) -> Site {
-        Site { func, offset, names: names.into() }
+        Site {
+            func,
+            offset,
+            names: names.into(),
+        }
     }
 
     fn syms(pairs: &[(&str, u64)]) -> HashMap<String, u64> {
@@ -212,7 +233,13 @@ mod tests {
         assert!(allocator_sites(&syms(&[("malloc", 1)])).is_none());
         assert!(allocator_sites(&syms(&[("free", 1)])).is_none());
         let s = allocator_sites(&syms(&[("malloc", 1), ("free", 2)])).expect("has both");
-        assert_eq!(s, vec![site(ProbeFn::Alloc(AllocKind::Malloc), 1, "malloc"), site(ProbeFn::Free, 2, "free")]);
+        assert_eq!(
+            s,
+            vec![
+                site(ProbeFn::Alloc(AllocKind::Malloc), 1, "malloc"),
+                site(ProbeFn::Free, 2, "free")
+            ]
+        );
     }
 
     #[test]
@@ -230,7 +257,11 @@ mod tests {
             vec![
                 site(ProbeFn::Alloc(AllocKind::Malloc), 10, "malloc"),
                 site(ProbeFn::Alloc(AllocKind::Calloc), 40, "calloc"),
-                site(ProbeFn::Alloc(AllocKind::AlignedAlloc), 30, "aligned_alloc/memalign"),
+                site(
+                    ProbeFn::Alloc(AllocKind::AlignedAlloc),
+                    30,
+                    "aligned_alloc/memalign"
+                ),
                 site(ProbeFn::Free, 20, "free"),
             ]
         );
@@ -255,14 +286,25 @@ mod tests {
         let candidates: Vec<Candidate> = maps
             .iter()
             .filter_map(|m| m.path.clone())
-            .map(|p| Candidate { path: PathBuf::from(&p), display: p })
+            .map(|p| Candidate {
+                path: PathBuf::from(&p),
+                display: p,
+            })
             .collect();
         let alloc = find_allocator(&candidates).expect("glibc found");
         assert!(alloc.display().contains("libc.so"), "{}", alloc.display());
         let sites = &alloc.objects[0].sites;
         assert!(sites.iter().any(|s| s.func == ProbeFn::Free));
-        for kind in [AllocKind::Malloc, AllocKind::Calloc, AllocKind::Realloc, AllocKind::PosixMemalign] {
-            assert!(sites.iter().any(|s| s.func == ProbeFn::Alloc(kind)), "{kind:?} missing");
+        for kind in [
+            AllocKind::Malloc,
+            AllocKind::Calloc,
+            AllocKind::Realloc,
+            AllocKind::PosixMemalign,
+        ] {
+            assert!(
+                sites.iter().any(|s| s.func == ProbeFn::Alloc(kind)),
+                "{kind:?} missing"
+            );
         }
     }
 }

@@ -90,7 +90,10 @@ pub fn spawn_paused(argv: &[OsString]) -> Result<Paused, TargetError> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two fds into the array we own.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(TargetError::Spawn { cmd, source: std::io::Error::last_os_error() });
+        return Err(TargetError::Spawn {
+            cmd,
+            source: std::io::Error::last_os_error(),
+        });
     }
     let [read_fd, write_fd] = fds;
 
@@ -98,7 +101,10 @@ pub fn spawn_paused(argv: &[OsString]) -> Result<Paused, TargetError> {
     // memory prepared before the fork, then execs or _exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(TargetError::Spawn { cmd, source: std::io::Error::last_os_error() });
+        return Err(TargetError::Spawn {
+            cmd,
+            source: std::io::Error::last_os_error(),
+        });
     }
     if pid == 0 {
         // SAFETY: see above; all pointers stay valid in the child's copy.
@@ -120,14 +126,20 @@ pub fn spawn_paused(argv: &[OsString]) -> Result<Paused, TargetError> {
     }
     // SAFETY: closing the child's end in the parent.
     unsafe { libc::close(read_fd) };
-    Ok(Paused { pid: pid as u32, program, go_fd: write_fd })
+    Ok(Paused {
+        pid: pid as u32,
+        program,
+        go_fd: write_fd,
+    })
 }
 
 /// `name` as execvp would find it.
 fn resolve_program(name: &OsStr) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     };
     if name.as_bytes().contains(&b'/') {
         let p = PathBuf::from(name);
@@ -146,13 +158,17 @@ pub fn program_objects(program: &Path) -> Result<Vec<Candidate>, TargetError> {
         cmd: cmd.clone(),
         reason: e.to_string(),
     })?;
-    let mut out = vec![Candidate { display: cmd.clone(), path: program.to_path_buf() }];
+    let program = fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let mut out = vec![Candidate {
+        display: program.display().to_string(),
+        path: program.clone(),
+    }];
     let Some(interp) = interpreter(&data) else {
         return Ok(out); // statically linked
     };
     let output = Command::new(&interp)
         .arg("--list")
-        .arg(program)
+        .arg(&program)
         .output()
         .map_err(|e| TargetError::Libraries {
             cmd: cmd.clone(),
@@ -165,7 +181,13 @@ pub fn program_objects(program: &Path) -> Result<Vec<Candidate>, TargetError> {
         });
     }
     for path in parse_ld_list(&String::from_utf8_lossy(&output.stdout)) {
-        out.push(Candidate { display: path.clone(), path: PathBuf::from(path) });
+        // The kernel names mappings by their canonical path (/usr/lib, not
+        // the /lib symlink): match that, so reports can tell functions apart.
+        let path = fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(path));
+        out.push(Candidate {
+            display: path.display().to_string(),
+            path,
+        });
     }
     Ok(out)
 }
@@ -210,7 +232,10 @@ mod tests {
                     \tlibmissing.so => not found\n";
         assert_eq!(
             parse_ld_list(text),
-            vec!["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+            vec![
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
         );
     }
 
@@ -218,6 +243,9 @@ mod tests {
     fn finds_libc_of_a_system_binary() {
         let ls = resolve_program(OsStr::new("ls")).expect("ls on PATH");
         let objs = program_objects(&ls).expect("ld.so --list works");
-        assert!(objs.iter().any(|c| c.display.contains("libc.so")), "{objs:?}");
+        assert!(
+            objs.iter().any(|c| c.display.contains("libc.so")),
+            "{objs:?}"
+        );
     }
 }

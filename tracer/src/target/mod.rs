@@ -7,7 +7,9 @@ pub mod procfs;
 
 use std::{collections::HashSet, io, path::PathBuf};
 
-pub use allocator::{find_allocator, Allocator, AllocatorError, Candidate, ProbeFn, ProbedObject, Site};
+pub use allocator::{
+    find_allocator, Allocator, AllocatorError, Candidate, ProbeFn, ProbedObject, Site,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -47,7 +49,10 @@ pub fn inspect(pid: u32) -> Result<Process, TargetError> {
     if stat.state == 'Z' || stat.state == 'X' {
         return Err(TargetError::Zombie(pid));
     }
-    Ok(Process { pid, comm: stat.comm })
+    Ok(Process {
+        pid,
+        comm: stat.comm,
+    })
 }
 
 /// Objects mapped executable in a running process, openable from here even

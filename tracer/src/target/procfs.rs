@@ -24,12 +24,17 @@ impl Mapping {
     /// when the target lives in another mount namespace or the file was
     /// deleted.
     pub fn open_path(&self, pid: u32) -> PathBuf {
-        PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", self.start, self.end))
+        PathBuf::from(format!(
+            "/proc/{pid}/map_files/{:x}-{:x}",
+            self.start, self.end
+        ))
     }
 }
 
 pub fn read_maps(pid: u32) -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?))
+    Ok(parse_maps(&fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
 }
 
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
@@ -114,7 +119,10 @@ mod tests {
         assert_eq!(maps[1].start, 0x7f1c2a028000);
         assert!(maps[1].executable);
         assert_eq!(maps[1].file_offset, 0x28000);
-        assert_eq!(maps[1].path.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert_eq!(
+            maps[1].path.as_deref(),
+            Some("/usr/lib/x86_64-linux-gnu/libc.so.6")
+        );
         assert_eq!(maps[2].path, None);
         assert_eq!(maps[3].path, None);
         assert_eq!(maps[4].path.as_deref(), Some("/tmp/gone lib"));

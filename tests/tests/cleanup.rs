@@ -1,0 +1,104 @@
+//! Leaving nothing behind: after leaktrace exits, no program of ours is in
+//! the kernel and the target's code is byte for byte what is on disk.
+
+use std::{fs, os::unix::fs::FileExt, thread, time::Duration};
+
+use leaktrace_tests::*;
+
+/// The target's executable mapping of its C library: (start, bytes as
+/// mapped now, bytes of the file at that offset).
+fn libc_text(pid: u32) -> (u64, Vec<u8>, Vec<u8>) {
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains(" r-xp ") && l.contains("/libc.so"))
+        .expect("libc text mapping");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (start, end) = f[0].split_once('-').expect("range");
+    let start = u64::from_str_radix(start, 16).expect("hex");
+    let end = u64::from_str_radix(end, 16).expect("hex");
+    let offset = u64::from_str_radix(f[2], 16).expect("hex");
+    let len = (end - start) as usize;
+    let mut mem = vec![0u8; len];
+    fs::File::open(format!("/proc/{pid}/mem"))
+        .expect("mem")
+        .read_exact_at(&mut mem, start)
+        .expect("read mem");
+    let mut file = vec![0u8; len];
+    let n = fs::File::open(f[5])
+        .expect("libc file")
+        .read_at(&mut file, offset)
+        .expect("read libc");
+    file.truncate(n);
+    mem.truncate(n);
+    (start, mem, file)
+}
+
+#[test]
+fn sigint_prints_a_final_report_and_removes_every_probe() {
+    let _guard = exclusive();
+    assert!(
+        loaded_leaktrace_programs().is_empty(),
+        "programs left over from before this test"
+    );
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let (_, before_mem, before_file) = libc_text(fixture.pid);
+    assert!(
+        before_mem == before_file,
+        "libc text matches the file before tracing"
+    );
+
+    let mut lt = Leaktrace::attach(fixture.pid, &["-i", "60", "--older-than", "0"]);
+    // While attached, breakpoints sit in the target's libc text and our
+    // programs are loaded: the checks below can fail.
+    let (_, during_mem, during_file) = libc_text(fixture.pid);
+    assert!(
+        during_mem != during_file,
+        "uprobes are visible in the target's text while attached"
+    );
+    assert!(!loaded_leaktrace_programs().is_empty());
+
+    fixture.command("leak", "leaked");
+    thread::sleep(Duration::from_millis(300));
+    lt.signal(libc::SIGINT);
+    let (status, reports, stderr) = lt.finish();
+    assert!(status.success(), "exit 0 on SIGINT: {status:?} {stderr:?}");
+    assert_eq!(reports.len(), 1, "exactly the final report");
+    assert_eq!(reports[0]["final"], true);
+    assert_eq!(reports[0]["target_exited"], false);
+    assert_site(&reports[0], "leak_calloc", 2000, 2, "calloc");
+
+    assert!(
+        loaded_leaktrace_programs().is_empty(),
+        "no leaktrace program remains loaded"
+    );
+    let (_, after_mem, after_file) = libc_text(fixture.pid);
+    assert!(
+        after_mem == after_file,
+        "every breakpoint removed from the target"
+    );
+    assert!(fixture.is_alive(), "the target keeps running");
+    // And it still works: it can allocate and free after we left.
+    fixture.command("leak", "leaked");
+}
+
+#[test]
+fn sigterm_and_count_also_detach() {
+    let _guard = exclusive();
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let lt = Leaktrace::attach(fixture.pid, &["-i", "60"]);
+    lt.signal(libc::SIGTERM);
+    let (status, reports, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(reports.len(), 1);
+    assert!(loaded_leaktrace_programs().is_empty());
+
+    let lt = Leaktrace::attach(fixture.pid, &["-i", "0.2", "-n", "2"]);
+    let (status, reports, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(reports.len(), 2);
+    assert!(loaded_leaktrace_programs().is_empty());
+    let (_, mem, file) = libc_text(fixture.pid);
+    assert!(mem == file);
+    assert!(fixture.is_alive());
+}

@@ -1,0 +1,255 @@
+//! Heap leak tracing end to end: real fixtures, real kernel, real binary.
+
+use leaktrace_tests::*;
+use serde_json::Value;
+
+/// Sites every C run must report exactly: (caller, bytes, blocks, allocator).
+const C_LEAKS: &[(&str, u64, u64, &str)] = &[
+    ("leak_malloc", 3000, 3, "malloc"),
+    ("leak_calloc", 2000, 2, "calloc"),
+    ("leak_realloc", 5000, 1, "realloc"),
+    ("leak_realloc_null", 700, 1, "realloc"),
+    ("leak_reallocarray", 600, 1, "reallocarray"),
+    ("leak_posix_memalign", 4096, 2, "posix_memalign"),
+    // glibc exports aligned_alloc and memalign at one address.
+    ("leak_aligned_alloc", 1024, 1, "aligned_alloc/memalign"),
+    ("leak_memalign", 1536, 1, "aligned_alloc/memalign"),
+    ("leak_valloc", 3000, 1, "valloc"),
+    ("leak_pvalloc", 100, 1, "pvalloc"),
+    ("leak_after_failed_realloc", 400, 1, "malloc"),
+];
+const C_TOTAL_BYTES: u64 = 21456;
+const C_TOTAL_BLOCKS: u64 = 15;
+
+/// Functions that free what they allocate (or whose allocations fail).
+const C_NOT_LEAKS: &[&str] = &[
+    "freed_malloc",
+    "freed_calloc",
+    "freed_realloc",
+    "freed_realloc_zero",
+    "freed_reallocarray",
+    "freed_posix_memalign",
+    "freed_aligned_alloc",
+    "failed_allocations",
+    "short_lived",
+];
+
+fn assert_c_leaks(report: &Value) {
+    for &(function, bytes, blocks, allocator) in C_LEAKS {
+        assert_site(report, function, bytes, blocks, allocator);
+    }
+    for &function in C_NOT_LEAKS {
+        assert!(
+            stacks_through(report, function).is_empty(),
+            "{function} must not appear: {report}"
+        );
+    }
+    // leak_realloc's malloc(50) was released by its realloc: one stack only.
+    assert_eq!(stacks_at(report, "leak_realloc").len(), 1);
+}
+
+fn assert_nothing_dropped(report: &Value) {
+    for (k, v) in report["dropped"].as_object().expect("dropped object") {
+        assert_eq!(v, 0, "dropped.{k} should be 0: {report}");
+    }
+}
+
+#[test]
+fn c_program_attached_by_pid_reports_every_leak_site_exactly() {
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["-i", "1", "--older-than", "300ms", "--top", "100"],
+    );
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
+    assert_c_leaks(&report);
+    // Nothing else survives: no leak missed, nothing extra.
+    assert_eq!(report["old_bytes"], C_TOTAL_BYTES, "{report}");
+    assert_eq!(report["old_blocks"], C_TOTAL_BLOCKS, "{report}");
+    assert_eq!(report["live_bytes"], C_TOTAL_BYTES);
+    assert_nothing_dropped(&report);
+    // Every leak site's stack continues through do_leaks into main.
+    for &(function, ..) in C_LEAKS {
+        let s = stacks_at(&report, function)[0];
+        let names: Vec<&str> = s["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["symbol"].as_str())
+            .collect();
+        assert_eq!(&names[1..3], &["do_leaks", "main"], "{function}: {names:?}");
+        assert_eq!(s["frames"][0]["module"], "heap_c");
+        assert!(
+            s["frames"][0]["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("heap_c.c")),
+            "{s}"
+        );
+    }
+    assert!(fixture.is_alive());
+}
+
+#[test]
+fn json_reports_follow_the_documented_schema() {
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "0", "-n", "2"]);
+    fixture.command("leak", "leaked");
+    let first = lt.next_report();
+    let (status, rest, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(rest.len(), 1, "-n 2 gives exactly two reports");
+    for (i, r) in [first, rest[0].clone()].iter().enumerate() {
+        assert_eq!(r["type"], "heap_report");
+        assert_eq!(r["seq"], i as u64 + 1);
+        assert_eq!(r["final"], i == 1);
+        assert_eq!(r["pid"], fixture.pid);
+        assert_eq!(r["comm"], "heap_c");
+        assert_eq!(r["older_than_ms"], 0);
+        for key in [
+            "timestamp_ms",
+            "elapsed_ms",
+            "live_bytes",
+            "live_blocks",
+            "old_bytes",
+            "old_blocks",
+            "sites_total",
+        ] {
+            assert!(r[key].is_u64(), "{key} is a number: {r}");
+        }
+        assert!(r["target_exited"].is_boolean());
+        for s in r["stacks"].as_array().expect("stacks") {
+            assert!(s["bytes"].is_u64() && s["blocks"].is_u64() && s["oldest_age_ms"].is_u64());
+            assert!(s["growth_bytes"].is_i64() || s["growth_bytes"].is_null());
+            assert!(s["allocator"].is_string() || s["allocator"].is_null());
+            assert!(s["stack_lost"].is_boolean());
+            for f in s["frames"].as_array().expect("frames") {
+                assert!(
+                    f["address"].as_str().is_some_and(|a| a.starts_with("0x")),
+                    "{f}"
+                );
+                assert!(f["symbol"].is_string() || f["symbol"].is_null());
+                assert!(f["module"].is_string() || f["module"].is_null());
+                assert!(f["file"].is_string() || f["file"].is_null());
+                assert!(f["line"].is_u64() || f["line"].is_null());
+                assert!(f["inlined"].is_boolean());
+            }
+        }
+    }
+    // Growth: the second report saw the same sites again.
+    assert_eq!(stacks_at(&rest[0], "leak_malloc")[0]["growth_bytes"], 0);
+}
+
+#[test]
+fn launch_mode_traces_from_the_first_allocation_and_exits_with_the_command() {
+    let bin = fixtures().path("heap_c");
+    let bin = bin.to_str().expect("utf8 path");
+    let lt = Leaktrace::start(&[
+        "-i",
+        "60",
+        "--older-than",
+        "0",
+        "--top",
+        "100",
+        "--",
+        bin,
+        "run",
+        "1.5",
+        "7",
+    ]);
+    let (status, reports, _) = lt.finish();
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "leaktrace exits with the command's status"
+    );
+    assert_eq!(reports.len(), 1, "one final report: {reports:?}");
+    let report = &reports[0];
+    assert_eq!(report["final"], true);
+    assert_eq!(report["target_exited"], true);
+    // Symbolized from the mappings snapshot, after the target is gone.
+    assert_c_leaks(report);
+}
+
+#[test]
+fn final_report_when_the_target_exits() {
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let lt = Leaktrace::attach(fixture.pid, &["-i", "60", "--older-than", "0"]);
+    fixture.command("leak", "leaked");
+    fixture.send("exit 3");
+    assert_eq!(fixture.wait().code(), Some(3));
+    let (status, reports, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0]["final"], true);
+    assert_eq!(reports[0]["target_exited"], true);
+    assert_site(&reports[0], "leak_malloc", 3000, 3, "malloc");
+    assert_site(&reports[0], "leak_realloc", 5000, 1, "realloc");
+}
+
+#[test]
+fn older_than_hides_young_blocks_until_they_age() {
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "2500ms"]);
+    fixture.command("leak", "leaked");
+    lt.report_where(|r| !stacks_at(r, "leak_malloc").is_empty());
+    fixture.command("late", "leaked-late");
+    // The next report comes at most one interval later: too young to show.
+    let young = lt.next_report();
+    assert!(stacks_at(&young, "leak_late").is_empty(), "{young}");
+    assert_site(&young, "leak_malloc", 3000, 3, "malloc");
+    let aged = lt.report_where(|r| !stacks_at(r, "leak_late").is_empty());
+    assert_site(&aged, "leak_late", 2222, 1, "malloc");
+    let age = stacks_at(&aged, "leak_late")[0]["oldest_age_ms"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        age >= 2500,
+        "reported only once older than the threshold, got {age} ms"
+    );
+}
+
+#[test]
+fn cpp_program_new_and_malloc_leaks() {
+    let mut fixture = Fixture::start("heap_cpp", &["wait"]);
+    let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "300ms"]);
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(6));
+    assert_site(&report, "leak_new_array", 4000, 2, "operator new");
+    assert_site(&report, "leak_new_object", 192, 3, "operator new");
+    assert_site(&report, "leak_malloc_cpp", 777, 1, "malloc");
+    for f in ["freed_containers", "freed_new_delete"] {
+        assert!(stacks_through(&report, f).is_empty(), "{f}: {report}");
+    }
+    assert_eq!(report["old_bytes"], 4969, "{report}");
+    assert_eq!(report["old_blocks"], 6);
+    assert_eq!(
+        stacks_at(&report, "leak_new_array")[0]["frames"][0]["symbol"],
+        "leak_new_array()"
+    );
+}
+
+#[test]
+fn rust_program_leaks_through_the_global_allocator() {
+    let mut fixture = Fixture::start("heap_rust", &["wait"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["-i", "1", "--older-than", "300ms", "--top", "100"],
+    );
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| totals_through(r, "heap_rust::leak_vec").1 >= 2);
+    assert_eq!(
+        totals_through(&report, "heap_rust::leak_vec"),
+        (6000, 2),
+        "{report}"
+    );
+    assert_eq!(
+        totals_through(&report, "heap_rust::leak_box"),
+        (512, 1),
+        "{report}"
+    );
+    assert!(
+        stacks_through(&report, "heap_rust::freed_vec").is_empty(),
+        "{report}"
+    );
+}
