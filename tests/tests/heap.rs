@@ -253,3 +253,24 @@ fn rust_program_leaks_through_the_global_allocator() {
         "{report}"
     );
 }
+
+#[test]
+fn freeing_old_blocks_removes_them_from_reports() {
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["-i", "1", "--older-than", "200ms", "--top", "100"],
+    );
+    fixture.command("leak", "leaked");
+    let before = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
+    assert_site(&before, "leak_malloc", 3000, 3, "malloc");
+    // By now the leak's generation is folded into the long-lived bucket:
+    // frees must still find and subtract it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    fixture.command("release", "released");
+    let after = lt.report_where(|r| stacks_at(r, "leak_malloc").is_empty());
+    assert_eq!(after["old_bytes"], C_TOTAL_BYTES - 3000, "{after}");
+    assert_eq!(after["old_blocks"], C_TOTAL_BLOCKS - 3);
+    assert_eq!(after["live_bytes"], C_TOTAL_BYTES - 3000);
+    assert_site(&after, "leak_calloc", 2000, 2, "calloc");
+}

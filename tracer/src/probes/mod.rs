@@ -75,10 +75,15 @@ pub struct HeapProbes {
 
 /// Checks the kernel can run what leaktrace needs, before touching anything.
 pub fn check_kernel_support() -> Result<(), ProbeError> {
-    if !Path::new(UPROBE_PMU).exists() {
-        return Err(ProbeError::NoUprobes);
+    check_uprobe_pmu(Path::new(UPROBE_PMU))
+}
+
+fn check_uprobe_pmu(pmu: &Path) -> Result<(), ProbeError> {
+    if pmu.exists() {
+        Ok(())
+    } else {
+        Err(ProbeError::NoUprobes)
     }
-    Ok(())
 }
 
 fn entry_program(f: ProbeFn) -> &'static str {
@@ -281,4 +286,28 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_uprobe_support_is_a_clear_error() {
+        let err = check_uprobe_pmu(Path::new("/nonexistent/uprobe/type")).expect_err("no PMU");
+        assert_eq!(
+            err.to_string(),
+            "this kernel has no uprobe support (no /sys/bus/event_source/devices/uprobe/type; needs CONFIG_UPROBE_EVENTS)"
+        );
+        // This machine's kernel has them (the end-to-end tests rely on it).
+        assert!(check_kernel_support().is_ok());
+    }
+
+    #[test]
+    fn every_alloc_kind_has_an_entry_program() {
+        for kind in AllocKind::ALL {
+            assert!(entry_program(ProbeFn::Alloc(kind)).starts_with("alloc_entry_"));
+        }
+        assert_eq!(entry_program(ProbeFn::Free), "free_entry");
+    }
 }
