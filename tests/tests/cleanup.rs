@@ -48,7 +48,7 @@ fn sigint_prints_a_final_report_and_removes_every_probe() {
         "libc text matches the file before tracing"
     );
 
-    let mut lt = Leaktrace::attach(fixture.pid, &["-i", "60", "--older-than", "0"]);
+    let lt = Leaktrace::attach(fixture.pid, &["-i", "60", "--older-than", "0"]);
     // While attached, breakpoints sit in the target's libc text and our
     // programs are loaded: the checks below can fail.
     let (_, during_mem, during_file) = libc_text(fixture.pid);

@@ -190,13 +190,13 @@ async fn trace(
     loop {
         tokio::select! {
             status = exit.exited() => return Ok(status.unwrap_or(0)),
-            _ = sigint.recv() => { unsafe_kill(pid, libc::SIGINT); }
-            _ = sigterm.recv() => { unsafe_kill(pid, libc::SIGTERM); }
+            _ = sigint.recv() => { signal_child(pid, libc::SIGINT); }
+            _ = sigterm.recv() => { signal_child(pid, libc::SIGTERM); }
         }
     }
 }
 
-fn unsafe_kill(pid: u32, sig: i32) {
+fn signal_child(pid: u32, sig: i32) {
     // SAFETY: signalling our own child process by pid.
     unsafe { libc::kill(pid as i32, sig) };
 }
