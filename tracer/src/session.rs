@@ -2,7 +2,6 @@
 //! and on the way out print the final report and remove every probe.
 
 use std::{
-    collections::{HashMap, HashSet},
     io::{self, IsTerminal},
     os::fd::{FromRawFd, OwnedFd},
     time::{Duration, Instant, SystemTime},
@@ -239,24 +238,12 @@ impl ReportBuilder {
             .map(|s| collector.site_probe_ip(s.site))
             .collect();
 
-        let unique: Vec<u64> = stacks
-            .iter()
-            .flatten()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let symbolized = symbolizer.symbolize(unique.clone(), true).await?;
-        let by_addr: HashMap<u64, _> = unique.into_iter().zip(symbolized).collect();
-        let ips: Vec<u64> = probe_ips
-            .iter()
-            .flatten()
-            .copied()
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let probe_frames = symbolizer.symbolize(ips.clone(), false).await?;
-        let probe_by_ip: HashMap<u64, _> = ips.into_iter().zip(probe_frames).collect();
+        let by_addr = symbolizer
+            .symbolize_set(stacks.iter().flatten().copied(), true)
+            .await?;
+        let probe_by_ip = symbolizer
+            .symbolize_set(probe_ips.iter().flatten().copied(), false)
+            .await?;
 
         let sites: Vec<SiteReport> = considered
             .iter()

@@ -8,7 +8,7 @@
 //! namespace or deleted from disk are still readable.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
@@ -96,6 +96,17 @@ impl Symbolizer {
             })
             .map_err(|_| SymbolizerGone)?;
         rx.await.map_err(|_| SymbolizerGone)
+    }
+
+    /// Symbolizes each distinct address once; frames by address.
+    pub async fn symbolize_set(
+        &self,
+        addrs: impl Iterator<Item = u64>,
+        return_addresses: bool,
+    ) -> Result<HashMap<u64, Vec<Frame>>, SymbolizerGone> {
+        let unique: Vec<u64> = addrs.collect::<HashSet<_>>().into_iter().collect();
+        let frames = self.symbolize(unique.clone(), return_addresses).await?;
+        Ok(unique.into_iter().zip(frames).collect())
     }
 }
 
