@@ -75,6 +75,12 @@ fn c(src: &Path, out: &Path) -> Command {
     cmd
 }
 
+fn c_threads(src: &Path, out: &Path) -> Command {
+    let mut cmd = c(src, out);
+    cmd.arg("-pthread");
+    cmd
+}
+
 fn cpp(src: &Path, out: &Path) -> Command {
     let mut cmd = Command::new("g++");
     cmd.args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
@@ -118,6 +124,11 @@ const FIXTURES: &[FixtureSpec] = &[
         name: "heap_cpp",
         source: "heap_cpp.cpp",
         compile: cpp,
+    },
+    FixtureSpec {
+        name: "threads_c",
+        source: "threads_c.c",
+        compile: c_threads,
     },
     FixtureSpec {
         name: "heap_rust",

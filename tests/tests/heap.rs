@@ -169,6 +169,8 @@ fn launch_mode_traces_from_the_first_allocation_and_exits_with_the_command() {
     assert_eq!(report["target_exited"], true);
     // Symbolized from the mappings snapshot, after the target is gone.
     assert_c_leaks(report);
+    // Probes were in place before the program's first allocation.
+    assert_site(report, "leak_at_startup", 123, 1, "malloc");
 }
 
 #[test]
@@ -273,4 +275,33 @@ fn freeing_old_blocks_removes_them_from_reports() {
     assert_eq!(after["old_blocks"], C_TOTAL_BLOCKS - 3);
     assert_eq!(after["live_bytes"], C_TOTAL_BYTES - 3000);
     assert_site(&after, "leak_calloc", 2000, 2, "calloc");
+}
+
+#[test]
+fn concurrent_threads_are_counted_exactly() {
+    let mut fixture = Fixture::start("threads_c", &[]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["-i", "1", "--older-than", "0", "--top", "100"],
+    );
+    fixture.command("go", "done");
+    let done_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    // Reports queue up while the threads run: take one from after they ended.
+    let report = lt.report_where(|r| r["timestamp_ms"].as_u64() > Some(done_ms));
+    assert_site(&report, "leak_per_thread", 4800, 100, "malloc");
+    assert!(stacks_through(&report, "churn").is_empty(), "{report}");
+    assert_nothing_dropped(&report);
+    // The only other survivors: glibc keeps each finished thread's TLS
+    // vector (allocate_dtv, in the dynamic loader) with its cached stack.
+    let (dtv_bytes, dtv_blocks) = totals_through(&report, "allocate_dtv");
+    assert_eq!(dtv_blocks, 4, "{report}");
+    assert_eq!(
+        report["old_bytes"].as_u64(),
+        Some(4800 + dtv_bytes),
+        "{report}"
+    );
+    assert_eq!(report["old_blocks"], 104);
 }
