@@ -97,8 +97,44 @@ struct Acc {
     oldest: Option<Instant>,
 }
 
-pub struct Collector {
-    maps: HeapMaps,
+/// How often to advance the generation: the age resolution.
+pub fn tick_period(older_than: Duration, interval: Duration) -> Duration {
+    (older_than / 4)
+        .clamp(Duration::from_millis(20), Duration::from_secs(1))
+        .min(interval)
+}
+
+/// The kernel's per-(site, generation) totals and its configuration slot,
+/// as the ledger needs them. Implemented by the real BPF maps; the unit
+/// tests implement it with a simulated kernel.
+pub trait SiteTable {
+    fn entries(&self) -> Result<Vec<(SiteKey, SiteTotals)>, MapError>;
+    fn get(&self, key: &SiteKey) -> SiteTotals;
+    fn remove(&mut self, key: &SiteKey);
+    fn publish(&mut self, config: Config) -> Result<(), MapError>;
+}
+
+impl SiteTable for HeapMaps {
+    fn entries(&self) -> Result<Vec<(SiteKey, SiteTotals)>, MapError> {
+        self.sites.iter().collect()
+    }
+
+    fn get(&self, key: &SiteKey) -> SiteTotals {
+        self.sites.get(key, 0).unwrap_or_default()
+    }
+
+    fn remove(&mut self, key: &SiteKey) {
+        // Already gone is fine: nobody else removes entries.
+        let _ = self.sites.remove(key);
+    }
+
+    fn publish(&mut self, config: Config) -> Result<(), MapError> {
+        self.config.set(0, config, 0)
+    }
+}
+
+pub struct Collector<T: SiteTable = HeapMaps> {
+    maps: T,
     older_than: Duration,
     generation: u32,
     horizon: u32,
@@ -107,8 +143,8 @@ pub struct Collector {
     stacks: HashMap<u32, Vec<u64>>,
 }
 
-impl Collector {
-    pub fn new(maps: HeapMaps, older_than: Duration, now: Instant) -> Result<Self, MapError> {
+impl<T: SiteTable> Collector<T> {
+    pub fn new(maps: T, older_than: Duration, now: Instant) -> Result<Self, MapError> {
         let mut c = Collector {
             maps,
             older_than,
@@ -122,19 +158,12 @@ impl Collector {
         Ok(c)
     }
 
-    /// How often to advance the generation: the age resolution.
-    pub fn tick_period(older_than: Duration, interval: Duration) -> Duration {
-        (older_than / 4)
-            .clamp(Duration::from_millis(20), Duration::from_secs(1))
-            .min(interval)
-    }
-
     fn publish(&mut self) -> Result<(), MapError> {
         let cfg = Config {
             generation: self.generation,
             horizon: self.horizon,
         };
-        self.maps.config.set(0, cfg, 0)
+        self.maps.publish(cfg)
     }
 
     /// End of generation `g` (the start of the next), or `now` if current.
@@ -152,8 +181,7 @@ impl Collector {
         // probe that could still have used an older horizon has finished.
         let mut fold: Vec<(SiteKey, SiteTotals)> = Vec::new();
         let mut empty: Vec<SiteKey> = Vec::new();
-        for item in self.maps.sites.iter() {
-            let (key, v) = item?;
+        for (key, v) in self.maps.entries()? {
             if key.generation == 0 {
                 continue;
             }
@@ -178,10 +206,10 @@ impl Collector {
             }
             f.bytes += v.bytes;
             f.count += v.count;
-            let _ = self.maps.sites.remove(&key);
+            self.maps.remove(&key);
         }
         for key in empty {
-            let _ = self.maps.sites.remove(&key);
+            self.maps.remove(&key);
         }
         self.drop_settled_folds()?;
 
@@ -211,7 +239,7 @@ impl Collector {
                     stack_id: site.stack_id,
                     generation: 0,
                 };
-                let k = self.maps.sites.get(&key, 0).unwrap_or_default();
+                let k = self.maps.get(&key);
                 (f.count + k.count == 0 && f.bytes + k.bytes == 0).then_some(*site)
             })
             .collect();
@@ -221,7 +249,7 @@ impl Collector {
                 stack_id: site.stack_id,
                 generation: 0,
             };
-            let _ = self.maps.sites.remove(&key);
+            self.maps.remove(&key);
             self.folded.remove(&site);
         }
         Ok(())
@@ -231,8 +259,7 @@ impl Collector {
     pub fn snapshot(&mut self, now: Instant) -> Result<Snapshot, MapError> {
         let mut acc: HashMap<SiteId, Acc> = HashMap::new();
         let (mut live_bytes, mut live_blocks) = (0i64, 0i64);
-        for item in self.maps.sites.iter() {
-            let (key, v) = item?;
+        for (key, v) in self.maps.entries()? {
             live_bytes += v.bytes;
             live_blocks += v.count;
             let a = acc.entry(SiteId::from(&key)).or_default();
@@ -283,8 +310,17 @@ impl Collector {
             sites,
             live_bytes: live_bytes.max(0) as u64,
             live_blocks: live_blocks.max(0) as u64,
-            dropped: self.dropped()?,
+            dropped: Dropped::default(),
         })
+    }
+}
+
+impl Collector<HeapMaps> {
+    /// Reads the survivors and the counts of what could not be recorded.
+    pub fn read(&mut self, now: Instant) -> Result<Snapshot, MapError> {
+        let mut snap = self.snapshot(now)?;
+        snap.dropped = self.dropped()?;
+        Ok(snap)
     }
 
     fn dropped(&self) -> Result<Dropped, MapError> {
@@ -371,23 +407,178 @@ impl Collector {
 mod tests {
     use super::*;
 
+    /// A simulated kernel side, doing what tracer-ebpf's record/release do
+    /// with the per-site table.
+    #[derive(Default)]
+    struct SimKernel {
+        sites: HashMap<SiteKey, SiteTotals>,
+        config: Config,
+        live: HashMap<u64, (SiteId, u64, u32)>,
+    }
+
+    impl SimKernel {
+        fn add(&mut self, key: SiteKey, bytes: i64, count: i64) {
+            let v = self.sites.entry(key).or_default();
+            v.bytes += bytes;
+            v.count += count;
+        }
+
+        fn alloc(&mut self, addr: u64, site: SiteId, size: u64) {
+            let generation = self.config.generation;
+            self.add(
+                SiteKey {
+                    caller: site.caller,
+                    stack_id: site.stack_id,
+                    generation,
+                },
+                size as i64,
+                1,
+            );
+            self.live.insert(addr, (site, size, generation));
+        }
+
+        fn free(&mut self, addr: u64) {
+            let (site, size, g) = self.live.remove(&addr).expect("live block");
+            let generation = if g < self.config.horizon { 0 } else { g };
+            self.add(
+                SiteKey {
+                    caller: site.caller,
+                    stack_id: site.stack_id,
+                    generation,
+                },
+                -(size as i64),
+                -1,
+            );
+        }
+    }
+
+    impl SiteTable for SimKernel {
+        fn entries(&self) -> Result<Vec<(SiteKey, SiteTotals)>, MapError> {
+            Ok(self.sites.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn get(&self, key: &SiteKey) -> SiteTotals {
+            self.sites.get(key).copied().unwrap_or_default()
+        }
+        fn remove(&mut self, key: &SiteKey) {
+            self.sites.remove(key);
+        }
+        fn publish(&mut self, config: Config) -> Result<(), MapError> {
+            self.config = config;
+            Ok(())
+        }
+    }
+
+    const A: SiteId = SiteId {
+        caller: 0x1000,
+        stack_id: 1,
+    };
+    const B: SiteId = SiteId {
+        caller: 0x2000,
+        stack_id: 2,
+    };
+    const MS: Duration = Duration::from_millis(1);
+
+    fn collector(older_than: Duration, t0: Instant) -> Collector<SimKernel> {
+        Collector::new(SimKernel::default(), older_than, t0).expect("sim never fails")
+    }
+
+    #[test]
+    fn young_blocks_are_hidden_until_older_than_the_threshold() {
+        let t0 = Instant::now();
+        let mut c = collector(100 * MS, t0);
+        c.maps.alloc(1, A, 64);
+        for i in 1..=2 {
+            c.tick(t0 + 25 * MS * i).expect("tick");
+        }
+        let snap = c.snapshot(t0 + 60 * MS).expect("snapshot");
+        assert!(snap.sites.is_empty(), "60ms old block is young");
+        assert_eq!((snap.live_bytes, snap.live_blocks), (64, 1));
+        for i in 3..=8 {
+            c.tick(t0 + 25 * MS * i).expect("tick");
+        }
+        let snap = c.snapshot(t0 + 200 * MS).expect("snapshot");
+        assert_eq!(snap.sites.len(), 1);
+        assert_eq!((snap.sites[0].bytes, snap.sites[0].blocks), (64, 1));
+        assert!(snap.sites[0].oldest >= 100 * MS && snap.sites[0].oldest <= 200 * MS);
+    }
+
+    #[test]
+    fn folding_keeps_totals_exact_and_the_table_small() {
+        let t0 = Instant::now();
+        let tick = 25 * MS;
+        let mut c = collector(100 * MS, t0);
+        // Site A leaks one block per tick for 400 ticks; B allocates and
+        // frees; every 4th A block is freed again, some long after folding.
+        let mut now = t0;
+        let mut next_addr = 1u64;
+        let mut a_blocks = Vec::new();
+        for i in 0..400u64 {
+            c.maps.alloc(next_addr, A, 10);
+            a_blocks.push(next_addr);
+            next_addr += 1;
+            c.maps.alloc(next_addr, B, 7);
+            c.maps.free(next_addr);
+            next_addr += 1;
+            if i % 4 == 3 {
+                let victim = a_blocks.remove(a_blocks.len() / 2);
+                c.maps.free(victim);
+            }
+            now += tick;
+            c.tick(now).expect("tick");
+            // Entries: the folded bucket plus the generations within the threshold.
+            assert!(
+                c.maps.sites.len() <= 10,
+                "table stays small: {}",
+                c.maps.sites.len()
+            );
+        }
+        let snap = c.snapshot(now + 200 * MS).expect("snapshot");
+        assert_eq!(snap.sites.len(), 1, "B never survives");
+        assert_eq!(snap.sites[0].site, A);
+        assert_eq!(snap.sites[0].blocks, a_blocks.len() as u64);
+        assert_eq!(snap.sites[0].bytes, 10 * a_blocks.len() as u64);
+        // The first block of A is still alive: oldest is the whole run.
+        assert!(snap.sites[0].oldest >= 400 * tick);
+
+        // Free everything: A disappears and its folded state is dropped.
+        for addr in a_blocks {
+            c.maps.free(addr);
+        }
+        for _ in 0..8 {
+            now += tick;
+            c.tick(now).expect("tick");
+        }
+        let snap = c.snapshot(now).expect("snapshot");
+        assert!(snap.sites.is_empty());
+        assert_eq!((snap.live_bytes, snap.live_blocks), (0, 0));
+        assert!(c.folded.is_empty());
+        assert!(c.maps.sites.is_empty(), "{:?}", c.maps.sites);
+    }
+
+    #[test]
+    fn zero_threshold_reports_the_current_generation() {
+        let t0 = Instant::now();
+        let mut c = collector(Duration::ZERO, t0);
+        c.maps.alloc(1, A, 5);
+        let snap = c.snapshot(t0).expect("snapshot");
+        assert_eq!(snap.sites.len(), 1);
+        assert_eq!(snap.sites[0].bytes, 5);
+    }
+
     #[test]
     fn tick_period_is_bounded() {
         let i = Duration::from_secs(5);
         assert_eq!(
-            Collector::tick_period(Duration::from_millis(500), i),
+            tick_period(Duration::from_millis(500), i),
             Duration::from_millis(125)
         );
+        assert_eq!(tick_period(Duration::ZERO, i), Duration::from_millis(20));
         assert_eq!(
-            Collector::tick_period(Duration::ZERO, i),
-            Duration::from_millis(20)
-        );
-        assert_eq!(
-            Collector::tick_period(Duration::from_secs(60), i),
+            tick_period(Duration::from_secs(60), i),
             Duration::from_secs(1)
         );
         assert_eq!(
-            Collector::tick_period(Duration::from_secs(60), Duration::from_millis(100)),
+            tick_period(Duration::from_secs(60), Duration::from_millis(100)),
             Duration::from_millis(100)
         );
     }

@@ -18,7 +18,7 @@ use tracer_common::STACK_UNKNOWN;
 use crate::{
     aggregate::{self, GrowthTracker},
     cli::{Cli, ColorChoice},
-    collect::{Collector, Snapshot},
+    collect::{self, Collector, Snapshot},
     privileges,
     probes::{self, HeapProbes, MapSizes},
     report::{Report, Reporter, SiteReport, Style},
@@ -111,7 +111,7 @@ async fn trace(
         crate::report::human_duration(cli.older_than),
     );
 
-    let tick_period = Collector::tick_period(cli.older_than, cli.interval);
+    let tick_period = collect::tick_period(cli.older_than, cli.interval);
     let mut tick = interval(tick_period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut report_timer = interval_at((start + cli.interval).into(), cli.interval);
@@ -145,7 +145,7 @@ async fn trace(
             _ = report_timer.tick() => {
                 symbolizer.refresh();
                 collector.prune_dead_threads(pid);
-                let snap = collector.snapshot(Instant::now()).context("reading the eBPF maps")?;
+                let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
                 let last = cli.count.is_some_and(|n| builder.seq + 1 >= n);
                 let report = builder.build(&mut collector, &symbolizer, snap, last, false).await?;
                 reporter.write(&mut stdout, &report).context("writing the report")?;

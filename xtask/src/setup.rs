@@ -69,7 +69,7 @@ fn install_packages() -> Result<()> {
     )?;
     run_cmd(
         Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
