@@ -305,3 +305,48 @@ fn concurrent_threads_are_counted_exactly() {
     );
     assert_eq!(report["old_blocks"], 104);
 }
+
+#[test]
+fn full_tables_are_counted_not_hidden() {
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &[
+            "-i",
+            "60",
+            "--older-than",
+            "0",
+            "--max-allocs",
+            "4",
+            "--max-stacks",
+            "2",
+            "--top",
+            "100",
+        ],
+    );
+    fixture.command("leak", "leaked");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    lt.signal(libc::SIGINT);
+    let (status, reports, _) = lt.finish();
+    assert!(status.success());
+    let r = &reports[0];
+    assert_eq!(r["final"], true);
+    // Only 4 blocks fit; every other allocation is counted as not recorded.
+    assert!(r["old_blocks"].as_u64() <= Some(4), "{r}");
+    assert!(r["dropped"]["alloc_map_full"].as_u64() > Some(0), "{r}");
+    // Two stacks fit; the rest keep their bytes under the immediate caller.
+    assert!(r["dropped"]["stacks_lost"].as_u64() > Some(0), "{r}");
+    let lost: Vec<_> = r["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stack_lost"] == true)
+        .collect();
+    for s in lost {
+        assert_eq!(
+            s["frames"].as_array().map(Vec::len),
+            Some(1),
+            "only the caller is known: {s}"
+        );
+    }
+}

@@ -148,7 +148,9 @@ async fn trace(
                 let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
                 let last = cli.count.is_some_and(|n| builder.seq + 1 >= n);
                 let report = builder.build(&mut collector, &symbolizer, snap, last, false).await?;
-                reporter.write(&mut stdout, &report).context("writing the report")?;
+                if !write_report(&reporter, &mut stdout, &report)? {
+                    break true; // reader went away (e.g. `| head`): stop quietly
+                }
                 if last {
                     break true;
                 }
@@ -160,14 +162,12 @@ async fn trace(
     };
     if !final_done {
         let snap = collector
-            .snapshot(Instant::now())
+            .read(Instant::now())
             .context("reading the eBPF maps")?;
         let report = builder
             .build(&mut collector, &symbolizer, snap, true, exit.has_exited())
             .await?;
-        reporter
-            .write(&mut stdout, &report)
-            .context("writing the report")?;
+        write_report(&reporter, &mut stdout, &report)?;
     }
     drop(stdout);
     probes.detach();
@@ -198,6 +198,19 @@ async fn trace(
 fn signal_child(pid: u32, sig: i32) {
     // SAFETY: signalling our own child process by pid.
     unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Writes one report; `Ok(false)` when stdout's reader has gone away.
+fn write_report(
+    reporter: &Reporter,
+    out: &mut impl io::Write,
+    report: &Report,
+) -> anyhow::Result<bool> {
+    match reporter.write(out, report) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the report")),
+    }
 }
 
 /// How many of the largest sites are symbolized per report, so that sites
