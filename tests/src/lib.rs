@@ -126,6 +126,11 @@ const FIXTURES: &[FixtureSpec] = &[
         compile: cpp,
     },
     FixtureSpec {
+        name: "threads_leak",
+        source: "threads_leak.c",
+        compile: c_threads,
+    },
+    FixtureSpec {
         name: "threads_c",
         source: "threads_c.c",
         compile: c_threads,
@@ -481,6 +486,9 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
         "alloc_return",
         "free_entry",
         "empty_entry",
+        "spawn_entry",
+        "task_fork",
+        "task_exit",
         "empty_return",
     ];
     v.as_array()

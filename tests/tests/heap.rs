@@ -309,7 +309,7 @@ fn concurrent_threads_are_counted_exactly() {
 #[test]
 fn full_tables_are_counted_not_hidden() {
     let mut fixture = Fixture::start("heap_c", &["wait"]);
-    let mut lt = Leaktrace::attach(
+    let lt = Leaktrace::attach(
         fixture.pid,
         &[
             "-i",

@@ -224,15 +224,75 @@ pub enum Counter {
     CallerUnreadable = 4,
     /// posix_memalign succeeded but `*memptr` could not be read.
     ResultUnreadable = 5,
+    /// A thread or child process not recorded because the task map was full.
+    TaskMapFull = 6,
 }
 
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
+
+/// Spawn functions probed at entry to learn where a thread or child process
+/// comes from (the frame chain is intact at their public entry, unlike at
+/// the clone syscall deep inside libc).
+pub const SPAWN_SYMBOLS: [&str; 6] = [
+    "pthread_create",
+    "fork",
+    "vfork",
+    "posix_spawn",
+    "posix_spawnp",
+    "system",
+];
+
+/// State stashed at a spawn function's entry, consumed by the fork
+/// tracepoint in the same thread. 32 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SpawnPending {
+    pub caller: u64,
+    pub entry_sp: u64,
+    pub since_ns: u64,
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
+/// A spawn stash older than this belongs to a call that created nothing.
+pub const SPAWN_STALE_NS: u64 = 1_000_000_000;
+
+/// Task kinds in [`TaskRecord::kind`].
+pub const TASK_THREAD: u32 = 0;
+pub const TASK_PROCESS: u32 = 1;
+
+/// A thread or child process created by the target after attach, keyed by
+/// its TID. 32 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskRecord {
+    /// Return address into the caller of the spawn function (0: unknown).
+    pub caller: u64,
+    /// bpf_ktime_get_ns() at creation (CLOCK_MONOTONIC).
+    pub start_ns: u64,
+    pub stack_id: u32,
+    pub kind: u32,
+    pub parent_tid: u32,
+    pub _pad: u32,
+}
+
+/// Written by userspace before attach: whose tasks to track and where
+/// `pid`/`tgid` live in this kernel's `struct task_struct` (from its BTF).
+/// 12 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskConfig {
+    pub target_tgid: u32,
+    pub pid_offset: u32,
+    pub tgid_offset: u32,
+}
 
 /// Default map sizes (overridable by flags).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
 pub const DEFAULT_MAX_SITES: u32 = 1 << 16;
 pub const DEFAULT_MAX_STACKS: u32 = 1 << 14;
 pub const DEFAULT_MAX_THREADS: u32 = 1 << 14;
+pub const DEFAULT_MAX_TASKS: u32 = 1 << 16;
 
 /// Frame-pointer walk depth stored per stack (the kernel's default
 /// `perf_event_max_stack`).
@@ -250,6 +310,12 @@ mod pod {
     unsafe impl aya::Pod for super::AllocRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InFlight {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpawnPending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TaskConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SiteKey {}
     // SAFETY: as above.
@@ -272,6 +338,9 @@ mod tests {
         assert_eq!(size_of::<SiteTotals>(), 16);
         assert_eq!(size_of::<Config>(), 8);
         assert_eq!(size_of::<InFlight>(), 16);
+        assert_eq!(size_of::<SpawnPending>(), 32);
+        assert_eq!(size_of::<TaskRecord>(), 32);
+        assert_eq!(size_of::<TaskConfig>(), 12);
     }
 
     #[test]

@@ -36,7 +36,7 @@ static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX
 static SITES: HashMap<SiteKey, SiteTotals> = HashMap::with_max_entries(DEFAULT_MAX_SITES, 0);
 
 #[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -60,7 +60,7 @@ unsafe fn atomic_add(dst: *mut i64, v: i64) {
 }
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and uprobe programs do not nest on one CPU
         // for the same program type, so nobody else writes it concurrently.

@@ -11,6 +11,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod heap;
+#[cfg(target_arch = "bpf")]
+mod tasks;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 
-use crate::{report::SiteReport, symbolize::Frame};
+use crate::{
+    report::{SiteReport, ThreadSiteReport},
+    symbolize::Frame,
+};
 
 /// What makes two frames "the same place" for a reader: function, file,
 /// line; the address only when nothing else is known.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum FrameKey {
+pub enum FrameKey {
     Symbol {
         symbol: String,
         file: Option<String>,
@@ -19,7 +22,7 @@ enum FrameKey {
     Address(u64),
 }
 
-type StackKey = Vec<FrameKey>;
+pub type StackKey = Vec<FrameKey>;
 
 fn key(frames: &[Frame]) -> StackKey {
     frames
@@ -68,23 +71,99 @@ pub fn merge_identical(sites: Vec<SiteReport>) -> Vec<SiteReport> {
     out
 }
 
-/// Remembers each stack's bytes from the previous report.
-#[derive(Default)]
-pub struct GrowthTracker {
-    previous: HashMap<StackKey, u64>,
+/// Something reported per stack whose size is compared report to report.
+pub trait Tracked {
+    /// Identity across reports.
+    fn key(&self) -> StackKey;
+    fn amount(&self) -> u64;
+    fn set_growth(&mut self, growth: Option<i64>);
 }
 
-impl GrowthTracker {
-    /// Sets `growth` on every site and remembers the current bytes.
-    pub fn apply(&mut self, sites: &mut [SiteReport]) {
-        let mut current = HashMap::with_capacity(sites.len());
-        for s in sites.iter_mut() {
-            let k = key(&s.frames);
-            s.growth = self.previous.get(&k).map(|&p| s.bytes as i64 - p as i64);
-            current.insert(k, s.bytes);
+impl Tracked for SiteReport {
+    fn key(&self) -> StackKey {
+        key(&self.frames)
+    }
+    fn amount(&self) -> u64 {
+        self.bytes
+    }
+    fn set_growth(&mut self, growth: Option<i64>) {
+        self.growth = growth;
+    }
+}
+
+impl Tracked for ThreadSiteReport {
+    fn key(&self) -> StackKey {
+        // Same stack, but thread vs process or a different spawn function,
+        // is a different site.
+        let label = |symbol: String| FrameKey::Symbol {
+            symbol,
+            file: None,
+            line: None,
+            inlined: false,
+        };
+        let mut k = key(&self.frames);
+        k.push(label(self.kind.to_string()));
+        k.push(label(self.spawned_by.clone().unwrap_or_default()));
+        k
+    }
+    fn amount(&self) -> u64 {
+        self.count
+    }
+    fn set_growth(&mut self, growth: Option<i64>) {
+        self.growth = growth;
+    }
+}
+
+/// Remembers each stack's amount from the previous report.
+pub struct GrowthTracker<T> {
+    previous: HashMap<StackKey, u64>,
+    _kind: std::marker::PhantomData<T>,
+}
+
+impl<T> Default for GrowthTracker<T> {
+    fn default() -> Self {
+        GrowthTracker {
+            previous: HashMap::new(),
+            _kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Tracked> GrowthTracker<T> {
+    /// Sets the growth of every item and remembers the current amounts.
+    pub fn apply(&mut self, items: &mut [T]) {
+        let mut current = HashMap::with_capacity(items.len());
+        for item in items.iter_mut() {
+            let k = item.key();
+            let amount = item.amount();
+            item.set_growth(self.previous.get(&k).map(|&p| amount as i64 - p as i64));
+            current.insert(k, amount);
         }
         self.previous = current;
     }
+}
+
+/// Merges thread groups whose spawn stacks (and kind) are the same.
+pub fn merge_thread_sites(groups: Vec<ThreadSiteReport>) -> Vec<ThreadSiteReport> {
+    let mut index: HashMap<StackKey, usize> = HashMap::new();
+    let mut out: Vec<ThreadSiteReport> = Vec::new();
+    for g in groups {
+        let k = g.key();
+        match index.get(&k) {
+            Some(&i) => {
+                let m = &mut out[i];
+                m.count += g.count;
+                m.oldest = m.oldest.max(g.oldest);
+                m.stack_bytes += g.stack_bytes;
+            }
+            None => {
+                index.insert(k, out.len());
+                out.push(g);
+            }
+        }
+    }
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(b.oldest.cmp(&a.oldest)));
+    out
 }
 
 #[cfg(test)]
@@ -151,7 +230,7 @@ mod tests {
 
     #[test]
     fn growth_between_reports() {
-        let mut g = GrowthTracker::default();
+        let mut g = GrowthTracker::<SiteReport>::default();
         let mut first = vec![site(100, 1, 0, "malloc", vec![frame(1, Some("f"), 1)])];
         g.apply(&mut first);
         assert_eq!(first[0].growth, None);

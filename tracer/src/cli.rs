@@ -5,7 +5,8 @@ use std::{ffi::OsString, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use tracer_common::{
-    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_THREADS,
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_TASKS,
+    DEFAULT_MAX_THREADS,
 };
 
 #[derive(Debug, Parser)]
@@ -71,6 +72,10 @@ pub struct Cli {
     /// Capacity of the per-thread tables (threads inside an allocation call at once).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_THREADS)]
     pub max_threads: u32,
+
+    /// Capacity of the table of threads and child processes created after attach.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS)]
+    pub max_tasks: u32,
 
     /// Benchmarking aid: `empty` attaches do-nothing probes at the same sites.
     #[arg(long, value_enum, default_value_t = ProbeMode::Full, hide = true)]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::MapError;
-use tracer_common::{Config, Counter, SiteKey, SiteTotals, COUNTER_COUNT, STACK_UNKNOWN};
+use tracer_common::{Config, Counter, SiteKey, SiteTotals, COUNTER_COUNT};
 
 use crate::probes::HeapMaps;
 
@@ -57,6 +57,7 @@ pub struct Dropped {
     pub pending_map_full: u64,
     pub caller_unreadable: u64,
     pub result_unreadable: u64,
+    pub task_map_full: u64,
 }
 
 impl Dropped {
@@ -67,6 +68,7 @@ impl Dropped {
             + self.pending_map_full
             + self.caller_unreadable
             + self.result_unreadable
+            + self.task_map_full
     }
 }
 
@@ -140,7 +142,6 @@ pub struct Collector<T: SiteTable = HeapMaps> {
     horizon: u32,
     gen_start: BTreeMap<u32, Instant>,
     folded: HashMap<SiteId, Folded>,
-    stacks: HashMap<u32, Vec<u64>>,
 }
 
 impl<T: SiteTable> Collector<T> {
@@ -152,7 +153,6 @@ impl<T: SiteTable> Collector<T> {
             horizon: 1,
             gen_start: BTreeMap::from([(1, now)]),
             folded: HashMap::new(),
-            stacks: HashMap::new(),
         };
         c.publish()?;
         Ok(c)
@@ -336,44 +336,8 @@ impl Collector<HeapMaps> {
             pending_map_full: at(Counter::PendingMapFull),
             caller_unreadable: at(Counter::CallerUnreadable),
             result_unreadable: at(Counter::ResultUnreadable),
+            task_map_full: at(Counter::TaskMapFull),
         })
-    }
-
-    /// Return addresses of a site, innermost first: the caller, then the
-    /// frame-pointer walk (whose frame 0, the probed instruction, is dropped).
-    pub fn site_frames(&mut self, site: SiteId) -> Vec<u64> {
-        let mut frames = vec![site.caller];
-        if site.stack_id == STACK_UNKNOWN {
-            return frames;
-        }
-        let stack = match self.stacks.get(&site.stack_id) {
-            Some(s) => s,
-            None => {
-                let ips: Vec<u64> = self
-                    .maps
-                    .stacks
-                    .get(&site.stack_id, 0)
-                    .map(|t| t.frames().iter().map(|f| f.ip).collect())
-                    .unwrap_or_default();
-                self.stacks.entry(site.stack_id).or_insert(ips)
-            }
-        };
-        let walk = stack.get(1..).unwrap_or(&[]);
-        // Kernels that recover the caller themselves (probe on `push %rbp`)
-        // already list it first.
-        let walk = match walk.first() {
-            Some(&first) if first == site.caller => &walk[1..],
-            _ => walk,
-        };
-        frames.extend(walk.iter().copied().filter(|&ip| ip != 0));
-        frames
-    }
-
-    /// The probed instruction a site's stack starts at (which allocator).
-    pub fn site_probe_ip(&self, site: SiteId) -> Option<u64> {
-        self.stacks
-            .get(&site.stack_id)
-            .and_then(|s| s.first().copied())
     }
 
     /// Forgets per-thread entry state of threads that no longer exist (a

@@ -13,5 +13,7 @@ pub mod privileges;
 pub mod probes;
 pub mod report;
 pub mod session;
+pub mod stacks;
 pub mod symbolize;
 pub mod target;
+pub mod threads;

@@ -20,10 +20,12 @@ use crate::{
     cli::{Cli, ColorChoice},
     collect::{self, Collector, Snapshot},
     privileges,
-    probes::{self, HeapProbes, MapSizes},
-    report::{Report, Reporter, SiteReport, Style},
+    probes::{self, MapSizes, Probes},
+    report::{ExistingThreadReport, Report, Reporter, SiteReport, Style, ThreadSiteReport},
+    stacks::Stacks,
     symbolize::Symbolizer,
     target::{self, launch, Allocator},
+    threads::{TaskCollector, TaskKind},
 };
 
 /// Ticks during which the symbolizer re-reads the target's mappings every
@@ -60,9 +62,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         sites: cli.max_sites,
         stacks: cli.max_stacks,
         threads: cli.max_threads,
+        tasks: cli.max_tasks,
     };
-    let mut probes = HeapProbes::load(sizes, cli.probe_mode)?;
+    let mut probes = Probes::load(sizes, cli.probe_mode)?;
     probes.attach(&allocator, pid)?;
+    probes.attach_tasks(&allocator, pid)?;
     let maps = probes.take_maps()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -79,13 +83,14 @@ async fn trace(
     comm: String,
     paused: Option<launch::Paused>,
     allocator: Allocator,
-    probes: HeapProbes,
-    maps: probes::HeapMaps,
+    probes: Probes,
+    maps: probes::Maps,
 ) -> anyhow::Result<i32> {
     let start = Instant::now();
     let launched = paused.is_some();
-    let mut collector =
-        Collector::new(maps, cli.older_than, start).context("cannot initialise the eBPF maps")?;
+    let mut collector = Collector::new(maps.heap, cli.older_than, start)
+        .context("cannot initialise the eBPF maps")?;
+    let tasks = TaskCollector::new(maps.tasks, pid, cli.older_than);
     let mut exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
     let symbolizer = Symbolizer::start(pid).context("cannot start the symbolization thread")?;
     if let Some(p) = paused {
@@ -128,6 +133,9 @@ async fn trace(
         start,
         seq: 0,
         growth: GrowthTracker::default(),
+        thread_growth: GrowthTracker::default(),
+        stacks: Stacks::new(maps.stacks),
+        tasks,
     };
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
@@ -147,7 +155,7 @@ async fn trace(
                 collector.prune_dead_threads(pid);
                 let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
                 let last = cli.count.is_some_and(|n| builder.seq + 1 >= n);
-                let report = builder.build(&mut collector, &symbolizer, snap, last, false).await?;
+                let report = builder.build(&symbolizer, snap, last, false).await?;
                 if !write_report(&reporter, &mut stdout, &report)? {
                     break true; // reader went away (e.g. `| head`): stop quietly
                 }
@@ -165,7 +173,7 @@ async fn trace(
             .read(Instant::now())
             .context("reading the eBPF maps")?;
         let report = builder
-            .build(&mut collector, &symbolizer, snap, true, exit.has_exited())
+            .build(&symbolizer, snap, true, exit.has_exited())
             .await?;
         write_report(&reporter, &mut stdout, &report)?;
     }
@@ -228,65 +236,106 @@ struct ReportBuilder {
     older_than: Duration,
     start: Instant,
     seq: u64,
-    growth: GrowthTracker,
+    growth: GrowthTracker<SiteReport>,
+    thread_growth: GrowthTracker<ThreadSiteReport>,
+    stacks: Stacks,
+    tasks: TaskCollector,
 }
 
 impl ReportBuilder {
     async fn build(
         &mut self,
-        collector: &mut Collector,
         symbolizer: &Symbolizer,
         snap: Snapshot,
         final_report: bool,
         target_exited: bool,
     ) -> anyhow::Result<Report> {
         self.seq += 1;
+        let tasks = self.tasks.snapshot().context("reading the task table")?;
         let considered = &snap.sites[..snap.sites.len().min(symbolized_sites(self.top))];
-        let stacks: Vec<Vec<u64>> = considered
+        let heap_stacks: Vec<Vec<u64>> = considered
             .iter()
-            .map(|s| collector.site_frames(s.site))
+            .map(|s| self.stacks.frames(s.site.caller, s.site.stack_id))
+            .collect();
+        let task_stacks: Vec<Vec<u64>> = tasks
+            .groups
+            .iter()
+            .map(|g| self.stacks.frames(g.caller, g.stack_id))
             .collect();
         let probe_ips: Vec<Option<u64>> = considered
             .iter()
-            .map(|s| collector.site_probe_ip(s.site))
+            .map(|s| s.site.stack_id)
+            .chain(tasks.groups.iter().map(|g| g.stack_id))
+            .map(|id| self.stacks.probe_ip(id))
             .collect();
 
         let by_addr = symbolizer
-            .symbolize_set(stacks.iter().flatten().copied(), true)
+            .symbolize_set(
+                heap_stacks.iter().chain(&task_stacks).flatten().copied(),
+                true,
+            )
             .await?;
         let probe_by_ip = symbolizer
             .symbolize_set(probe_ips.iter().flatten().copied(), false)
             .await?;
+        let symbolized = |stack: &[u64]| -> Vec<_> {
+            stack
+                .iter()
+                .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
+                .collect()
+        };
+        // Which probed function a stack starts at, by its file location.
+        let called = |ip: Option<u64>, names: &dyn Fn(&str, u64) -> Option<String>| {
+            ip.and_then(|ip| probe_by_ip.get(&ip))
+                .and_then(|f| f.last())
+                .and_then(|f| f.location.as_ref())
+                .and_then(|(path, off)| names(path, *off))
+        };
+        let allocator = &self.allocator;
+        let alloc_names = |p: &str, o: u64| allocator.names_at(p, o).map(str::to_string);
+        let spawn_names = |p: &str, o: u64| allocator.spawn_at(p, o).map(str::to_string);
 
         let sites: Vec<SiteReport> = considered
             .iter()
-            .zip(stacks)
-            .zip(probe_ips)
-            .map(|((s, stack), ip)| {
-                let allocator = ip
-                    .and_then(|ip| probe_by_ip.get(&ip))
-                    .and_then(|f| f.last())
-                    .and_then(|f| f.location.as_ref())
-                    .and_then(|(path, off)| self.allocator.names_at(path, *off))
-                    .map(str::to_string);
-                SiteReport {
-                    bytes: s.bytes,
-                    blocks: s.blocks,
-                    oldest: s.oldest,
-                    growth: None,
-                    allocator,
-                    stack_lost: s.site.stack_id == STACK_UNKNOWN,
-                    frames: stack
-                        .iter()
-                        .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
-                        .collect(),
-                }
+            .zip(&heap_stacks)
+            .zip(&probe_ips)
+            .map(|((s, stack), ip)| SiteReport {
+                bytes: s.bytes,
+                blocks: s.blocks,
+                oldest: s.oldest,
+                growth: None,
+                allocator: called(*ip, &alloc_names),
+                stack_lost: s.site.stack_id == STACK_UNKNOWN,
+                frames: symbolized(stack),
             })
             .collect();
         let mut sites = aggregate::merge_identical(sites);
         self.growth.apply(&mut sites);
         let sites_total = sites.len() + (snap.sites.len() - considered.len());
         sites.truncate(self.top);
+
+        let threads: Vec<ThreadSiteReport> = tasks
+            .groups
+            .iter()
+            .zip(&task_stacks)
+            .zip(&probe_ips[considered.len()..])
+            .map(|((g, stack), ip)| ThreadSiteReport {
+                kind: match g.kind {
+                    TaskKind::Thread => "thread",
+                    TaskKind::Process => "process",
+                },
+                count: g.count,
+                oldest: g.oldest,
+                growth: None,
+                stack_bytes: g.stack_bytes,
+                spawned_by: called(*ip, &spawn_names),
+                frames: symbolized(stack),
+            })
+            .collect();
+        let mut threads = aggregate::merge_thread_sites(threads);
+        self.thread_growth.apply(&mut threads);
+        threads.truncate(self.top);
+
         Ok(Report {
             seq: self.seq,
             final_report,
@@ -302,6 +351,16 @@ impl ReportBuilder {
             sites_total,
             sites,
             dropped: snap.dropped,
+            threads,
+            threads_before_attach: tasks
+                .existing
+                .into_iter()
+                .map(|t| ExistingThreadReport {
+                    tid: t.tid,
+                    name: t.name,
+                    age: t.age,
+                })
+                .collect(),
             target_exited,
         })
     }

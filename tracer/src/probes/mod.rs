@@ -1,17 +1,21 @@
 //! Loading leaktrace's eBPF object and attaching its probes to the target.
 
+mod btf;
+
 use std::{num::NonZeroU32, path::Path};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
     programs::{
+        raw_trace_point::RawTracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
-        ProbeKind, UProbe,
+        ProbeKind, RawTracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cookie, AllocKind, Config, InFlight, Pending, PendingKey, SiteKey, SiteTotals,
+    cookie, AllocKind, Config, InFlight, Pending, PendingKey, SiteKey, SiteTotals, SpawnPending,
+    TaskConfig, TaskRecord,
 };
 
 use crate::{
@@ -38,6 +42,13 @@ pub enum ProbeError {
     },
     #[error("eBPF object lacks {0} (build mismatch)")]
     Missing(&'static str),
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("cannot attach to the {tracepoint} tracepoint: {reason}")]
+    Tracepoint {
+        tracepoint: &'static str,
+        reason: String,
+    },
 }
 
 /// Capacities of the kernel-side tables.
@@ -47,16 +58,29 @@ pub struct MapSizes {
     pub sites: u32,
     pub stacks: u32,
     pub threads: u32,
+    pub tasks: u32,
 }
 
 /// The maps userspace reads while tracing.
+pub struct Maps {
+    pub heap: HeapMaps,
+    pub tasks: TaskMaps,
+    pub stacks: StackTraceMap<MapData>,
+}
+
+/// Heap tables.
 pub struct HeapMaps {
     pub sites: HashMap<MapData, SiteKey, SiteTotals>,
-    pub stacks: StackTraceMap<MapData>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, PendingKey, Pending>,
     pub inflight: HashMap<MapData, u32, InFlight>,
+}
+
+/// Thread and child-process tables.
+pub struct TaskMaps {
+    pub tasks: HashMap<MapData, u32, TaskRecord>,
+    pub spawn_pending: HashMap<MapData, u32, SpawnPending>,
 }
 
 struct Link {
@@ -65,13 +89,19 @@ struct Link {
 }
 
 /// Loaded programs and the links that attach them. Dropping this detaches
-/// everything too; [`HeapProbes::detach`] does it in a safe order.
-pub struct HeapProbes {
+/// everything too; [`Probes::detach`] does it in a safe order.
+pub struct Probes {
     ebpf: Ebpf,
     entry_links: Vec<Link>,
     return_links: Vec<Link>,
+    tracepoint_links: Vec<(&'static str, RawTracePointLinkId)>,
     mode: ProbeMode,
 }
+
+const TASK_TRACEPOINTS: [(&str, &str); 2] = [
+    ("task_fork", "sched_process_fork"),
+    ("task_exit", "sched_process_exit"),
+];
 
 /// Checks the kernel can run what leaktrace needs, before touching anything.
 pub fn check_kernel_support() -> Result<(), ProbeError> {
@@ -102,7 +132,7 @@ fn entry_program(f: ProbeFn) -> &'static str {
     }
 }
 
-impl HeapProbes {
+impl Probes {
     pub fn load(sizes: MapSizes, mode: ProbeMode) -> Result<Self, ProbeError> {
         raise_memlock_limit();
         let ebpf = EbpfLoader::new()
@@ -111,12 +141,15 @@ impl HeapProbes {
             .map_max_entries("STACKS", sizes.stacks.max(1))
             .map_max_entries("PENDING", sizes.threads.max(1))
             .map_max_entries("INFLIGHT", sizes.threads.max(1))
+            .map_max_entries("SPAWN_PENDING", sizes.threads.max(1))
+            .map_max_entries("TASKS", sizes.tasks.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         let mut probes = Self {
             ebpf,
             entry_links: Vec::new(),
             return_links: Vec::new(),
+            tracepoint_links: Vec::new(),
             mode,
         };
         let names: Vec<&'static str> = match mode {
@@ -129,6 +162,7 @@ impl HeapProbes {
                 "alloc_entry_posix_memalign",
                 "alloc_return",
                 "free_entry",
+                "spawn_entry",
             ],
             ProbeMode::Empty => vec!["empty_entry", "empty_return"],
         };
@@ -138,7 +172,70 @@ impl HeapProbes {
                 .load()
                 .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         }
+        if mode == ProbeMode::Full {
+            for (name, _) in TASK_TRACEPOINTS {
+                probes
+                    .tracepoint(name)?
+                    .load()
+                    .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+            }
+        }
         Ok(probes)
+    }
+
+    fn tracepoint(&mut self, name: &'static str) -> Result<&mut RawTracePoint, ProbeError> {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+            .ok_or(ProbeError::Missing(name))
+    }
+
+    /// Starts tracking the threads and child processes `pid` creates: the
+    /// spawn functions of its C library and the kernel's fork and exit
+    /// tracepoints (which see every task; the programs filter by process).
+    pub fn attach_tasks(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
+        if self.mode != ProbeMode::Full {
+            return Ok(());
+        }
+        let (pid_offset, tgid_offset) = btf::task_pid_offsets()?;
+        let cfg = TaskConfig {
+            target_tgid: pid,
+            pid_offset,
+            tgid_offset,
+        };
+        let mut config: Array<&mut MapData, TaskConfig> = self
+            .ebpf
+            .map_mut("TASK_CONFIG")
+            .ok_or(ProbeError::Missing("TASK_CONFIG"))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing("TASK_CONFIG"))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let scope =
+            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Missing("target pid"))?);
+        // Exit first: a task created once fork is watched always has its
+        // exit seen.
+        for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
+            let id =
+                self.tracepoint(name)?
+                    .attach(tracepoint)
+                    .map_err(|e| ProbeError::Tracepoint {
+                        tracepoint,
+                        reason: error_chain(&e),
+                    })?;
+            self.tracepoint_links.push((name, id));
+        }
+        if let Some(object) = alloc.objects.first() {
+            for &(function, offset) in &object.spawns {
+                let id = self.attach_one("spawn_entry", function, object, offset, 0, scope)?;
+                self.entry_links.push(Link {
+                    program: "spawn_entry",
+                    id,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut UProbe, ProbeError> {
@@ -223,7 +320,7 @@ impl HeapProbes {
     }
 
     /// Moves the maps userspace reads out of the loaded object.
-    pub fn take_maps(&mut self) -> Result<HeapMaps, ProbeError> {
+    pub fn take_maps(&mut self) -> Result<Maps, ProbeError> {
         macro_rules! take {
             ($name:literal) => {
                 self.ebpf
@@ -233,13 +330,19 @@ impl HeapProbes {
                     .map_err(|_| ProbeError::Missing($name))?
             };
         }
-        Ok(HeapMaps {
-            sites: take!("SITES"),
+        Ok(Maps {
+            heap: HeapMaps {
+                sites: take!("SITES"),
+                config: take!("CONFIG"),
+                counters: take!("COUNTERS"),
+                pending: take!("PENDING"),
+                inflight: take!("INFLIGHT"),
+            },
+            tasks: TaskMaps {
+                tasks: take!("TASKS"),
+                spawn_pending: take!("SPAWN_PENDING"),
+            },
             stacks: take!("STACKS"),
-            config: take!("CONFIG"),
-            counters: take!("COUNTERS"),
-            pending: take!("PENDING"),
-            inflight: take!("INFLIGHT"),
         })
     }
 
@@ -254,11 +357,16 @@ impl HeapProbes {
                 let _ = p.detach(link.id);
             }
         }
+        for (name, id) in std::mem::take(&mut self.tracepoint_links) {
+            if let Ok(p) = self.tracepoint(name) {
+                let _ = p.detach(id);
+            }
+        }
         // Dropping `self.ebpf` unloads the programs and closes the maps.
     }
 
     pub fn probe_count(&self) -> usize {
-        self.entry_links.len() + self.return_links.len()
+        self.entry_links.len() + self.return_links.len() + self.tracepoint_links.len()
     }
 }
 

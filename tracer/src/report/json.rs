@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{Report, SiteReport};
+use super::{Report, SiteReport, ThreadSiteReport};
 use crate::symbolize::Frame;
 
 pub fn write(out: &mut impl Write, r: &Report) -> io::Result<()> {
@@ -39,8 +39,27 @@ fn to_value(r: &Report) -> Value {
             "pending_map_full": r.dropped.pending_map_full,
             "caller_unreadable": r.dropped.caller_unreadable,
             "result_unreadable": r.dropped.result_unreadable,
+            "task_map_full": r.dropped.task_map_full,
         },
         "stacks": r.sites.iter().map(site).collect::<Vec<_>>(),
+        "threads": r.threads.iter().map(thread_site).collect::<Vec<_>>(),
+        "threads_before_attach": r.threads_before_attach.iter().map(|t| json!({
+            "tid": t.tid,
+            "name": t.name,
+            "age_ms": t.age.as_millis() as u64,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn thread_site(t: &ThreadSiteReport) -> Value {
+    json!({
+        "kind": t.kind,
+        "count": t.count,
+        "oldest_age_ms": t.oldest.as_millis() as u64,
+        "growth": t.growth,
+        "stack_bytes": t.stack_bytes,
+        "spawned_by": t.spawned_by,
+        "frames": t.frames.iter().map(frame).collect::<Vec<_>>(),
     })
 }
 
@@ -109,6 +128,20 @@ mod tests {
                 stacks_lost: 3,
                 ..Dropped::default()
             },
+            threads: vec![ThreadSiteReport {
+                kind: "thread",
+                count: 4,
+                oldest: Duration::from_millis(900),
+                growth: Some(1),
+                stack_bytes: 4 << 23,
+                spawned_by: Some("pthread_create".into()),
+                frames: vec![],
+            }],
+            threads_before_attach: vec![super::super::ExistingThreadReport {
+                tid: 42,
+                name: "main".into(),
+                age: Duration::from_secs(60),
+            }],
             target_exited: false,
         };
         let mut buf = Vec::new();
@@ -124,5 +157,9 @@ mod tests {
         assert_eq!(v["stacks"][0]["growth_bytes"], 100);
         assert_eq!(v["stacks"][0]["frames"][0]["address"], "0x401000");
         assert_eq!(v["stacks"][0]["frames"][0]["line"], 7);
+        assert_eq!(v["threads"][0]["count"], 4);
+        assert_eq!(v["threads"][0]["stack_bytes"], 4u64 << 23);
+        assert_eq!(v["threads"][0]["spawned_by"], "pthread_create");
+        assert_eq!(v["threads_before_attach"][0]["age_ms"], 60000);
     }
 }

@@ -28,6 +28,32 @@ pub struct SiteReport {
     pub frames: Vec<Frame>,
 }
 
+/// Threads (or child processes) from one spawn site, alive longer than the threshold.
+#[derive(Debug, Clone)]
+pub struct ThreadSiteReport {
+    /// "thread" or "process".
+    pub kind: &'static str,
+    pub count: u64,
+    pub oldest: Duration,
+    /// Change in `count` since the previous report (`None`: first seen).
+    pub growth: Option<i64>,
+    /// Bytes of the stack mappings the threads hold.
+    pub stack_bytes: u64,
+    /// The spawn function called (pthread_create, fork, ...), when known.
+    pub spawned_by: Option<String>,
+    /// Spawn stack, innermost first; empty when the task was created
+    /// without a probed spawn function (a raw clone).
+    pub frames: Vec<Frame>,
+}
+
+/// A thread that existed before attach (its spawn site is unknown).
+#[derive(Debug, Clone)]
+pub struct ExistingThreadReport {
+    pub tid: u32,
+    pub name: String,
+    pub age: Duration,
+}
+
 /// One report: survivors older than the threshold, largest sites first.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -47,6 +73,10 @@ pub struct Report {
     pub sites_total: usize,
     pub sites: Vec<SiteReport>,
     pub dropped: Dropped,
+    /// Threads and child processes alive longer than the threshold, by spawn site.
+    pub threads: Vec<ThreadSiteReport>,
+    /// Threads that already existed at attach and are still alive.
+    pub threads_before_attach: Vec<ExistingThreadReport>,
     /// Set when the target exited before this report.
     pub target_exited: bool,
 }

@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Report, SiteReport};
+use super::{Report, SiteReport, ThreadSiteReport};
 
 /// Whether to emit ANSI colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,31 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
             r.sites_total - r.sites.len()
         )?;
     }
+    if !r.threads.is_empty() {
+        let total: u64 = r.threads.iter().map(|t| t.count).sum();
+        writeln!(
+            out,
+            "   threads/processes alive longer than {}: {total} from {} spawn site(s)",
+            human_duration(r.older_than),
+            r.threads.len()
+        )?;
+        for (i, t) in r.threads.iter().enumerate() {
+            thread_site(out, i + 1, t, style)?;
+        }
+    }
+    if !r.threads_before_attach.is_empty() {
+        let list: Vec<String> = r
+            .threads_before_attach
+            .iter()
+            .map(|t| format!("{} {} ({})", t.tid, t.name, human_duration(t.age)))
+            .collect();
+        writeln!(
+            out,
+            "   {} thread(s) from before attach, spawn site unknown: {}",
+            list.len(),
+            list.join(", ")
+        )?;
+    }
     let d = &r.dropped;
     let line = format!(
         "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost",
@@ -86,26 +111,21 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     writeln!(out)
 }
 
-fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Result<()> {
-    let growth = match s.growth {
+fn growth_text(growth: Option<i64>, unit: impl Fn(u64) -> String) -> String {
+    match growth {
         None => "new".to_string(),
         Some(0) => "steady".to_string(),
-        Some(g) if g > 0 => format!("+{} since last report", bytes(g as u64)),
-        Some(g) => format!("-{} since last report", bytes(g.unsigned_abs())),
-    };
-    let via = s
-        .allocator
-        .as_deref()
-        .map(|a| format!(" via {a}"))
-        .unwrap_or_default();
-    writeln!(
-        out,
-        "  [{n}] {} in {} blocks{via} · oldest {} · {growth}",
-        style.paint("1;31", &bytes(s.bytes)),
-        s.blocks,
-        human_duration(s.oldest),
-    )?;
-    for f in &s.frames {
+        Some(g) if g > 0 => format!("+{} since last report", unit(g as u64)),
+        Some(g) => format!("-{} since last report", unit(g.unsigned_abs())),
+    }
+}
+
+fn frames(
+    out: &mut impl Write,
+    frames: &[crate::symbolize::Frame],
+    style: Style,
+) -> io::Result<()> {
+    for f in frames {
         let sym = f.symbol.as_deref().unwrap_or("??");
         let loc = match (&f.file, f.line) {
             (Some(file), Some(line)) => format!(" {file}:{line}"),
@@ -127,6 +147,57 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
             module
         )?;
     }
+    Ok(())
+}
+
+fn thread_site(
+    out: &mut impl Write,
+    n: usize,
+    t: &ThreadSiteReport,
+    style: Style,
+) -> io::Result<()> {
+    let via = t
+        .spawned_by
+        .as_deref()
+        .map(|a| format!(" via {a}"))
+        .unwrap_or_default();
+    let stacks = if t.stack_bytes > 0 {
+        format!(" · stacks {}", bytes(t.stack_bytes))
+    } else {
+        String::new()
+    };
+    writeln!(
+        out,
+        "  [T{n}] {} {}(s){via} · oldest {}{stacks} · {}",
+        style.paint("1;31", &t.count.to_string()),
+        t.kind,
+        human_duration(t.oldest),
+        growth_text(t.growth, |c| c.to_string()),
+    )?;
+    if t.frames.is_empty() {
+        writeln!(
+            out,
+            "        (spawn site unknown: not created through a probed spawn function)"
+        )?;
+    }
+    frames(out, &t.frames, style)
+}
+
+fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Result<()> {
+    let via = s
+        .allocator
+        .as_deref()
+        .map(|a| format!(" via {a}"))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "  [{n}] {} in {} blocks{via} · oldest {} · {}",
+        style.paint("1;31", &bytes(s.bytes)),
+        s.blocks,
+        human_duration(s.oldest),
+        growth_text(s.growth, bytes),
+    )?;
+    frames(out, &s.frames, style)?;
     if s.stack_lost {
         writeln!(
             out,

@@ -34,6 +34,9 @@ pub struct ProbedObject {
     /// Probe sites. Aliases (two names at one address, e.g. glibc's
     /// aligned_alloc and memalign) appear once, so a call is never seen twice.
     pub sites: Vec<Site>,
+    /// Thread and process spawn functions (pthread_create, fork, ...) and
+    /// their file offsets, probed at entry only.
+    pub spawns: Vec<(&'static str, u64)>,
 }
 
 /// One probed address.
@@ -59,6 +62,16 @@ impl Allocator {
             .first()
             .map(|o| o.display.as_str())
             .unwrap_or("?")
+    }
+
+    /// The spawn function at `offset` in `path` (as the target sees it).
+    pub fn spawn_at(&self, path: &str, offset: u64) -> Option<&'static str> {
+        self.objects
+            .iter()
+            .filter(|o| o.display == path)
+            .flat_map(|o| o.spawns.iter())
+            .find(|(_, off)| *off == offset)
+            .map(|(name, _)| *name)
     }
 
     /// The allocation function(s) at `offset` in `path` (as the target sees it).
@@ -97,20 +110,21 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
         let Some(symbols) = function_offsets(&data) else {
             continue;
         };
-        let object = |sites| ProbedObject {
+        let object = |sites, spawns| ProbedObject {
             display: cand.display.clone(),
             path: cand.path.clone(),
             sites,
+            spawns,
         };
         if malloc_object.is_none() {
             if let Some(sites) = allocator_sites(&symbols) {
-                malloc_object = Some(object(sites));
+                malloc_object = Some(object(sites, spawn_sites(&symbols)));
                 continue;
             }
         }
         let new_sites = operator_new_sites(&symbols);
         if !new_sites.is_empty() {
-            new_objects.push(object(new_sites));
+            new_objects.push(object(new_sites, Vec::new()));
         }
     }
     let mut objects = vec![malloc_object.ok_or(AllocatorError::NotFound)?];
@@ -174,6 +188,19 @@ fn allocator_sites(symbols: &HashMap<String, u64>) -> Option<Vec<Site>> {
     // program carries it next to malloc.
     sites_of(symbols, &AllocKind::ALL, &mut by_offset);
     Some(sorted(by_offset))
+}
+
+/// Spawn functions present in the C library, one per address.
+fn spawn_sites(symbols: &HashMap<String, u64>) -> Vec<(&'static str, u64)> {
+    let mut out: Vec<(&'static str, u64)> = Vec::new();
+    for name in tracer_common::SPAWN_SYMBOLS {
+        if let Some(&off) = symbols.get(name) {
+            if !out.iter().any(|(_, o)| *o == off) {
+                out.push((name, off));
+            }
+        }
+    }
+    out
 }
 
 /// `operator new` sites in a C++ runtime (libstdc++, libc++).

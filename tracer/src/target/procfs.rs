@@ -72,6 +72,8 @@ pub struct Stat {
     pub comm: String,
     pub state: char,
     pub flags: u64,
+    /// When the task started, in clock ticks since boot.
+    pub start_ticks: u64,
 }
 
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -87,17 +89,23 @@ pub fn read_stat(pid: u32) -> io::Result<Stat> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc/PID/stat"))
 }
 
+pub fn read_task_stat(pid: u32, tid: u32) -> io::Result<Stat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))?)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable task stat"))
+}
+
 fn parse_stat(text: &str) -> Option<Stat> {
     // comm is in parentheses and may itself contain spaces and parentheses.
     let open = text.find('(')?;
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_string();
     let rest: Vec<&str> = text.get(close + 2..)?.split(' ').collect();
-    // rest[0] = state (field 3), rest[6] = flags (field 9)
+    // rest[0] = state (field 3), rest[6] = flags (field 9), rest[19] = starttime (field 22)
     Some(Stat {
         comm,
         state: rest.first()?.chars().next()?,
         flags: rest.get(6)?.parse().ok()?,
+        start_ticks: rest.get(19).and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -131,7 +139,11 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_comm() {
-        let s = parse_stat("42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0").expect("parses");
+        let s = parse_stat(
+            "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 12345 0",
+        )
+        .expect("parses");
+        assert_eq!(s.start_ticks, 12345);
         assert_eq!(s.comm, "my (odd) name");
         assert_eq!(s.state, 'S');
         assert!(!s.is_kernel_thread());

@@ -1,0 +1,145 @@
+//! Thread and child-process tracking: where each task of the target was
+//! spawned, and whether it is still alive.
+//!
+//! Spawn functions (pthread_create, fork, posix_spawn, ...) are probed at
+//! entry, where the caller's frame chain is intact, and stash the caller's
+//! stack per thread. The `sched_process_fork` tracepoint, which runs in the
+//! spawning thread, turns that stash into a record for the new task;
+//! `sched_process_exit` removes it.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_stackid, bpf_ktime_get_ns},
+    },
+    macros::{map, raw_tracepoint, uprobe},
+    maps::{Array, HashMap},
+    programs::{ProbeContext, RawTracePointContext},
+    EbpfContext,
+};
+use tracer_common::{
+    Counter, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
+    SPAWN_STALE_NS, STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD,
+};
+
+use crate::heap::{count, STACKS};
+
+#[map]
+static SPAWN_PENDING: HashMap<u32, SpawnPending> =
+    HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+
+#[map]
+static TASKS: HashMap<u32, TaskRecord> = HashMap::with_max_entries(DEFAULT_MAX_TASKS, 0);
+
+#[map]
+static TASK_CONFIG: Array<TaskConfig> = Array::with_max_entries(1, 0);
+
+/// Entry of a spawn function.
+#[uprobe]
+pub fn spawn_entry(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context of a uprobe program is the task's pt_regs.
+    let entry_sp = unsafe { (*ctx.regs).rsp };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // system() calls posix_spawn: keep the outer, fresher-than-stale stash.
+    // SAFETY: plain data copied out of the map.
+    if let Some(outer) = unsafe { SPAWN_PENDING.get(&tid) } {
+        if entry_sp < outer.entry_sp && now.wrapping_sub(outer.since_ns) < SPAWN_STALE_NS {
+            return 0;
+        }
+    }
+    // SAFETY: reading the return address at the user stack pointer.
+    let caller = unsafe { bpf_probe_read_user(entry_sp as *const u64) }.unwrap_or(0);
+    // SAFETY: helper call with this program's context and a stack map.
+    let id = unsafe {
+        bpf_get_stackid(
+            ctx.as_ptr(),
+            &STACKS as *const _ as *mut _,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    let stack_id = if id >= 0 {
+        id as u32
+    } else {
+        count(Counter::StackLost);
+        STACK_UNKNOWN
+    };
+    let pending = SpawnPending {
+        caller,
+        entry_sp,
+        since_ns: now,
+        stack_id,
+        _pad: 0,
+    };
+    if SPAWN_PENDING.insert(&tid, &pending, 0).is_err() {
+        count(Counter::PendingMapFull);
+    }
+    0
+}
+
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`,
+/// in the parent's context.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn task_fork(ctx: RawTracePointContext) -> i32 {
+    let cfg = match TASK_CONFIG.get(0) {
+        Some(c) => *c,
+        None => return 0,
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if cfg.target_tgid == 0 || (pid_tgid >> 32) as u32 != cfg.target_tgid {
+        return 0;
+    }
+    let parent_tid = pid_tgid as u32;
+    let child: u64 = ctx.arg(1);
+    // SAFETY: reading two integers of a live task_struct at offsets taken
+    // from this kernel's BTF; failures are handled.
+    let (tid, tgid) = unsafe {
+        (
+            bpf_probe_read_kernel((child + cfg.pid_offset as u64) as *const i32),
+            bpf_probe_read_kernel((child + cfg.tgid_offset as u64) as *const i32),
+        )
+    };
+    let (Ok(tid), Ok(tgid)) = (tid, tgid) else {
+        return 0;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: plain data copied out of the map.
+    let spawn = unsafe { SPAWN_PENDING.get(&parent_tid) }.copied();
+    let (caller, stack_id) = match spawn {
+        Some(p) if now.wrapping_sub(p.since_ns) < SPAWN_STALE_NS => (p.caller, p.stack_id),
+        _ => (0, STACK_UNKNOWN),
+    };
+    if spawn.is_some() {
+        let _ = SPAWN_PENDING.remove(&parent_tid);
+    }
+    let rec = TaskRecord {
+        caller,
+        start_ns: now,
+        stack_id,
+        kind: if tgid as u32 == cfg.target_tgid {
+            TASK_THREAD
+        } else {
+            TASK_PROCESS
+        },
+        parent_tid,
+        _pad: 0,
+    };
+    if TASKS.insert(&(tid as u32), &rec, 0).is_err() {
+        count(Counter::TaskMapFull);
+    }
+    0
+}
+
+/// `sched_process_exit`, in the exiting task's context.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn task_exit(_ctx: RawTracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: only checks presence; nothing is dereferenced.
+    if unsafe { TASKS.get(&tid) }.is_some() {
+        let _ = TASKS.remove(&tid);
+    }
+    0
+}

@@ -1,0 +1,60 @@
+//! Call stacks recorded by the probes: the immediate caller (read by the
+//! probe from the user stack) followed by the kernel's frame-pointer walk.
+
+use std::collections::HashMap;
+
+use aya::maps::{MapData, StackTraceMap};
+use tracer_common::STACK_UNKNOWN;
+
+/// Reads stacks out of the kernel's stack table, once per stack id.
+pub struct Stacks {
+    map: StackTraceMap<MapData>,
+    cache: HashMap<u32, Vec<u64>>,
+}
+
+impl Stacks {
+    pub fn new(map: StackTraceMap<MapData>) -> Self {
+        Stacks {
+            map,
+            cache: HashMap::new(),
+        }
+    }
+
+    fn walk(&mut self, stack_id: u32) -> &[u64] {
+        let map = &self.map;
+        self.cache.entry(stack_id).or_insert_with(|| {
+            map.get(&stack_id, 0)
+                .map(|t| t.frames().iter().map(|f| f.ip).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Return addresses, innermost first: `caller`, then the frame-pointer
+    /// walk (whose frame 0, the probed instruction, is dropped).
+    pub fn frames(&mut self, caller: u64, stack_id: u32) -> Vec<u64> {
+        let mut frames = Vec::new();
+        if caller != 0 {
+            frames.push(caller);
+        }
+        if stack_id == STACK_UNKNOWN {
+            return frames;
+        }
+        let walk = self.walk(stack_id).get(1..).unwrap_or(&[]);
+        // Kernels that recover the caller themselves (probe on `push %rbp`)
+        // already list it first.
+        let walk = match walk.first() {
+            Some(&first) if first == caller => &walk[1..],
+            _ => walk,
+        };
+        frames.extend(walk.iter().copied().filter(|&ip| ip != 0));
+        frames
+    }
+
+    /// The probed instruction a stack starts at (which function was called).
+    pub fn probe_ip(&mut self, stack_id: u32) -> Option<u64> {
+        if stack_id == STACK_UNKNOWN {
+            return None;
+        }
+        self.walk(stack_id).first().copied()
+    }
+}
