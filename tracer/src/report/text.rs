@@ -80,28 +80,31 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
             thread_site(out, i + 1, t, style)?;
         }
     }
-    if !r.threads_before_attach.is_empty() {
-        let list: Vec<String> = r
-            .threads_before_attach
-            .iter()
-            .map(|t| format!("{} {} ({})", t.tid, t.name, human_duration(t.age)))
-            .collect();
+    // The main thread is always there; list only the others.
+    let before: Vec<String> = r
+        .threads_before_attach
+        .iter()
+        .filter(|t| t.tid != r.pid)
+        .map(|t| format!("{} {} ({})", t.tid, t.name, human_duration(t.age)))
+        .collect();
+    if !before.is_empty() {
         writeln!(
             out,
-            "   {} thread(s) from before attach, spawn site unknown: {}",
-            list.len(),
-            list.join(", ")
+            "   {} other thread(s) from before attach, spawn site unknown: {}",
+            before.len(),
+            before.join(", ")
         )?;
     }
     let d = &r.dropped;
     let line = format!(
-        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost",
+        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks",
         d.alloc_map_full + d.site_map_full + d.pending_map_full + d.result_unreadable,
         d.alloc_map_full,
         d.site_map_full,
         d.pending_map_full,
         d.result_unreadable,
         d.stacks_lost,
+        d.task_map_full,
     );
     if d.total() > 0 {
         writeln!(out, "{}", style.paint("33", &line))?;
