@@ -196,7 +196,56 @@ pub struct Fixture {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
+    /// The fixture's PID as seen from here (the host, for a container).
     pub pid: u32,
+    container: Option<TestContainer>,
+}
+
+/// A container built the way engines build them: its own mount and PID
+/// namespaces, a root filesystem of its own (the fixture, a copy of the C
+/// library at a path the host does not use, the loader), and a cgroup
+/// named like Docker's.
+pub struct TestContainer {
+    pub id: String,
+    root: PathBuf,
+    cgroup: Option<PathBuf>,
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        if let Some(cg) = &self.cgroup {
+            // The cgroup can go once its processes have exited.
+            for _ in 0..50 {
+                if fs::remove_dir(cg).is_ok() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Where cgroup v2 is mounted, if anywhere.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+fn container_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = nanos ^ ((std::process::id() as u128) << 64);
+    format!(
+        "{:032x}{:032x}",
+        seed,
+        seed.rotate_left(37) ^ 0x5eed_1eac_7ace
+    )
 }
 
 impl Fixture {
@@ -215,9 +264,92 @@ impl Fixture {
             child,
             stdout,
             pid,
+            container: None,
         };
         f.expect_line("ready");
         f
+    }
+
+    /// Starts `name` inside a new [`TestContainer`]; `pid` is its host PID.
+    pub fn in_container(name: &str, args: &[&str]) -> Fixture {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = workspace_root().join(format!(
+            "target/containers/{name}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        for dir in ["lib64", "lib", "app"] {
+            fs::create_dir_all(root.join(dir)).expect("container dirs");
+        }
+        // Copies: other inodes than the host's, and libc at a path the host
+        // does not have.
+        fs::copy(
+            "/lib64/ld-linux-x86-64.so.2",
+            root.join("lib64/ld-linux-x86-64.so.2"),
+        )
+        .expect("copy loader");
+        fs::copy(
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            root.join("lib/libc.so.6"),
+        )
+        .expect("copy libc");
+        fs::copy(fixtures().path(name), root.join("app").join(name)).expect("copy fixture");
+
+        let id = container_id();
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--pid", "--fork", "--kill-child"])
+            .arg(format!("--root={}", root.display()))
+            .arg(format!("/app/{name}"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start unshare");
+        let outer = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid: u32 = loop {
+            let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .unwrap_or_default();
+            if let Some(p) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "container process never started");
+            thread::sleep(Duration::from_millis(10));
+        };
+        let cgroup = cgroup2_root().and_then(|cg2| {
+            let dir = cg2
+                .join("leaktrace-tests")
+                .join(format!("docker-{id}.scope"));
+            fs::create_dir_all(&dir).ok()?;
+            fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
+            Some(dir)
+        });
+        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
+        let container = TestContainer { id, root, cgroup };
+        let mut f = Fixture {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            pid,
+            container: Some(container),
+        };
+        f.expect_line("ready");
+        f
+    }
+
+    /// The container this fixture runs in, if any.
+    pub fn container(&self) -> Option<&TestContainer> {
+        self.container.as_ref()
+    }
+
+    /// Whether the container got a runtime-style cgroup.
+    pub fn container_cgroup(&self) -> bool {
+        self.container.as_ref().is_some_and(|c| c.cgroup.is_some())
     }
 
     pub fn send(&mut self, line: &str) {
@@ -507,4 +639,57 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// What the C fixture (tests/fixtures/heap_c.c) leaks, for every test that runs it.
+
+/// Sites every C run must report exactly: (caller, bytes, blocks, allocator).
+pub const C_LEAKS: &[(&str, u64, u64, &str)] = &[
+    ("leak_malloc", 3000, 3, "malloc"),
+    ("leak_calloc", 2000, 2, "calloc"),
+    ("leak_realloc", 5000, 1, "realloc"),
+    ("leak_realloc_null", 700, 1, "realloc"),
+    ("leak_reallocarray", 600, 1, "reallocarray"),
+    ("leak_posix_memalign", 4096, 2, "posix_memalign"),
+    // glibc exports aligned_alloc and memalign at one address.
+    ("leak_aligned_alloc", 1024, 1, "aligned_alloc/memalign"),
+    ("leak_memalign", 1536, 1, "aligned_alloc/memalign"),
+    ("leak_valloc", 3000, 1, "valloc"),
+    ("leak_pvalloc", 100, 1, "pvalloc"),
+    ("leak_after_failed_realloc", 400, 1, "malloc"),
+];
+pub const C_TOTAL_BYTES: u64 = 21456;
+pub const C_TOTAL_BLOCKS: u64 = 15;
+
+/// Functions that free what they allocate (or whose allocations fail).
+pub const C_NOT_LEAKS: &[&str] = &[
+    "freed_malloc",
+    "freed_calloc",
+    "freed_realloc",
+    "freed_realloc_zero",
+    "freed_reallocarray",
+    "freed_posix_memalign",
+    "freed_aligned_alloc",
+    "failed_allocations",
+    "short_lived",
+];
+
+pub fn assert_c_leaks(report: &Value) {
+    for &(function, bytes, blocks, allocator) in C_LEAKS {
+        assert_site(report, function, bytes, blocks, allocator);
+    }
+    for &function in C_NOT_LEAKS {
+        assert!(
+            stacks_through(report, function).is_empty(),
+            "{function} must not appear: {report}"
+        );
+    }
+    // leak_realloc's malloc(50) was released by its realloc: one stack only.
+    assert_eq!(stacks_at(report, "leak_realloc").len(), 1);
+}
+
+pub fn assert_nothing_dropped(report: &Value) {
+    for (k, v) in report["dropped"].as_object().expect("dropped object") {
+        assert_eq!(v, 0, "dropped.{k} should be 0: {report}");
+    }
 }

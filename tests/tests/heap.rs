@@ -1,58 +1,6 @@
 //! Heap leak tracing end to end: real fixtures, real kernel, real binary.
 
 use leaktrace_tests::*;
-use serde_json::Value;
-
-/// Sites every C run must report exactly: (caller, bytes, blocks, allocator).
-const C_LEAKS: &[(&str, u64, u64, &str)] = &[
-    ("leak_malloc", 3000, 3, "malloc"),
-    ("leak_calloc", 2000, 2, "calloc"),
-    ("leak_realloc", 5000, 1, "realloc"),
-    ("leak_realloc_null", 700, 1, "realloc"),
-    ("leak_reallocarray", 600, 1, "reallocarray"),
-    ("leak_posix_memalign", 4096, 2, "posix_memalign"),
-    // glibc exports aligned_alloc and memalign at one address.
-    ("leak_aligned_alloc", 1024, 1, "aligned_alloc/memalign"),
-    ("leak_memalign", 1536, 1, "aligned_alloc/memalign"),
-    ("leak_valloc", 3000, 1, "valloc"),
-    ("leak_pvalloc", 100, 1, "pvalloc"),
-    ("leak_after_failed_realloc", 400, 1, "malloc"),
-];
-const C_TOTAL_BYTES: u64 = 21456;
-const C_TOTAL_BLOCKS: u64 = 15;
-
-/// Functions that free what they allocate (or whose allocations fail).
-const C_NOT_LEAKS: &[&str] = &[
-    "freed_malloc",
-    "freed_calloc",
-    "freed_realloc",
-    "freed_realloc_zero",
-    "freed_reallocarray",
-    "freed_posix_memalign",
-    "freed_aligned_alloc",
-    "failed_allocations",
-    "short_lived",
-];
-
-fn assert_c_leaks(report: &Value) {
-    for &(function, bytes, blocks, allocator) in C_LEAKS {
-        assert_site(report, function, bytes, blocks, allocator);
-    }
-    for &function in C_NOT_LEAKS {
-        assert!(
-            stacks_through(report, function).is_empty(),
-            "{function} must not appear: {report}"
-        );
-    }
-    // leak_realloc's malloc(50) was released by its realloc: one stack only.
-    assert_eq!(stacks_at(report, "leak_realloc").len(), 1);
-}
-
-fn assert_nothing_dropped(report: &Value) {
-    for (k, v) in report["dropped"].as_object().expect("dropped object") {
-        assert_eq!(v, 0, "dropped.{k} should be 0: {report}");
-    }
-}
 
 #[test]
 fn c_program_attached_by_pid_reports_every_leak_site_exactly() {

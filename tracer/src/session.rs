@@ -24,7 +24,11 @@ use crate::{
     report::{ExistingThreadReport, Report, Reporter, SiteReport, Style, ThreadSiteReport},
     stacks::Stacks,
     symbolize::Symbolizer,
-    target::{self, launch, Allocator},
+    target::{
+        self,
+        container::{self, ContainerInfo},
+        launch, Allocator,
+    },
     threads::{TaskCollector, TaskKind},
 };
 
@@ -136,6 +140,7 @@ async fn trace(
         thread_growth: GrowthTracker::default(),
         stacks: Stacks::new(maps.stacks),
         tasks,
+        container: container::inspect(pid),
     };
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
@@ -240,6 +245,7 @@ struct ReportBuilder {
     thread_growth: GrowthTracker<ThreadSiteReport>,
     stacks: Stacks,
     tasks: TaskCollector,
+    container: ContainerInfo,
 }
 
 impl ReportBuilder {
@@ -343,6 +349,8 @@ impl ReportBuilder {
             elapsed: self.start.elapsed(),
             pid: self.pid,
             comm: self.comm.clone(),
+            pid_in_container: self.container.pid_inside,
+            container_id: self.container.id.clone(),
             older_than: self.older_than,
             live_bytes: snap.live_bytes,
             live_blocks: snap.live_blocks,

@@ -26,6 +26,8 @@ fn to_value(r: &Report) -> Value {
         "elapsed_ms": r.elapsed.as_millis() as u64,
         "pid": r.pid,
         "comm": r.comm,
+        "pid_in_container": r.pid_in_container,
+        "container_id": r.container_id,
         "older_than_ms": r.older_than.as_millis() as u64,
         "live_bytes": r.live_bytes,
         "live_blocks": r.live_blocks,
@@ -101,6 +103,8 @@ mod tests {
             elapsed: Duration::from_millis(5000),
             pid: 42,
             comm: "demo".into(),
+            pid_in_container: Some(1),
+            container_id: None,
             older_than: Duration::from_millis(500),
             live_bytes: 300,
             live_blocks: 3,
@@ -151,6 +155,8 @@ mod tests {
         let v: Value = serde_json::from_str(&text).expect("valid json");
         assert_eq!(v["type"], "heap_report");
         assert_eq!(v["timestamp_ms"], 1234);
+        assert_eq!(v["pid_in_container"], 1);
+        assert!(v["container_id"].is_null());
         assert_eq!(v["dropped"]["stacks_lost"], 3);
         assert_eq!(v["stacks"][0]["bytes"], 200);
         assert_eq!(v["stacks"][0]["allocator"], "calloc");

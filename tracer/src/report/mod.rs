@@ -63,6 +63,10 @@ pub struct Report {
     pub elapsed: Duration,
     pub pid: u32,
     pub comm: String,
+    /// The target's PID inside its container's PID namespace.
+    pub pid_in_container: Option<u32>,
+    /// The container the target runs in (64 hex digits).
+    pub container_id: Option<String>,
     pub older_than: Duration,
     /// Every outstanding allocation, including young ones.
     pub live_bytes: u64,

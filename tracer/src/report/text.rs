@@ -34,13 +34,19 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     } else {
         ""
     };
+    let container = match (&r.container_id, r.pid_in_container) {
+        (Some(id), Some(p)) => format!(" [container {}, pid {p} inside]", &id[..12.min(id.len())]),
+        (Some(id), None) => format!(" [container {}]", &id[..12.min(id.len())]),
+        (None, Some(p)) => format!(" [pid {p} in its namespace]"),
+        (None, None) => String::new(),
+    };
     writeln!(
         out,
         "{}",
         style.paint(
             "1",
             &format!(
-                "== {kind} #{} · pid {} ({}) · +{}{exited}",
+                "== {kind} #{} · pid {} ({}){container} · +{}{exited}",
                 r.seq,
                 r.pid,
                 r.comm,

@@ -2,10 +2,11 @@
 //! (`-- CMD`), and where its allocator lives.
 
 pub mod allocator;
+pub mod container;
 pub mod launch;
 pub mod procfs;
 
-use std::{collections::HashSet, io, path::PathBuf};
+use std::{collections::HashSet, io};
 
 pub use allocator::{
     find_allocator, Allocator, AllocatorError, Candidate, ProbeFn, ProbedObject, Site,
@@ -69,11 +70,12 @@ pub fn mapped_objects(pid: u32) -> Result<Vec<Candidate>, TargetError> {
         if !seen.insert(path.clone()) {
             continue;
         }
-        // Through the target's root: the inode the target really maps,
-        // whatever mount namespace it lives in.
+        // Through map_files: exactly the inode the target maps, whatever
+        // mount namespace or chroot it lives in and even if the file was
+        // replaced or deleted since (the path in maps is only a name).
         out.push(Candidate {
             display: path.clone(),
-            path: PathBuf::from(format!("/proc/{pid}/root{path}")),
+            path: m.open_path(pid),
         });
     }
     Ok(out)
