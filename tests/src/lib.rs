@@ -634,6 +634,19 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits (up to 5 s: the kernel frees programs after an RCU grace period)
+/// until no leaktrace program is loaded; returns what is still loaded.
+pub fn wait_until_no_leaktrace_programs() -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = loaded_leaktrace_programs();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Tests that count kernel-wide state (loaded programs) must not overlap
 /// with other leaktrace runs of the same test binary.
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {

@@ -38,7 +38,7 @@ fn libc_text(pid: u32) -> (u64, Vec<u8>, Vec<u8>) {
 fn sigint_prints_a_final_report_and_removes_every_probe() {
     let _guard = exclusive();
     assert!(
-        loaded_leaktrace_programs().is_empty(),
+        wait_until_no_leaktrace_programs().is_empty(),
         "programs left over from before this test"
     );
     let mut fixture = Fixture::start("heap_c", &["wait"]);
@@ -69,7 +69,7 @@ fn sigint_prints_a_final_report_and_removes_every_probe() {
     assert_site(&reports[0], "leak_calloc", 2000, 2, "calloc");
 
     assert!(
-        loaded_leaktrace_programs().is_empty(),
+        wait_until_no_leaktrace_programs().is_empty(),
         "no leaktrace program remains loaded"
     );
     let (_, after_mem, after_file) = libc_text(fixture.pid);
@@ -91,13 +91,13 @@ fn sigterm_and_count_also_detach() {
     let (status, reports, _) = lt.finish();
     assert!(status.success());
     assert_eq!(reports.len(), 1);
-    assert!(loaded_leaktrace_programs().is_empty());
+    assert!(wait_until_no_leaktrace_programs().is_empty());
 
     let lt = Leaktrace::attach(fixture.pid, &["-i", "0.2", "-n", "2"]);
     let (status, reports, _) = lt.finish();
     assert!(status.success());
     assert_eq!(reports.len(), 2);
-    assert!(loaded_leaktrace_programs().is_empty());
+    assert!(wait_until_no_leaktrace_programs().is_empty());
     let (_, mem, file) = libc_text(fixture.pid);
     assert!(mem == file);
     assert!(fixture.is_alive());
