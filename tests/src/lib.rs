@@ -131,6 +131,11 @@ const FIXTURES: &[FixtureSpec] = &[
         compile: c_threads,
     },
     FixtureSpec {
+        name: "seccomp_c",
+        source: "seccomp_c.c",
+        compile: c,
+    },
+    FixtureSpec {
         name: "threads_c",
         source: "threads_c.c",
         compile: c_threads,

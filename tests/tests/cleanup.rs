@@ -102,3 +102,32 @@ fn sigterm_and_count_also_detach() {
     assert!(mem == file);
     assert!(fixture.is_alive());
 }
+
+#[test]
+fn a_target_under_seccomp_is_never_killed() {
+    let _guard = exclusive();
+    let mut fixture = Fixture::start("seccomp_c", &[]);
+    let (status, _, stderr) = run_leaktrace(&[
+        "--pid",
+        &fixture.pid.to_string(),
+        "-i",
+        "0.5",
+        "-n",
+        "1",
+        "--format",
+        "json",
+    ]);
+    if status.code() == Some(2) {
+        // A kernel where return probes would kill it: refused, untouched.
+        assert!(stderr.contains("return probes would kill"), "{stderr}");
+        assert!(fixture.is_alive());
+        return;
+    }
+    assert!(status.success(), "{stderr}");
+    // This kernel lets the uretprobe syscall through seccomp: trace for real.
+    let mut lt = Leaktrace::attach(fixture.pid, &["-i", "0.5", "--older-than", "0"]);
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| !stacks_at(r, "leak_under_seccomp").is_empty());
+    assert_site(&report, "leak_under_seccomp", 4242, 1, "malloc");
+    assert!(fixture.is_alive(), "the target survived its probed returns");
+}

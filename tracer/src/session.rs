@@ -69,6 +69,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         tasks: cli.max_tasks,
     };
     let mut probes = Probes::load(sizes, cli.probe_mode)?;
+    // A target under seccomp may be killed by return probes on some kernels:
+    // find out on a throwaway process first. (A launched command has no
+    // filter yet; one it installs later is not checked.)
+    if cli.pid.is_some()
+        && probes::has_seccomp_filter(pid)
+        && !probes.uretprobe_survives_seccomp()?
+    {
+        return Err(probes::ProbeError::ReturnProbesUnsafe(pid).into());
+    }
     probes.attach(&allocator, pid)?;
     probes.attach_tasks(&allocator, pid)?;
     let maps = probes.take_maps()?;

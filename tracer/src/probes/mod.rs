@@ -1,6 +1,9 @@
 //! Loading leaktrace's eBPF object and attaching its probes to the target.
 
 mod btf;
+mod seccomp_check;
+
+pub use seccomp_check::has_seccomp_filter;
 
 use std::{num::NonZeroU32, path::Path};
 
@@ -44,6 +47,11 @@ pub enum ProbeError {
     Missing(&'static str),
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
+    #[error(
+        "refusing to attach: PID {0} runs under a seccomp filter and on this kernel return probes \
+         would kill it (uretprobe syscall not let through by seccomp; fixed in newer kernels)"
+    )]
+    ReturnProbesUnsafe(u32),
     #[error("cannot attach to the {tracepoint} tracepoint: {reason}")]
     Tracepoint {
         tracepoint: &'static str,
