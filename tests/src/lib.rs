@@ -711,3 +711,22 @@ pub fn assert_nothing_dropped(report: &Value) {
         assert_eq!(v, 0, "dropped.{k} should be 0: {report}");
     }
 }
+
+/// The C scenario shared by host and container tests: attach to a running
+/// `heap_c wait`, make it leak, and return the first report holding every
+/// leaked block, after checking it against the fixture's exact leaks.
+pub fn trace_c_leaks(fixture: &mut Fixture) -> (Leaktrace, Value) {
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["-i", "1", "--older-than", "300ms", "--top", "100"],
+    );
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
+    assert_c_leaks(&report);
+    // Nothing else survives: no leak missed, nothing extra.
+    assert_eq!(report["old_bytes"], C_TOTAL_BYTES, "{report}");
+    assert_eq!(report["old_blocks"], C_TOTAL_BLOCKS, "{report}");
+    assert_eq!(report["live_bytes"], C_TOTAL_BYTES);
+    assert_nothing_dropped(&report);
+    (lt, report)
+}

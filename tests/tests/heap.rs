@@ -5,18 +5,7 @@ use leaktrace_tests::*;
 #[test]
 fn c_program_attached_by_pid_reports_every_leak_site_exactly() {
     let mut fixture = Fixture::start("heap_c", &["wait"]);
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &["-i", "1", "--older-than", "300ms", "--top", "100"],
-    );
-    fixture.command("leak", "leaked");
-    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
-    assert_c_leaks(&report);
-    // Nothing else survives: no leak missed, nothing extra.
-    assert_eq!(report["old_bytes"], C_TOTAL_BYTES, "{report}");
-    assert_eq!(report["old_blocks"], C_TOTAL_BLOCKS, "{report}");
-    assert_eq!(report["live_bytes"], C_TOTAL_BYTES);
-    assert_nothing_dropped(&report);
+    let (_lt, report) = trace_c_leaks(&mut fixture);
     // Every leak site's stack continues through do_leaks into main.
     for &(function, ..) in C_LEAKS {
         let s = stacks_at(&report, function)[0];
