@@ -226,9 +226,13 @@ pub enum Counter {
     ResultUnreadable = 5,
     /// A thread or child process not recorded because the task map was full.
     TaskMapFull = 6,
+    /// A goroutine not recorded because the goroutine map was full.
+    GoroutineMapFull = 7,
+    /// A new goroutine whose `g` could not be read at newproc1's return.
+    GoroutineUnreadable = 8,
 }
 
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 9;
 
 /// Spawn functions probed at entry to learn where a thread or child process
 /// comes from (the frame chain is intact at their public entry, unlike at
@@ -287,12 +291,42 @@ pub struct TaskConfig {
     pub tgid_offset: u32,
 }
 
+/// Written by userspace before attach: where the fields the probes read
+/// live in this Go binary's `runtime.g` (from its DWARF, else a per-version
+/// table). 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GoConfig {
+    pub goid_offset: u32,
+    pub gopc_offset: u32,
+    pub startpc_offset: u32,
+    pub parent_goid_offset: u32,
+}
+
+/// A goroutine created after attach, keyed by its goid (`g` structs are
+/// reused, goids never). 40 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GoroutineRecord {
+    /// PC of the `go` statement (the "created by" site; a return address).
+    pub gopc: u64,
+    /// Entry of the goroutine's function.
+    pub startpc: u64,
+    pub parent_goid: u64,
+    /// bpf_ktime_get_ns() at creation (CLOCK_MONOTONIC).
+    pub created_ns: u64,
+    /// Creating stack (frame-pointer walk from newproc1's return).
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
 /// Default map sizes (overridable by flags).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
 pub const DEFAULT_MAX_SITES: u32 = 1 << 16;
 pub const DEFAULT_MAX_STACKS: u32 = 1 << 14;
 pub const DEFAULT_MAX_THREADS: u32 = 1 << 14;
 pub const DEFAULT_MAX_TASKS: u32 = 1 << 16;
+pub const DEFAULT_MAX_GOROUTINES: u32 = 1 << 18;
 
 /// Frame-pointer walk depth stored per stack (the kernel's default
 /// `perf_event_max_stack`).
@@ -322,6 +356,10 @@ mod pod {
     unsafe impl aya::Pod for super::SiteTotals {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoroutineRecord {}
 }
 
 #[cfg(test)]
@@ -341,6 +379,8 @@ mod tests {
         assert_eq!(size_of::<SpawnPending>(), 32);
         assert_eq!(size_of::<TaskRecord>(), 32);
         assert_eq!(size_of::<TaskConfig>(), 12);
+        assert_eq!(size_of::<GoConfig>(), 16);
+        assert_eq!(size_of::<GoroutineRecord>(), 40);
     }
 
     #[test]

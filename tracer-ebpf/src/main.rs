@@ -1,4 +1,5 @@
-//! leaktrace's kernel side: uprobes on the target's allocator.
+//! leaktrace's kernel side: uprobes on the target's allocator, thread spawns and Go
+//! runtime, and the scheduler tracepoints for task lifetimes.
 //!
 //! Entry probes stash `(size, caller, stack)` per (thread, function kind);
 //! return probes turn a successful result into an [`AllocRecord`] keyed by
@@ -9,6 +10,8 @@
 // Inline BPF assembly (atomic add) is still unstable; the build sets RUSTC_BOOTSTRAP.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+#[cfg(target_arch = "bpf")]
+mod goroutines;
 #[cfg(target_arch = "bpf")]
 mod heap;
 #[cfg(target_arch = "bpf")]

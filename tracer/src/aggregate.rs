@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    report::{SiteReport, ThreadSiteReport},
+    report::{GoroutineSiteReport, SiteReport, ThreadSiteReport},
     symbolize::Frame,
 };
 
@@ -104,6 +104,25 @@ impl Tracked for ThreadSiteReport {
         let mut k = key(&self.frames);
         k.push(label(self.kind.to_string()));
         k.push(label(self.spawned_by.clone().unwrap_or_default()));
+        k
+    }
+    fn amount(&self) -> u64 {
+        self.count
+    }
+    fn set_growth(&mut self, growth: Option<i64>) {
+        self.growth = growth;
+    }
+}
+
+impl Tracked for GoroutineSiteReport {
+    fn key(&self) -> StackKey {
+        let mut k = key(std::slice::from_ref(&self.created_by));
+        k.push(FrameKey::Symbol {
+            symbol: self.start.clone().unwrap_or_default(),
+            file: None,
+            line: None,
+            inlined: false,
+        });
         k
     }
     fn amount(&self) -> u64 {

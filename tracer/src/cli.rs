@@ -5,8 +5,8 @@ use std::{ffi::OsString, time::Duration};
 
 use clap::{Parser, ValueEnum};
 use tracer_common::{
-    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_TASKS,
-    DEFAULT_MAX_THREADS,
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
+    DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
 };
 
 #[derive(Debug, Parser)]
@@ -17,8 +17,10 @@ use tracer_common::{
     long_about = "leaktrace attaches eBPF uprobes to the allocator of a running process (or of a \
 command it starts) and, every interval, reports the call stacks holding the most heap memory \
 that was allocated longer ago than --older-than and not freed since: bytes, blocks, age of the \
-oldest block and growth since the previous report. On Ctrl-C, SIGTERM, --count reports or target \
-exit it prints a final report and removes every probe; the target keeps running untouched.\n\n\
+oldest block and growth since the previous report. It also reports threads and child processes \
+that stay alive, by spawn site, and for Go programs goroutines that stay alive, by creation site \
+(with a census of those that existed before attach), and the live Go heap after each GC. \
+On Ctrl-C, SIGTERM, --count reports or target exit it prints a final report and removes every probe; the target keeps running untouched.\n\n\
 Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).",
     after_help = "Examples:\n  sudo leaktrace --pid 4242\n  sudo leaktrace -p 4242 -i 10 --older-than 30s --top 5\n  \
 sudo leaktrace --format json -n 3 -- ./server --port 8080"
@@ -76,6 +78,10 @@ pub struct Cli {
     /// Capacity of the table of threads and child processes created after attach.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS)]
     pub max_tasks: u32,
+
+    /// Go targets: capacity of the table of goroutines created after attach.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GOROUTINES)]
+    pub max_goroutines: u32,
 
     /// Benchmarking aid: `empty` attaches do-nothing probes at the same sites.
     #[arg(long, value_enum, default_value_t = ProbeMode::Full, hide = true)]

@@ -58,6 +58,8 @@ pub struct Dropped {
     pub caller_unreadable: u64,
     pub result_unreadable: u64,
     pub task_map_full: u64,
+    pub goroutine_map_full: u64,
+    pub goroutine_unreadable: u64,
 }
 
 impl Dropped {
@@ -69,6 +71,8 @@ impl Dropped {
             + self.caller_unreadable
             + self.result_unreadable
             + self.task_map_full
+            + self.goroutine_map_full
+            + self.goroutine_unreadable
     }
 }
 
@@ -337,6 +341,8 @@ impl Collector<HeapMaps> {
             caller_unreadable: at(Counter::CallerUnreadable),
             result_unreadable: at(Counter::ResultUnreadable),
             task_map_full: at(Counter::TaskMapFull),
+            goroutine_map_full: at(Counter::GoroutineMapFull),
+            goroutine_unreadable: at(Counter::GoroutineUnreadable),
         })
     }
 

@@ -4,11 +4,17 @@
 //! [`probes`] (eBPF programs in the kernel) → [`collect`] (per-site totals
 //! read from the kernel, aged by generation) → [`symbolize`] (addresses to
 //! functions, on a thread of its own) → [`report`] (text or JSON lines).
-//! [`session`] runs the whole thing.
+//! [`threads`] and, for Go targets, [`goroutines`], [`go_runtime`] and
+//! [`go_heap`] collect what else the target keeps alive. [`session`] runs
+//! the whole thing.
 
 pub mod aggregate;
 pub mod cli;
 pub mod collect;
+pub mod go_heap;
+pub mod go_report;
+pub mod go_runtime;
+pub mod goroutines;
 pub mod privileges;
 pub mod probes;
 pub mod report;

@@ -19,15 +19,17 @@ use crate::{
     aggregate::{self, GrowthTracker},
     cli::{Cli, ColorChoice},
     collect::{self, Collector, Snapshot},
+    go_report::GoTracker,
+    goroutines::GoroutineCollector,
     privileges,
     probes::{self, MapSizes, Probes},
     report::{ExistingThreadReport, Report, Reporter, SiteReport, Style, ThreadSiteReport},
     stacks::Stacks,
-    symbolize::Symbolizer,
+    symbolize::{GoModule, Symbolizer},
     target::{
         self,
         container::{self, ContainerInfo},
-        launch, Allocator,
+        executable, launch, Allocator, AllocatorError, GoTarget,
     },
     threads::{TaskCollector, TaskKind},
 };
@@ -43,10 +45,17 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     probes::check_kernel_support()?;
 
     // Fork the command (if any) before any other thread exists.
-    let (pid, comm, paused, candidates) = match cli.pid {
+    let (pid, comm, paused, candidates, go) = match cli.pid {
         Some(pid) => {
             let proc_ = target::inspect(pid)?;
-            (pid, proc_.comm, None, target::mapped_objects(pid)?)
+            let candidates = target::mapped_objects(pid)?;
+            (
+                pid,
+                proc_.comm,
+                None,
+                candidates,
+                executable::of_process(pid)?,
+            )
         }
         None => {
             let paused = launch::spawn_paused(&cli.command)?;
@@ -56,10 +65,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let candidates = launch::program_objects(&paused.program)?;
-            (paused.pid, comm, Some(paused), candidates)
+            let go = executable::of_program(&paused.program)?;
+            (paused.pid, comm, Some(paused), candidates, go)
         }
     };
-    let allocator = target::find_allocator(&candidates)?;
+    // A pure Go program has no C allocator; a cgo one has the C library's.
+    let allocator = match target::find_allocator(&candidates) {
+        Ok(a) => a,
+        Err(AllocatorError::NotFound) if go.is_some() => Allocator::none(),
+        Err(e) => return Err(e.into()),
+    };
 
     let sizes = MapSizes {
         allocs: cli.max_allocs,
@@ -67,8 +82,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         stacks: cli.max_stacks,
         threads: cli.max_threads,
         tasks: cli.max_tasks,
+        goroutines: cli.max_goroutines,
     };
-    let mut probes = Probes::load(sizes, cli.probe_mode)?;
+    let mut probes = Probes::load(sizes, cli.probe_mode, go.is_some())?;
     // A target under seccomp may be killed by return probes on some kernels:
     // find out on a throwaway process first. (A launched command has no
     // filter yet; one it installs later is not checked.)
@@ -80,13 +96,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     probes.attach(&allocator, pid)?;
     probes.attach_tasks(&allocator, pid)?;
+    if let Some(go) = &go {
+        probes.attach_go(go, pid)?;
+    }
     let maps = probes.take_maps()?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(trace(cli, pid, comm, paused, allocator, probes, maps))
+    runtime.block_on(trace(cli, pid, comm, paused, allocator, go, probes, maps))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -96,6 +115,7 @@ async fn trace(
     comm: String,
     paused: Option<launch::Paused>,
     allocator: Allocator,
+    go: Option<GoTarget>,
     probes: Probes,
     maps: probes::Maps,
 ) -> anyhow::Result<i32> {
@@ -105,7 +125,19 @@ async fn trace(
         .context("cannot initialise the eBPF maps")?;
     let tasks = TaskCollector::new(maps.tasks, pid, cli.older_than);
     let mut exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
-    let symbolizer = Symbolizer::start(pid).context("cannot start the symbolization thread")?;
+    let go_module = go.as_ref().map(|g| GoModule {
+        inode: g.inode,
+        binary: g.binary.clone(),
+    });
+    let symbolizer =
+        Symbolizer::start(pid, go_module).context("cannot start the symbolization thread")?;
+    let go_version = go.as_ref().map(|g| g.binary.version.clone());
+    let go = go.map(|target| {
+        let collector = maps
+            .goroutines
+            .map(|m| GoroutineCollector::new(m, cli.older_than, cli.max_goroutines));
+        GoTracker::new(pid, target, collector, launched, cli.top)
+    });
     if let Some(p) = paused {
         p.release();
     }
@@ -121,9 +153,13 @@ async fn trace(
         ColorChoice::Auto => Style::Plain,
     };
     let reporter = Reporter::new(cli.format, style);
+    let heap_via = match (&go_version, allocator.objects.is_empty()) {
+        (Some(v), true) => format!("Go {v} (no C allocator)"),
+        (Some(v), false) => format!("Go {v} + C heap via {}", allocator.display()),
+        (None, _) => format!("heap via {}", allocator.display()),
+    };
     eprintln!(
-        "leaktrace: tracing pid {pid} ({comm}): heap via {} ({} probes); reporting every {} on blocks older than {}; Ctrl-C to stop",
-        allocator.display(),
+        "leaktrace: tracing pid {pid} ({comm}): {heap_via} ({} probes); reporting every {} on what is older than {}; Ctrl-C to stop",
         probes.probe_count(),
         crate::report::human_duration(cli.interval),
         crate::report::human_duration(cli.older_than),
@@ -150,6 +186,7 @@ async fn trace(
         stacks: Stacks::new(maps.stacks),
         tasks,
         container: container::inspect(pid),
+        go,
     };
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
@@ -255,6 +292,7 @@ struct ReportBuilder {
     stacks: Stacks,
     tasks: TaskCollector,
     container: ContainerInfo,
+    go: Option<GoTracker>,
 }
 
 impl ReportBuilder {
@@ -350,6 +388,10 @@ impl ReportBuilder {
         let mut threads = aggregate::merge_thread_sites(threads);
         self.thread_growth.apply(&mut threads);
         threads.truncate(self.top);
+        let go = match &mut self.go {
+            Some(t) => Some(t.report(symbolizer, &mut self.stacks).await?),
+            None => None,
+        };
 
         Ok(Report {
             seq: self.seq,
@@ -378,6 +420,7 @@ impl ReportBuilder {
                     age: t.age,
                 })
                 .collect(),
+            go,
             target_exited,
         })
     }

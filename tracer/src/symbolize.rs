@@ -21,7 +21,18 @@ use blazesym::symbolize::{
     CodeInfo, Input, Symbolized, Symbolizer as Blazesym,
 };
 
-use crate::target::procfs::{self, Mapping};
+use crate::target::{
+    golang::GoBinary,
+    procfs::{self, Mapping},
+};
+
+/// A Go executable, symbolized from its own function table (which, unlike
+/// ELF symbols and DWARF, survives stripping), identified by inode.
+#[derive(Clone)]
+pub struct GoModule {
+    pub inode: u64,
+    pub binary: std::sync::Arc<GoBinary>,
+}
 
 /// One symbolized frame. Inlined functions expand into several frames for
 /// the same address, innermost first, with `inlined` set on all but the
@@ -37,6 +48,21 @@ pub struct Frame {
     /// Where the address lies in its module (path as the target sees it,
     /// file offset); used to tell which allocator function a probe is on.
     pub location: Option<(String, u64)>,
+}
+
+impl Frame {
+    /// An address nothing is known about.
+    pub fn unknown(address: u64) -> Self {
+        Frame {
+            address,
+            symbol: None,
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+            location: None,
+        }
+    }
 }
 
 enum Request {
@@ -60,11 +86,11 @@ pub struct Symbolizer {
 pub struct SymbolizerGone;
 
 impl Symbolizer {
-    pub fn start(pid: u32) -> std::io::Result<Self> {
+    pub fn start(pid: u32, go: Option<GoModule>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || Worker::new(pid).run(rx))?;
+            .spawn(move || Worker::new(pid, go).run(rx))?;
         Ok(Symbolizer {
             tx: Some(tx),
             thread: Some(thread),
@@ -133,11 +159,12 @@ struct Worker {
     /// Newest snapshot first; older ones stay for addresses of objects
     /// that were unmapped since.
     modules: Vec<Module>,
+    go: Option<GoModule>,
     cache: HashMap<(u64, bool), Vec<Frame>>,
 }
 
 impl Worker {
-    fn new(pid: u32) -> Self {
+    fn new(pid: u32, go: Option<GoModule>) -> Self {
         let blazesym = Blazesym::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
@@ -147,6 +174,7 @@ impl Worker {
             pid,
             blazesym,
             modules: Vec::new(),
+            go,
             cache: HashMap::new(),
         };
         w.refresh();
@@ -215,21 +243,18 @@ impl Worker {
         } else {
             addr
         };
-        let unknown = Frame {
-            address: addr,
-            symbol: None,
-            module: None,
-            file: None,
-            line: None,
-            inlined: false,
-            location: None,
-        };
+        let unknown = Frame::unknown(addr);
         let frames = match self.modules.iter().find(|m| m.mapping.contains(lookup)) {
             None => vec![unknown],
             Some(m) => {
                 let offset = lookup - m.mapping.start + m.mapping.file_offset;
                 let location = m.mapping.path.clone().map(|p| (p, offset));
                 let module = Some(m.name.clone());
+                if let Some(go) = self.go.as_ref().filter(|g| g.inode == m.mapping.inode) {
+                    let frames = go_frames(go, addr, offset, module, location);
+                    self.cache.insert((addr, return_address), frames.clone());
+                    return frames;
+                }
                 let src = Source::Elf(Elf::new(&m.open_path));
                 match self
                     .blazesym
@@ -272,6 +297,41 @@ impl Worker {
         self.cache.insert((addr, return_address), frames.clone());
         frames
     }
+}
+
+fn go_frames(
+    go: &GoModule,
+    addr: u64,
+    offset: u64,
+    module: Option<String>,
+    location: Option<(String, u64)>,
+) -> Vec<Frame> {
+    let found = go
+        .binary
+        .file_offset_to_vaddr(offset)
+        .map(|vaddr| go.binary.symbolize(vaddr))
+        .unwrap_or_default();
+    if found.is_empty() {
+        return vec![Frame {
+            module,
+            location,
+            ..Frame::unknown(addr)
+        }];
+    }
+    let last = found.len() - 1;
+    found
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| Frame {
+            address: addr,
+            symbol: Some(f.function),
+            module: module.clone(),
+            file: f.file,
+            line: f.line,
+            inlined: i < last,
+            location: location.clone(),
+        })
+        .collect()
 }
 
 fn code_location(ci: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {

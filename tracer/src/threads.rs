@@ -152,7 +152,7 @@ fn parse_syscall_sp(text: &str) -> Option<u64> {
     u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok()
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -17,13 +17,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use tracer_common::{
-    cookie, AllocKind, Config, InFlight, Pending, PendingKey, SiteKey, SiteTotals, SpawnPending,
-    TaskConfig, TaskRecord,
+    cookie, AllocKind, Config, GoConfig, GoroutineRecord, InFlight, Pending, PendingKey, SiteKey,
+    SiteTotals, SpawnPending, TaskConfig, TaskRecord,
 };
 
 use crate::{
     cli::ProbeMode,
-    target::{Allocator, ProbeFn, ProbedObject},
+    target::{executable::is_go_binary, Allocator, GoTarget, ProbeFn, ProbedObject},
 };
 
 /// The eBPF object built by build.rs from `tracer-ebpf`.
@@ -52,6 +52,13 @@ pub enum ProbeError {
          would kill it (uretprobe syscall not let through by seccomp; fixed in newer kernels)"
     )]
     ReturnProbesUnsafe(u32),
+    #[error(
+        "refusing a return probe on {0}: it is Go code, and Go moves goroutine stacks, so a \
+         hijacked return address would crash the program"
+    )]
+    ReturnProbeOnGo(String),
+    #[error("cannot read {0} to check it before attaching return probes: {1}")]
+    Unreadable(String, std::io::Error),
     #[error("cannot attach to the {tracepoint} tracepoint: {reason}")]
     Tracepoint {
         tracepoint: &'static str,
@@ -67,6 +74,7 @@ pub struct MapSizes {
     pub stacks: u32,
     pub threads: u32,
     pub tasks: u32,
+    pub goroutines: u32,
 }
 
 /// The maps userspace reads while tracing.
@@ -74,6 +82,8 @@ pub struct Maps {
     pub heap: HeapMaps,
     pub tasks: TaskMaps,
     pub stacks: StackTraceMap<MapData>,
+    /// Present when the target is a Go program.
+    pub goroutines: Option<HashMap<MapData, u64, GoroutineRecord>>,
 }
 
 /// Heap tables.
@@ -104,6 +114,22 @@ pub struct Probes {
     return_links: Vec<Link>,
     tracepoint_links: Vec<(&'static str, RawTracePointLinkId)>,
     mode: ProbeMode,
+    go: bool,
+}
+
+/// An object proven not to be Go code: the only kind of object a return
+/// probe can be attached to (see [`Probes::attach_return`]).
+struct NotGo<'a>(&'a ProbedObject);
+
+impl<'a> NotGo<'a> {
+    fn check(object: &'a ProbedObject) -> Result<Self, ProbeError> {
+        let data = std::fs::read(&object.path)
+            .map_err(|e| ProbeError::Unreadable(object.display.clone(), e))?;
+        if is_go_binary(&data) {
+            return Err(ProbeError::ReturnProbeOnGo(object.display.clone()));
+        }
+        Ok(NotGo(object))
+    }
 }
 
 const TASK_TRACEPOINTS: [(&str, &str); 2] = [
@@ -141,7 +167,8 @@ fn entry_program(f: ProbeFn) -> &'static str {
 }
 
 impl Probes {
-    pub fn load(sizes: MapSizes, mode: ProbeMode) -> Result<Self, ProbeError> {
+    /// Loads the programs; `go`: also those for a Go target's runtime.
+    pub fn load(sizes: MapSizes, mode: ProbeMode, go: bool) -> Result<Self, ProbeError> {
         raise_memlock_limit();
         let ebpf = EbpfLoader::new()
             .map_max_entries("ALLOCS", sizes.allocs.max(1))
@@ -151,6 +178,7 @@ impl Probes {
             .map_max_entries("INFLIGHT", sizes.threads.max(1))
             .map_max_entries("SPAWN_PENDING", sizes.threads.max(1))
             .map_max_entries("TASKS", sizes.tasks.max(1))
+            .map_max_entries("GOROUTINES", sizes.goroutines.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         let mut probes = Self {
@@ -159,8 +187,9 @@ impl Probes {
             return_links: Vec::new(),
             tracepoint_links: Vec::new(),
             mode,
+            go: go && mode == ProbeMode::Full,
         };
-        let names: Vec<&'static str> = match mode {
+        let mut names: Vec<&'static str> = match mode {
             ProbeMode::Full => vec![
                 "alloc_entry_size0",
                 "alloc_entry_size1",
@@ -174,6 +203,9 @@ impl Probes {
             ],
             ProbeMode::Empty => vec!["empty_entry", "empty_return"],
         };
+        if probes.go {
+            names.extend(["go_newproc1_return", "go_goroutine_exit"]);
+        }
         for name in names {
             probes
                 .program(name)?
@@ -236,7 +268,15 @@ impl Probes {
         }
         if let Some(object) = alloc.objects.first() {
             for &(function, offset) in &object.spawns {
-                let id = self.attach_one("spawn_entry", function, object, offset, 0, scope)?;
+                let id = self.attach_entry(
+                    "spawn_entry",
+                    function,
+                    &object.display,
+                    &object.path,
+                    offset,
+                    0,
+                    scope,
+                )?;
                 self.entry_links.push(Link {
                     program: "spawn_entry",
                     id,
@@ -272,12 +312,13 @@ impl Probes {
             ),
         };
         for object in &alloc.objects {
+            let native = NotGo::check(object)?;
             for site in &object.sites {
                 if let ProbeFn::Alloc(kind) = site.func {
-                    let id = self.attach_one(
+                    let id = self.attach_return(
                         return_prog,
                         kind.name(),
-                        object,
+                        &native,
                         site.offset,
                         cookie(kind, 0),
                         scope,
@@ -296,35 +337,118 @@ impl Probes {
                     ProbeFn::Free => ("free", 0),
                 };
                 let prog = entry_of(site.func);
-                let id = self.attach_one(prog, name, object, site.offset, c, scope)?;
+                let id = self.attach_entry(
+                    prog,
+                    name,
+                    &object.display,
+                    &object.path,
+                    site.offset,
+                    c,
+                    scope,
+                )?;
                 self.entry_links.push(Link { program: prog, id });
             }
         }
         Ok(())
     }
 
-    fn attach_one(
+    /// Starts tracking a Go target's goroutines: exit probe first, so that
+    /// every goroutine recorded has its exit seen, then one probe on each
+    /// RET instruction of `runtime.newproc1` (plain uprobes, never return
+    /// probes).
+    pub fn attach_go(&mut self, go: &GoTarget, pid: u32) -> Result<(), ProbeError> {
+        if !self.go {
+            return Ok(());
+        }
+        let layout = go.binary.g;
+        let cfg = GoConfig {
+            goid_offset: layout.goid,
+            gopc_offset: layout.gopc,
+            startpc_offset: layout.startpc,
+            parent_goid_offset: layout.parent_goid,
+        };
+        let mut config: Array<&mut MapData, GoConfig> = self
+            .ebpf
+            .map_mut("GO_CONFIG")
+            .ok_or(ProbeError::Missing("GO_CONFIG"))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing("GO_CONFIG"))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let scope =
+            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Missing("target pid"))?);
+        let (exit_fn, exit_offset) = go.binary.exit_probe;
+        let id = self.attach_entry(
+            "go_goroutine_exit",
+            exit_fn,
+            &go.display,
+            &go.path,
+            exit_offset,
+            0,
+            scope,
+        )?;
+        self.entry_links.push(Link {
+            program: "go_goroutine_exit",
+            id,
+        });
+        for &offset in &go.binary.newproc1_returns {
+            let id = self.attach_entry(
+                "go_newproc1_return",
+                "runtime.newproc1 (RET)",
+                &go.display,
+                &go.path,
+                offset,
+                0,
+                scope,
+            )?;
+            self.entry_links.push(Link {
+                program: "go_newproc1_return",
+                id,
+            });
+        }
+        Ok(())
+    }
+
+    /// Attaches an entry-kind program (a plain uprobe at `offset`).
+    #[allow(clippy::too_many_arguments)]
+    fn attach_entry(
         &mut self,
         program: &'static str,
         function: &'static str,
-        object: &ProbedObject,
+        display: &str,
+        path: &Path,
         offset: u64,
         cookie: u64,
         scope: UProbeScope,
     ) -> Result<UProbeLinkId, ProbeError> {
-        let library = object.display.clone();
         let prog = self.program(program)?;
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(cookie),
-        };
-        debug_assert!(matches!(prog.kind(), ProbeKind::Entry | ProbeKind::Return));
-        prog.attach(point, &object.path, scope)
-            .map_err(|e| ProbeError::Attach {
-                function,
-                library,
-                reason: error_chain(&e),
-            })
+        if !matches!(prog.kind(), ProbeKind::Entry) {
+            return Err(ProbeError::Missing("an entry program"));
+        }
+        attach_uprobe(prog, function, display, path, offset, cookie, scope)
+    }
+
+    /// Attaches a return probe: only ever on an object proven not to be Go.
+    fn attach_return(
+        &mut self,
+        program: &'static str,
+        function: &'static str,
+        object: &NotGo<'_>,
+        offset: u64,
+        cookie: u64,
+        scope: UProbeScope,
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let prog = self.program(program)?;
+        attach_uprobe(
+            prog,
+            function,
+            &object.0.display,
+            &object.0.path,
+            offset,
+            cookie,
+            scope,
+        )
     }
 
     /// Moves the maps userspace reads out of the loaded object.
@@ -351,6 +475,11 @@ impl Probes {
                 spawn_pending: take!("SPAWN_PENDING"),
             },
             stacks: take!("STACKS"),
+            goroutines: if self.go {
+                Some(take!("GOROUTINES"))
+            } else {
+                None
+            },
         })
     }
 
@@ -376,6 +505,27 @@ impl Probes {
     pub fn probe_count(&self) -> usize {
         self.entry_links.len() + self.return_links.len() + self.tracepoint_links.len()
     }
+}
+
+fn attach_uprobe(
+    prog: &mut UProbe,
+    function: &'static str,
+    display: &str,
+    path: &Path,
+    offset: u64,
+    cookie: u64,
+    scope: UProbeScope,
+) -> Result<UProbeLinkId, ProbeError> {
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(offset),
+        cookie: Some(cookie),
+    };
+    prog.attach(point, path, scope)
+        .map_err(|e| ProbeError::Attach {
+            function,
+            library: display.to_string(),
+            reason: error_chain(&e),
+        })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it can

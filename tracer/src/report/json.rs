@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{Report, SiteReport, ThreadSiteReport};
+use super::{GoReport, Report, SiteReport, ThreadSiteReport};
 use crate::symbolize::Frame;
 
 pub fn write(out: &mut impl Write, r: &Report) -> io::Result<()> {
@@ -42,6 +42,8 @@ fn to_value(r: &Report) -> Value {
             "caller_unreadable": r.dropped.caller_unreadable,
             "result_unreadable": r.dropped.result_unreadable,
             "task_map_full": r.dropped.task_map_full,
+            "goroutine_map_full": r.dropped.goroutine_map_full,
+            "goroutine_unreadable": r.dropped.goroutine_unreadable,
         },
         "stacks": r.sites.iter().map(site).collect::<Vec<_>>(),
         "threads": r.threads.iter().map(thread_site).collect::<Vec<_>>(),
@@ -50,6 +52,41 @@ fn to_value(r: &Report) -> Value {
             "name": t.name,
             "age_ms": t.age.as_millis() as u64,
         })).collect::<Vec<_>>(),
+        "go": r.go.as_ref().map(go),
+    })
+}
+
+fn go(g: &GoReport) -> Value {
+    json!({
+        "version": g.version,
+        "goroutines_live": g.goroutines_live,
+        "goroutines": g.goroutines.iter().map(|s| json!({
+            "count": s.count,
+            "oldest_age_ms": s.oldest.as_millis() as u64,
+            "growth": s.growth,
+            "created_by": frame(&s.created_by),
+            "start_function": s.start,
+            "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "goroutines_before_attach": g.before_attach.as_ref().map(|sites| sites.iter().map(|s| json!({
+            "count": s.count,
+            "created_by": frame(&s.created_by),
+            "start_function": s.start,
+            "states": s.states.iter().map(|(state, n)| json!({"state": state, "count": n})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()),
+        "heap": g.heap.as_ref().map(|h| json!({
+            "live_after_gc_bytes": h.live_after_gc,
+            "gc_count": h.gc_count,
+            "gcs_since_last": h.gcs_since_last,
+            "growth_bytes": h.growth,
+            "trend": h.trend,
+        })),
+        "heap_profile": g.heap_profile.as_ref().map(|sites| sites.iter().map(|s| json!({
+            "bytes": s.bytes,
+            "objects": s.objects,
+            "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()),
+        "notes": g.notes,
     })
 }
 
@@ -146,6 +183,7 @@ mod tests {
                 name: "main".into(),
                 age: Duration::from_secs(60),
             }],
+            go: None,
             target_exited: false,
         };
         let mut buf = Vec::new();

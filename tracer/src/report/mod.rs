@@ -54,6 +54,75 @@ pub struct ExistingThreadReport {
     pub age: Duration,
 }
 
+/// Goroutines from one `go` statement, alive longer than the threshold.
+#[derive(Debug, Clone)]
+pub struct GoroutineSiteReport {
+    pub count: u64,
+    pub oldest: Duration,
+    /// Change in `count` since the previous report (`None`: first seen).
+    pub growth: Option<i64>,
+    /// The `go` statement: function, file:line ("created by" in a dump).
+    pub created_by: Frame,
+    /// The goroutine's own function.
+    pub start: Option<String>,
+    /// Creating stack, innermost first.
+    pub frames: Vec<Frame>,
+}
+
+/// Goroutines that already existed at attach and are still alive, from
+/// one creation site (read from the runtime's goroutine list).
+#[derive(Debug, Clone)]
+pub struct CensusSiteReport {
+    pub count: u64,
+    pub created_by: Frame,
+    pub start: Option<String>,
+    /// Goroutines per state ("chan receive", "select", "runnable", ...),
+    /// most common first.
+    pub states: Vec<(String, u64)>,
+}
+
+/// The Go heap: live bytes after the last GC, and their trend.
+#[derive(Debug, Clone)]
+pub struct GoHeapReport {
+    pub live_after_gc: u64,
+    pub gc_count: u32,
+    /// GCs completed since the previous report (`None`: first report).
+    pub gcs_since_last: Option<u32>,
+    /// Change in `live_after_gc` since the previous report.
+    pub growth: Option<i64>,
+    /// "growing", "shrinking", "steady", or "unknown" (too few GCs yet).
+    pub trend: &'static str,
+}
+
+/// One allocation stack of the Go runtime's own heap profile: in use as of
+/// the last GC, unsampled like pprof does.
+#[derive(Debug, Clone)]
+pub struct GoHeapSiteReport {
+    pub bytes: u64,
+    pub objects: u64,
+    /// Allocation stack, innermost first, from the allocating function
+    /// (the runtime's own allocation frames are left out).
+    pub frames: Vec<Frame>,
+}
+
+/// What leaktrace sees of a Go target's runtime.
+#[derive(Debug, Clone)]
+pub struct GoReport {
+    /// "go1.25.5".
+    pub version: String,
+    /// Goroutines created since attach and alive now, young ones included.
+    pub goroutines_live: u64,
+    pub goroutines: Vec<GoroutineSiteReport>,
+    /// `None` when the census could not be taken (see `notes`).
+    pub before_attach: Option<Vec<CensusSiteReport>>,
+    pub heap: Option<GoHeapReport>,
+    /// In-use heap by allocation stack, largest first; `None` when the
+    /// runtime's memory profiling is off (see `notes`).
+    pub heap_profile: Option<Vec<GoHeapSiteReport>>,
+    /// What could not be read, and why.
+    pub notes: Vec<String>,
+}
+
 /// One report: survivors older than the threshold, largest sites first.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -81,6 +150,8 @@ pub struct Report {
     pub threads: Vec<ThreadSiteReport>,
     /// Threads that already existed at attach and are still alive.
     pub threads_before_attach: Vec<ExistingThreadReport>,
+    /// Present for Go targets.
+    pub go: Option<GoReport>,
     /// Set when the target exited before this report.
     pub target_exited: bool,
 }

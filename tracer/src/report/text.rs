@@ -5,7 +5,8 @@ use std::{
     time::Duration,
 };
 
-use super::{Report, SiteReport, ThreadSiteReport};
+use super::{GoReport, Report, SiteReport, ThreadSiteReport};
+use crate::symbolize::Frame;
 
 /// Whether to emit ANSI colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,9 +102,12 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
             before.join(", ")
         )?;
     }
+    if let Some(go) = &r.go {
+        go_section(out, r, go, style)?;
+    }
     let d = &r.dropped;
     let line = format!(
-        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks",
+        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines",
         d.alloc_map_full + d.site_map_full + d.pending_map_full + d.result_unreadable,
         d.alloc_map_full,
         d.site_map_full,
@@ -111,6 +115,7 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         d.result_unreadable,
         d.stacks_lost,
         d.task_map_full,
+        d.goroutine_map_full + d.goroutine_unreadable,
     );
     if d.total() > 0 {
         writeln!(out, "{}", style.paint("33", &line))?;
@@ -118,6 +123,95 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         writeln!(out, "{line}")?;
     }
     writeln!(out)
+}
+
+fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> io::Result<()> {
+    let total: u64 = go.goroutines.iter().map(|g| g.count).sum();
+    writeln!(
+        out,
+        "   {} · goroutines alive longer than {}: {total} from {} creation site(s); {} created since attach still alive",
+        go.version,
+        human_duration(r.older_than),
+        go.goroutines.len(),
+        go.goroutines_live,
+    )?;
+    let created_by = |f: &Frame| {
+        let name = f.symbol.as_deref().unwrap_or("??");
+        match (&f.file, f.line) {
+            (Some(file), Some(line)) => format!("{name} {file}:{line}"),
+            _ => name.to_string(),
+        }
+    };
+    for (i, g) in go.goroutines.iter().enumerate() {
+        writeln!(
+            out,
+            "  [G{}] {} goroutine(s) in {} · created by {} · oldest {} · {}",
+            i + 1,
+            style.paint("1;31", &g.count.to_string()),
+            g.start.as_deref().unwrap_or("??"),
+            style.paint("36", &created_by(&g.created_by)),
+            human_duration(g.oldest),
+            growth_text(g.growth, |c| c.to_string()),
+        )?;
+        frames(out, &g.frames, style)?;
+    }
+    if let Some(before) = &go.before_attach {
+        let total: u64 = before.iter().map(|g| g.count).sum();
+        writeln!(
+            out,
+            "   goroutines from before attach still alive: {total} from {} creation site(s)",
+            before.len()
+        )?;
+        for (i, g) in before.iter().enumerate() {
+            let states: Vec<String> = g.states.iter().map(|(s, n)| format!("{s} ×{n}")).collect();
+            writeln!(
+                out,
+                "  [B{}] {} goroutine(s) in {} · created by {} · {}",
+                i + 1,
+                style.paint("1;31", &g.count.to_string()),
+                g.start.as_deref().unwrap_or("??"),
+                style.paint("36", &created_by(&g.created_by)),
+                states.join(", "),
+            )?;
+        }
+    }
+    if let Some(h) = &go.heap {
+        let gcs = match h.gcs_since_last {
+            Some(n) => format!(" (+{n} since last report)"),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "   Go heap: {} live after the last GC · {} GCs{gcs} · {} · trend {}",
+            bytes(h.live_after_gc),
+            h.gc_count,
+            growth_text(h.growth, bytes),
+            match h.trend {
+                "growing" => style.paint("1;31", "growing"),
+                t => t.to_string(),
+            },
+        )?;
+    }
+    if let Some(profile) = &go.heap_profile {
+        writeln!(
+            out,
+            "   Go heap in use by allocation stack (runtime profile, as of the last GC):"
+        )?;
+        for (i, p) in profile.iter().enumerate() {
+            writeln!(
+                out,
+                "  [H{}] {} in {} object(s)",
+                i + 1,
+                style.paint("1;31", &bytes(p.bytes)),
+                p.objects
+            )?;
+            frames(out, &p.frames, style)?;
+        }
+    }
+    for note in &go.notes {
+        writeln!(out, "   note: {note}")?;
+    }
+    Ok(())
 }
 
 fn growth_text(growth: Option<i64>, unit: impl Fn(u64) -> String) -> String {

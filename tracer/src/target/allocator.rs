@@ -56,6 +56,13 @@ pub struct Allocator {
 }
 
 impl Allocator {
+    /// No C allocator (a pure Go program): nothing to probe for the heap.
+    pub fn none() -> Self {
+        Allocator {
+            objects: Vec::new(),
+        }
+    }
+
     /// The object defining malloc/free, for messages.
     pub fn display(&self) -> &str {
         self.objects

@@ -3,10 +3,14 @@
 
 pub mod allocator;
 pub mod container;
+pub mod executable;
+pub mod golang;
 pub mod launch;
 pub mod procfs;
 
 use std::{collections::HashSet, io};
+
+pub use executable::GoTarget;
 
 pub use allocator::{
     find_allocator, Allocator, AllocatorError, Candidate, ProbeFn, ProbedObject, Site,

@@ -1,0 +1,99 @@
+//! Goroutine tracking for Go targets: which goroutines exist, where each
+//! was created, and when.
+//!
+//! Creation is seen at the RET instruction(s) of `runtime.newproc1`, never
+//! with a uretprobe: Go moves goroutine stacks, and a hijacked return
+//! address would crash the program. At that RET the new `g` is in RAX with
+//! goid, gopc, startpc and parentGoid set, and it is not yet runnable, so
+//! its exit cannot race ahead of the record. Exit is seen at the entry of
+//! `runtime.gdestroy` (`goexit0` on Go 1.21), `gp` in RAX. Go's register ABI
+//! is not the C one: registers are read directly, not through `ctx.arg()`.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_get_stackid, bpf_ktime_get_ns},
+    },
+    macros::{map, uprobe},
+    maps::{Array, HashMap},
+    programs::ProbeContext,
+    EbpfContext,
+};
+use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES, STACK_UNKNOWN};
+
+use crate::heap::{count, STACKS};
+
+#[map]
+static GOROUTINES: HashMap<u64, GoroutineRecord> =
+    HashMap::with_max_entries(DEFAULT_MAX_GOROUTINES, 0);
+
+#[map]
+static GO_CONFIG: Array<GoConfig> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn read_u64(base: u64, offset: u32) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copes with any address; failure is an Err.
+    unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) }.ok()
+}
+
+/// At a RET of `runtime.newproc1`: the new goroutine is in RAX.
+#[uprobe]
+pub fn go_newproc1_return(ctx: ProbeContext) -> u32 {
+    let Some(cfg) = GO_CONFIG.get(0).copied() else {
+        return 0;
+    };
+    // SAFETY: the context of a uprobe program is the task's pt_regs.
+    let newg = unsafe { (*ctx.regs).rax };
+    let (Some(goid), Some(gopc), Some(startpc), Some(parent_goid)) = (
+        read_u64(newg, cfg.goid_offset),
+        read_u64(newg, cfg.gopc_offset),
+        read_u64(newg, cfg.startpc_offset),
+        read_u64(newg, cfg.parent_goid_offset),
+    ) else {
+        count(Counter::GoroutineUnreadable);
+        return 0;
+    };
+    // SAFETY: helper call with this program's context and a stack map.
+    let id = unsafe {
+        bpf_get_stackid(
+            ctx.as_ptr(),
+            &STACKS as *const _ as *mut _,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    let stack_id = if id >= 0 {
+        id as u32
+    } else {
+        count(Counter::StackLost);
+        STACK_UNKNOWN
+    };
+    let rec = GoroutineRecord {
+        gopc,
+        startpc,
+        parent_goid,
+        // SAFETY: helper without arguments.
+        created_ns: unsafe { bpf_ktime_get_ns() },
+        stack_id,
+        _pad: 0,
+    };
+    if GOROUTINES.insert(&goid, &rec, 0).is_err() {
+        count(Counter::GoroutineMapFull);
+    }
+    0
+}
+
+/// Entry of `runtime.gdestroy(gp)` / `runtime.goexit0(gp)`: `gp` in RAX.
+#[uprobe]
+pub fn go_goroutine_exit(ctx: ProbeContext) -> u32 {
+    let Some(cfg) = GO_CONFIG.get(0).copied() else {
+        return 0;
+    };
+    // SAFETY: the context of a uprobe program is the task's pt_regs.
+    let gp = unsafe { (*ctx.regs).rax };
+    if let Some(goid) = read_u64(gp, cfg.goid_offset) {
+        // Goroutines from before attach are not in the map: nothing to do.
+        let _ = GOROUTINES.remove(&goid);
+    }
+    0
+}

@@ -1,0 +1,394 @@
+//! The Go part of each report: goroutines alive past the threshold by
+//! creation site, the census of goroutines that existed before attach, and
+//! the live heap after GC.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::unix::fs::FileExt,
+};
+
+use crate::{
+    aggregate::GrowthTracker,
+    go_heap::HeapTrend,
+    go_runtime::{GoRuntime, GoroutineInfo},
+    goroutines::{GoroutineCollector, GoroutineSnapshot},
+    report::{CensusSiteReport, GoHeapSiteReport, GoReport, GoroutineSiteReport},
+    stacks::Stacks,
+    symbolize::{Frame, Symbolizer, SymbolizerGone},
+    target::{procfs, GoTarget},
+};
+
+/// Function and line: what makes two profile stacks the same for a reader.
+type SourceLine = (Option<String>, Option<u32>);
+
+pub struct GoTracker {
+    pid: u32,
+    target: GoTarget,
+    runtime: Option<GoRuntime>,
+    collector: Option<GoroutineCollector>,
+    /// Goids of the goroutines alive at attach (None: no census possible).
+    before_attach: Option<HashSet<u64>>,
+    last_census: Option<Vec<CensusSiteReport>>,
+    heap: HeapTrend,
+    growth: GrowthTracker<GoroutineSiteReport>,
+    notes: Vec<String>,
+    top: usize,
+    /// The executable, kept open to read wrapper code even after exit.
+    exe: Option<File>,
+    start_names: HashMap<u64, Option<String>>,
+}
+
+impl GoTracker {
+    /// Call once the goroutine probes are attached: takes the census of the
+    /// goroutines that already exist (none for a command we start).
+    pub fn new(
+        pid: u32,
+        target: GoTarget,
+        collector: Option<GoroutineCollector>,
+        launched: bool,
+        top: usize,
+    ) -> Self {
+        let mut t = GoTracker {
+            pid,
+            target,
+            runtime: None,
+            collector,
+            before_attach: None,
+            last_census: None,
+            heap: HeapTrend::default(),
+            growth: GrowthTracker::default(),
+            notes: Vec::new(),
+            top,
+            exe: None,
+            start_names: HashMap::new(),
+        };
+        t.exe = File::open(&t.target.path).ok();
+        if t.target.binary.vars.allgs.is_none() {
+            t.notes.push(
+                "no census of goroutines from before attach: the binary has no symbol table \
+                 (stripped), so runtime.allgs cannot be found"
+                    .into(),
+            );
+        } else if launched {
+            t.before_attach = Some(HashSet::new());
+        } else {
+            t.before_attach = t.census_goids();
+        }
+        if t.target.binary.vars.gc_controller.is_none() || t.target.binary.vars.memstats.is_none() {
+            t.notes.push(
+                "no Go heap figures: the binary has no symbol table (stripped), so \
+                 runtime.gcController cannot be found"
+                    .into(),
+            );
+        }
+        t
+    }
+
+    /// Opens the target's memory once its executable is mapped.
+    fn runtime(&mut self) -> Option<&mut GoRuntime> {
+        if self.runtime.is_none() {
+            let bias = load_bias(self.pid, &self.target)?;
+            self.runtime = GoRuntime::open(self.pid, self.target.binary.clone(), bias).ok();
+        }
+        self.runtime.as_mut()
+    }
+
+    fn census_goids(&mut self) -> Option<HashSet<u64>> {
+        let all = self.runtime()?.goroutines().ok()?;
+        Some(all.into_iter().map(|g| g.goid).collect())
+    }
+
+    /// Whether a goroutine's function belongs to the runtime itself (GC
+    /// workers, finalizers, and the main goroutine, which lives as long as
+    /// the program), which is never a leak.
+    fn is_system(&self, startpc_vaddr: u64) -> bool {
+        self.target
+            .binary
+            .symbolize(startpc_vaddr)
+            .last()
+            .is_some_and(|f| f.function.starts_with("runtime."))
+    }
+
+    /// The function a goroutine runs, from its start PC; a compiler
+    /// wrapper for `go f(args)` is seen through to `f`.
+    fn start_function(&mut self, startpc: u64, bias: u64) -> Option<String> {
+        let vaddr = startpc.wrapping_sub(bias);
+        if let Some(name) = self.start_names.get(&vaddr) {
+            return name.clone();
+        }
+        let bin = &self.target.binary;
+        let name = bin.symbolize(vaddr).pop().map(|f| f.function);
+        let resolved = name.map(|n| {
+            if !bin.is_go_statement_wrapper(&n) {
+                return n;
+            }
+            let code = bin.function(&n).and_then(|(entry, end)| {
+                let off = bin.vaddr_to_file_offset(entry)?;
+                let mut code = vec![0u8; end.checked_sub(entry)? as usize];
+                self.exe.as_ref()?.read_exact_at(&mut code, off).ok()?;
+                Some((code, entry))
+            });
+            code.and_then(|(code, entry)| bin.wrapped_function(&code, entry))
+                .unwrap_or(n)
+        });
+        self.start_names.insert(vaddr, resolved.clone());
+        resolved
+    }
+
+    fn bias(&self) -> u64 {
+        load_bias(self.pid, &self.target).unwrap_or(0)
+    }
+
+    pub async fn report(
+        &mut self,
+        symbolizer: &Symbolizer,
+        stacks: &mut Stacks,
+    ) -> Result<GoReport, SymbolizerGone> {
+        let mut notes = self.notes.clone();
+        let bias = self.bias();
+        let snap = match &self.collector {
+            Some(c) => c.snapshot().unwrap_or_else(|e| {
+                notes.push(format!("cannot read the goroutine table: {e}"));
+                GoroutineSnapshot::default()
+            }),
+            None => GoroutineSnapshot::default(),
+        };
+        let groups: Vec<_> = snap
+            .groups
+            .iter()
+            .filter(|g| !self.is_system(g.startpc.wrapping_sub(bias)))
+            .take(self.top.saturating_mul(4).max(64))
+            .collect();
+        let creating: Vec<Vec<u64>> = groups
+            .iter()
+            .map(|g| stacks.frames(0, g.stack_id))
+            .collect();
+        let by_addr = symbolizer
+            .symbolize_set(
+                creating
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .chain(groups.iter().map(|g| g.gopc)),
+                true,
+            )
+            .await?;
+        let starts: Vec<Option<String>> = groups
+            .iter()
+            .map(|g| g.startpc)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|pc| self.start_function(pc, bias))
+            .collect();
+        let frame_of = |addr: u64| -> Frame {
+            by_addr
+                .get(&addr)
+                .and_then(|f| f.last().cloned())
+                .unwrap_or_else(|| Frame::unknown(addr))
+        };
+        let mut goroutines: Vec<GoroutineSiteReport> = groups
+            .iter()
+            .zip(&creating)
+            .zip(starts)
+            .map(|((g, stack), start)| GoroutineSiteReport {
+                count: g.count,
+                oldest: g.oldest,
+                growth: None,
+                created_by: frame_of(g.gopc),
+                start,
+                frames: creating_stack(
+                    stack
+                        .iter()
+                        .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
+                        .collect(),
+                    g.gopc,
+                    &by_addr,
+                ),
+            })
+            .collect();
+        self.growth.apply(&mut goroutines);
+        goroutines.truncate(self.top);
+
+        let before_attach = self.census(&mut notes, symbolizer).await?;
+        let heap = self.heap_reading(&mut notes);
+        let heap_profile = self.heap_profile(&mut notes, symbolizer).await?;
+        Ok(GoReport {
+            version: self.target.binary.version.clone(),
+            goroutines_live: snap.live,
+            goroutines,
+            before_attach,
+            heap,
+            heap_profile,
+            notes,
+        })
+    }
+
+    async fn heap_profile(
+        &mut self,
+        notes: &mut Vec<String>,
+        symbolizer: &Symbolizer,
+    ) -> Result<Option<Vec<GoHeapSiteReport>>, SymbolizerGone> {
+        let vars = &self.target.binary.vars;
+        if vars.mbuckets.is_none() || vars.mem_profile_rate.is_none() {
+            return Ok(None); // stripped: already said
+        }
+        let Some(runtime) = self.runtime() else {
+            return Ok(None);
+        };
+        let buckets = match runtime.mem_profile_rate() {
+            Ok(0) => {
+                notes.push(
+                    "no Go heap by allocation stack: the runtime's memory profiling is off \
+                     (runtime.MemProfileRate is 0; the Go linker turns it off in programs that \
+                     never use runtime/pprof)"
+                        .into(),
+                );
+                return Ok(None);
+            }
+            Ok(rate) => match runtime.heap_profile(rate) {
+                Ok(b) => b,
+                Err(e) => {
+                    notes.push(format!("Go heap profile not read: {e}"));
+                    return Ok(None);
+                }
+            },
+            Err(e) => {
+                notes.push(format!("Go heap profile not read: {e}"));
+                return Ok(None);
+            }
+        };
+        let by_addr = symbolizer
+            .symbolize_set(buckets.iter().flat_map(|b| b.stack.iter().copied()), true)
+            .await?;
+        let mut merged: HashMap<Vec<SourceLine>, GoHeapSiteReport> = HashMap::new();
+        for b in buckets {
+            let frames: Vec<Frame> = b
+                .stack
+                .iter()
+                .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
+                .skip_while(|f| {
+                    f.symbol
+                        .as_deref()
+                        .is_some_and(|s| s.starts_with("runtime."))
+                })
+                .collect();
+            let key = frames.iter().map(|f| (f.symbol.clone(), f.line)).collect();
+            let e = merged.entry(key).or_insert(GoHeapSiteReport {
+                bytes: 0,
+                objects: 0,
+                frames,
+            });
+            e.bytes += b.inuse_bytes;
+            e.objects += b.inuse_objects;
+        }
+        let mut sites: Vec<GoHeapSiteReport> = merged.into_values().collect();
+        sites.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+        sites.truncate(self.top);
+        Ok(Some(sites))
+    }
+
+    async fn census(
+        &mut self,
+        notes: &mut Vec<String>,
+        symbolizer: &Symbolizer,
+    ) -> Result<Option<Vec<CensusSiteReport>>, SymbolizerGone> {
+        let Some(goids) = self.before_attach.clone() else {
+            return Ok(None);
+        };
+        let bias = self.bias();
+        let listed = match self.runtime().map(|r| r.goroutines()) {
+            Some(Ok(list)) => list,
+            Some(Err(e)) => {
+                notes.push(format!("goroutine census not refreshed: {e}"));
+                return Ok(self.last_census.clone());
+            }
+            None => return Ok(self.last_census.clone()),
+        };
+        let alive: Vec<GoroutineInfo> = listed
+            .into_iter()
+            .filter(|g| goids.contains(&g.goid))
+            .filter(|g| !self.is_system(g.startpc.wrapping_sub(bias)))
+            .collect();
+        let mut groups: HashMap<(u64, u64), (u64, HashMap<String, u64>)> = HashMap::new();
+        for g in &alive {
+            let e = groups.entry((g.gopc, g.startpc)).or_default();
+            e.0 += 1;
+            *e.1.entry(g.state.clone()).or_default() += 1;
+        }
+        let by_addr = symbolizer
+            .symbolize_set(groups.keys().map(|k| k.0), true)
+            .await?;
+        let starts: HashMap<u64, Option<String>> = groups
+            .keys()
+            .map(|k| k.1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|pc| (pc, self.start_function(pc, bias)))
+            .collect();
+        let mut out: Vec<CensusSiteReport> = groups
+            .into_iter()
+            .map(|((gopc, startpc), (count, states))| {
+                let mut states: Vec<(String, u64)> = states.into_iter().collect();
+                states.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                CensusSiteReport {
+                    count,
+                    created_by: by_addr
+                        .get(&gopc)
+                        .and_then(|f| f.last().cloned())
+                        .unwrap_or_else(|| Frame::unknown(gopc)),
+                    start: starts.get(&startpc).cloned().flatten(),
+                    states,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.created_by.symbol.cmp(&b.created_by.symbol))
+        });
+        out.truncate(self.top);
+        self.last_census = Some(out.clone());
+        Ok(Some(out))
+    }
+
+    fn heap_reading(&mut self, notes: &mut Vec<String>) -> Option<crate::report::GoHeapReport> {
+        let vars = &self.target.binary.vars;
+        if vars.gc_controller.is_none() || vars.memstats.is_none() {
+            return None;
+        }
+        let reading = match self.runtime()?.heap() {
+            Ok(r) => r,
+            Err(e) => {
+                notes.push(format!("Go heap not read: {e}"));
+                return None;
+            }
+        };
+        Some(self.heap.observe(reading))
+    }
+}
+
+/// The creating stack starts deep in the runtime (newproc1 runs on the
+/// system stack): show it from the `go` statement's function outwards.
+fn creating_stack(frames: Vec<Frame>, gopc: u64, by_addr: &HashMap<u64, Vec<Frame>>) -> Vec<Frame> {
+    let creator = by_addr
+        .get(&gopc)
+        .and_then(|f| f.last())
+        .and_then(|f| f.symbol.clone());
+    match creator.and_then(|c| frames.iter().position(|f| f.symbol.as_deref() == Some(&c))) {
+        Some(i) => frames[i..].to_vec(),
+        None => frames,
+    }
+}
+
+/// Where the executable is loaded relative to its link-time addresses
+/// (0 unless PIE), from its mapping in /proc/PID/maps.
+fn load_bias(pid: u32, target: &GoTarget) -> Option<u64> {
+    let maps = procfs::read_maps(pid).ok()?;
+    maps.iter()
+        .filter(|m| m.inode == target.inode && m.path.is_some())
+        .find_map(|m| {
+            let vaddr = target.binary.file_offset_to_vaddr(m.file_offset)?;
+            Some(m.start.wrapping_sub(vaddr))
+        })
+}
