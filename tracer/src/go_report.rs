@@ -263,16 +263,22 @@ impl GoTracker {
             .await?;
         let mut merged: HashMap<Vec<SourceLine>, GoHeapSiteReport> = HashMap::new();
         for b in buckets {
-            let frames: Vec<Frame> = b
+            let all: Vec<Frame> = b
                 .stack
                 .iter()
                 .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
-                .skip_while(|f| {
-                    f.symbol
-                        .as_deref()
-                        .is_some_and(|s| s.starts_with("runtime."))
-                })
                 .collect();
+            // From the allocating function: the runtime's malloc and map
+            // internals first are the same for every site.
+            let internal = |f: &Frame| {
+                f.symbol.as_deref().is_some_and(|s| {
+                    s.starts_with("runtime.") || s.starts_with("internal/runtime/")
+                })
+            };
+            let frames = match all.iter().position(|f| !internal(f)) {
+                Some(i) => all[i..].to_vec(),
+                None => all, // the runtime's own allocations
+            };
             let key = frames.iter().map(|f| (f.symbol.clone(), f.line)).collect();
             let e = merged.entry(key).or_insert(GoHeapSiteReport {
                 bytes: 0,
