@@ -9,7 +9,7 @@ use tracer_common::{
     DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
 };
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "leaktrace",
     version,
@@ -23,7 +23,8 @@ that stay alive, by spawn site, and for Go programs goroutines that stay alive, 
 On Ctrl-C, SIGTERM, --count reports or target exit it prints a final report and removes every probe; the target keeps running untouched.\n\n\
 Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).",
     after_help = "Examples:\n  sudo leaktrace --pid 4242\n  sudo leaktrace -p 4242 -i 10 --older-than 30s --top 5\n  \
-sudo leaktrace --format json -n 3 -- ./server --port 8080"
+sudo leaktrace --format json -n 3 -- ./server --port 8080\n  \
+sudo leaktrace --container 4f1c0e0a7b9d"
 )]
 pub struct Cli {
     /// Trace the already running process with this PID.
@@ -31,9 +32,15 @@ pub struct Cli {
         short = 'p',
         long,
         value_name = "PID",
-        required_unless_present = "command"
+        required_unless_present_any = ["command", "container"]
     )]
     pub pid: Option<u32>,
+
+    /// Trace every process of this container (full id or unique prefix, as
+    /// Docker, containerd/CRI and Podman name it), including processes
+    /// started after attach; each gets its own reports.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["pid", "command"])]
+    pub container: Option<String>,
 
     /// Seconds between reports (fractions allowed, or a unit: 500ms, 1m).
     #[arg(short = 'i', long, value_name = "SECS", default_value = "5", value_parser = parse_interval)]

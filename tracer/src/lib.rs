@@ -11,6 +11,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod collect;
+pub mod container_session;
 pub mod go_heap;
 pub mod go_report;
 pub mod go_runtime;

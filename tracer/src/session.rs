@@ -43,20 +43,13 @@ const EARLY_MAP_REFRESH_TICKS: u32 = 20;
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     privileges::check()?;
     probes::check_kernel_support()?;
+    if let Some(id) = cli.container.clone() {
+        return crate::container_session::run(cli, &id);
+    }
 
     // Fork the command (if any) before any other thread exists.
-    let (pid, comm, paused, candidates, go) = match cli.pid {
-        Some(pid) => {
-            let proc_ = target::inspect(pid)?;
-            let candidates = target::mapped_objects(pid)?;
-            (
-                pid,
-                proc_.comm,
-                None,
-                candidates,
-                executable::of_process(pid)?,
-            )
-        }
+    let prepared = match cli.pid {
+        Some(pid) => prepare(&cli, pid)?,
         None => {
             let paused = launch::spawn_paused(&cli.command)?;
             let comm = paused
@@ -66,11 +59,45 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .unwrap_or_default();
             let candidates = launch::program_objects(&paused.program)?;
             let go = executable::of_program(&paused.program)?;
-            (paused.pid, comm, Some(paused), candidates, go)
+            attach(&cli, paused.pid, comm, Some(paused), &candidates, go)?
         }
     };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(trace(cli, prepared))
+}
+
+/// A target with every probe attached, ready to be traced.
+pub struct Prepared {
+    pid: u32,
+    comm: String,
+    paused: Option<launch::Paused>,
+    allocator: Allocator,
+    go: Option<GoTarget>,
+    probes: Probes,
+    maps: probes::Maps,
+}
+
+/// Inspects the running process `pid` and attaches to it.
+pub fn prepare(cli: &Cli, pid: u32) -> anyhow::Result<Prepared> {
+    let proc_ = target::inspect(pid)?;
+    let candidates = target::mapped_objects(pid)?;
+    let go = executable::of_process(pid)?;
+    attach(cli, pid, proc_.comm, None, &candidates, go)
+}
+
+fn attach(
+    cli: &Cli,
+    pid: u32,
+    comm: String,
+    paused: Option<launch::Paused>,
+    candidates: &[target::Candidate],
+    go: Option<GoTarget>,
+) -> anyhow::Result<Prepared> {
     // A pure Go program has no C allocator; a cgo one has the C library's.
-    let allocator = match target::find_allocator(&candidates) {
+    let allocator = match target::find_allocator(candidates) {
         Ok(a) => a,
         Err(AllocatorError::NotFound) if go.is_some() => Allocator::none(),
         Err(e) => return Err(e.into()),
@@ -88,7 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     // A target under seccomp may be killed by return probes on some kernels:
     // find out on a throwaway process first. (A launched command has no
     // filter yet; one it installs later is not checked.)
-    if cli.pid.is_some()
+    if paused.is_none()
         && probes::has_seccomp_filter(pid)
         && !probes.uretprobe_survives_seccomp()?
     {
@@ -100,25 +127,29 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         probes.attach_go(go, pid)?;
     }
     let maps = probes.take_maps()?;
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(trace(cli, pid, comm, paused, allocator, go, probes, maps))
+    Ok(Prepared {
+        pid,
+        comm,
+        paused,
+        allocator,
+        go,
+        probes,
+        maps,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn trace(
-    cli: Cli,
-    pid: u32,
-    comm: String,
-    paused: Option<launch::Paused>,
-    allocator: Allocator,
-    go: Option<GoTarget>,
-    probes: Probes,
-    maps: probes::Maps,
-) -> anyhow::Result<i32> {
+/// Reports on a prepared target until it exits, a signal arrives or
+/// `--count` reports are out; then removes every probe.
+pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
+    let Prepared {
+        pid,
+        comm,
+        paused,
+        allocator,
+        go,
+        probes,
+        maps,
+    } = prepared;
     let start = Instant::now();
     let launched = paused.is_some();
     let mut collector = Collector::new(maps.heap, cli.older_than, start)
@@ -191,7 +222,7 @@ async fn trace(
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
     let mut stop_signal: Option<i32> = None;
-    let mut stdout = io::stdout().lock();
+    // Locked per report: in container mode several targets share stdout.
     let final_done = loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -207,7 +238,7 @@ async fn trace(
                 let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
                 let last = cli.count.is_some_and(|n| builder.seq + 1 >= n);
                 let report = builder.build(&symbolizer, snap, last, false).await?;
-                if !write_report(&reporter, &mut stdout, &report)? {
+                if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
                     break true; // reader went away (e.g. `| head`): stop quietly
                 }
                 if last {
@@ -226,9 +257,8 @@ async fn trace(
         let report = builder
             .build(&symbolizer, snap, true, exit.has_exited())
             .await?;
-        write_report(&reporter, &mut stdout, &report)?;
+        write_report(&reporter, &mut io::stdout().lock(), &report)?;
     }
-    drop(stdout);
     probes.detach();
     drop(collector);
     drop(symbolizer);

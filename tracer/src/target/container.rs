@@ -63,6 +63,68 @@ pub fn container_id_of_component(component: &str) -> Option<String> {
         .then(|| name.to_ascii_lowercase())
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("`{0}` is not a container id (hex digits expected, as `docker ps` shows them)")]
+    BadId(String),
+    #[error("no running process belongs to a container whose id starts with `{0}`")]
+    NotFound(String),
+    #[error("`{prefix}` matches {count} containers ({ids}); give more of the id")]
+    Ambiguous {
+        prefix: String,
+        count: usize,
+        ids: String,
+    },
+}
+
+/// Every process with a container id in its cgroup: (pid, id).
+fn containerized_processes() -> Vec<(u32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            Some((pid, parse_container_id(&cgroup)?))
+        })
+        .collect()
+}
+
+/// The full id of the one running container whose id starts with `prefix`.
+pub fn resolve(prefix: &str) -> Result<String, ContainerError> {
+    let wanted = prefix.to_ascii_lowercase();
+    if wanted.is_empty() || wanted.len() > 64 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ContainerError::BadId(prefix.to_string()));
+    }
+    let ids: Vec<String> = containerized_processes()
+        .into_iter()
+        .map(|(_, id)| id)
+        .filter(|id| id.starts_with(&wanted))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    match ids.len() {
+        0 => Err(ContainerError::NotFound(prefix.to_string())),
+        1 => Ok(ids.into_iter().next().unwrap_or_default()),
+        count => Err(ContainerError::Ambiguous {
+            prefix: prefix.to_string(),
+            count,
+            ids: ids.iter().map(|i| &i[..12]).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// The processes of container `id` (full id), lowest PID first.
+pub fn processes(id: &str) -> Vec<u32> {
+    let mut pids: Vec<u32> = containerized_processes()
+        .into_iter()
+        .filter(|(_, i)| i == id)
+        .map(|(pid, _)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +152,19 @@ mod tests {
         }
         assert_eq!(parse_container_id("0::/user.slice/session-2.scope\n"), None);
         assert_eq!(parse_container_id("9:name=systemd:/\n"), None);
+    }
+
+    #[test]
+    fn container_ids_must_be_hex() {
+        assert!(matches!(
+            resolve("not-an-id"),
+            Err(ContainerError::BadId(_))
+        ));
+        assert!(matches!(resolve(""), Err(ContainerError::BadId(_))));
+        // No process here runs in a container with this id.
+        assert!(matches!(
+            resolve("0123456789abcdef0123"),
+            Err(ContainerError::NotFound(_))
+        ));
     }
 }
