@@ -245,16 +245,24 @@ fn cgroup2_root() -> Option<PathBuf> {
 }
 
 fn container_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let seed = nanos ^ ((std::process::id() as u128) << 64);
-    format!(
-        "{:032x}{:032x}",
-        seed,
-        seed.rotate_left(37) ^ 0x5eed_1eac_7ace
-    )
+    let mut state = nanos
+        ^ ((std::process::id() as u64) << 32)
+        ^ SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // splitmix64: random-looking ids like an engine's, so that their
+    // 12-digit prefixes differ as `docker ps` ones do.
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (0..4).map(|_| format!("{:016x}", next())).collect()
 }
 
 impl Fixture {
@@ -346,6 +354,52 @@ impl Fixture {
             stdout,
             pid,
             container: Some(container),
+        };
+        f.expect_line("ready");
+        f
+    }
+
+    /// Starts another `name` process (its binary must be in the container:
+    /// the fixture it was created with) inside this fixture's container, the
+    /// way `docker exec` does: entering its mount and PID namespaces and
+    /// root, and joining its cgroup.
+    pub fn exec_in_container(&self, name: &str, args: &[&str]) -> Fixture {
+        let container = self.container.as_ref().expect("a container fixture");
+        let mut child = Command::new("nsenter")
+            .args(["--target", &self.pid.to_string()])
+            .args(["--mount", "--pid", "--root", "--wd"])
+            .arg(format!("/app/{name}"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start nsenter");
+        // nsenter forks to enter the PID namespace: the fixture is its child.
+        let outer = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid: u32 = loop {
+            let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+                .unwrap_or_default();
+            if let Some(p) = children
+                .split_whitespace()
+                .next()
+                .and_then(|p| p.parse().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "exec'd process never started");
+            thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(cg) = &container.cgroup {
+            fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("join the container cgroup");
+        }
+        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
+        let mut f = Fixture {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            pid,
+            container: None,
         };
         f.expect_line("ready");
         f
@@ -720,19 +774,28 @@ pub fn assert_nothing_dropped(report: &Value) {
 /// `heap_c wait`, make it leak, and return the first report holding every
 /// leaked block, after checking it against the fixture's exact leaks.
 pub fn trace_c_leaks(fixture: &mut Fixture) -> (Leaktrace, Value) {
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &["-i", "1", "--older-than", "300ms", "--top", "100"],
-    );
+    let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
+    let report = c_leaks_of(fixture, &mut lt);
+    (lt, report)
+}
+
+/// Flags for tracing the C fixture's leaks.
+pub const C_LEAK_FLAGS: &[&str] = &["-i", "1", "--older-than", "300ms", "--top", "100"];
+
+/// Makes the C fixture leak and checks the first report on it (by PID:
+/// leaktrace may trace other processes too) that shows every leak.
+pub fn c_leaks_of(fixture: &mut Fixture, lt: &mut Leaktrace) -> Value {
     fixture.command("leak", "leaked");
-    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
+    let pid = fixture.pid;
+    let report =
+        lt.report_where(|r| r["pid"] == pid && r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
     assert_c_leaks(&report);
     // Nothing else survives: no leak missed, nothing extra.
     assert_eq!(report["old_bytes"], C_TOTAL_BYTES, "{report}");
     assert_eq!(report["old_blocks"], C_TOTAL_BLOCKS, "{report}");
     assert_eq!(report["live_bytes"], C_TOTAL_BYTES);
     assert_nothing_dropped(&report);
-    (lt, report)
+    report
 }
 
 // Go fixtures: tests/fixtures/goroutines.go (and go_cgo.go for cgo) built

@@ -31,6 +31,15 @@ fn unknown_pid() {
 }
 
 #[test]
+fn unknown_container() {
+    assert_one_line_error(
+        &["--container", "0123456789abcdef0123"],
+        "no running process belongs to a container whose id starts with `0123456789abcdef0123`",
+    );
+    assert_one_line_error(&["--container", "web-1"], "is not a container id");
+}
+
+#[test]
 fn kernel_thread() {
     // PID 2 is kthreadd on every Linux system.
     assert_one_line_error(&["--pid", "2"], "kernel thread");
@@ -108,6 +117,9 @@ fn help_explains_every_flag() {
         "--max-sites",
         "--max-stacks",
         "--max-threads",
+        "--max-tasks",
+        "--max-goroutines",
+        "--container",
     ] {
         assert!(stdout.contains(flag), "--help mentions {flag}");
     }

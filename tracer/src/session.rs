@@ -433,6 +433,7 @@ impl ReportBuilder {
             pid_in_container: self.container.pid_inside,
             container_id: self.container.id.clone(),
             older_than: self.older_than,
+            heap_traced: !self.allocator.objects.is_empty(),
             live_bytes: snap.live_bytes,
             live_blocks: snap.live_blocks,
             old_bytes: snap.sites.iter().map(|s| s.bytes).sum(),

@@ -137,6 +137,8 @@ pub struct Report {
     /// The container the target runs in (64 hex digits).
     pub container_id: Option<String>,
     pub older_than: Duration,
+    /// Whether the target has a C allocator to trace (not so for pure Go).
+    pub heap_traced: bool,
     /// Every outstanding allocation, including young ones.
     pub live_bytes: u64,
     pub live_blocks: u64,

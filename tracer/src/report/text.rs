@@ -55,16 +55,14 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
             )
         )
     )?;
-    writeln!(
-        out,
-        "   outstanding: {} in {} blocks; older than {}: {} in {} blocks at {} site(s)",
-        bytes(r.live_bytes),
-        r.live_blocks,
-        human_duration(r.older_than),
-        bytes(r.old_bytes),
-        r.old_blocks,
-        r.sites_total,
-    )?;
+    if !r.heap_traced {
+        writeln!(
+            out,
+            "   C heap: not traced (no C allocator in the target: a pure Go program)"
+        )?;
+    } else {
+        heap_summary(out, r)?;
+    }
     for (i, s) in r.sites.iter().enumerate() {
         site(out, i + 1, s, style)?;
     }
@@ -125,6 +123,20 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     writeln!(out)
 }
 
+fn heap_summary(out: &mut impl Write, r: &Report) -> io::Result<()> {
+    writeln!(
+        out,
+        "   outstanding: {} in {} blocks; older than {}: {} in {} blocks at {} site(s)",
+        bytes(r.live_bytes),
+        r.live_blocks,
+        human_duration(r.older_than),
+        bytes(r.old_bytes),
+        r.old_blocks,
+        r.sites_total,
+    )?;
+    Ok(())
+}
+
 fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> io::Result<()> {
     let total: u64 = go.goroutines.iter().map(|g| g.count).sum();
     writeln!(
@@ -175,7 +187,9 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
             )?;
         }
     }
-    if let Some(h) = &go.heap {
+    if go.heap.as_ref().is_some_and(|h| h.gc_count == 0) {
+        writeln!(out, "   Go heap: no GC has completed yet")?;
+    } else if let Some(h) = &go.heap {
         let gcs = match h.gcs_since_last {
             Some(n) => format!(" (+{n} since last report)"),
             None => String::new(),
@@ -195,7 +209,8 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
     if let Some(profile) = &go.heap_profile {
         writeln!(
             out,
-            "   Go heap in use by allocation stack (runtime profile, as of the last GC):"
+            "   Go heap in use by allocation stack (runtime profile, as of the last GC):{}",
+            if profile.is_empty() { " none yet" } else { "" }
         )?;
         for (i, p) in profile.iter().enumerate() {
             writeln!(
