@@ -235,6 +235,34 @@ impl Drop for TestContainer {
     }
 }
 
+/// Moves `binary`'s symbols and DWARF into a debug file at
+/// `root`/usr/lib/debug/.build-id/xx/yyyy.debug (binutils, as dh_strip does).
+fn split_debug_info(binary: &Path, root: &Path) {
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run binutils");
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let notes = run(Command::new("readelf").arg("-n").arg(binary));
+    let id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("fixture has a build id")
+        .trim()
+        .to_string();
+    let dir = root.join("usr/lib/debug/.build-id").join(&id[..2]);
+    fs::create_dir_all(&dir).expect("debug dir");
+    let debug = dir.join(format!("{}.debug", &id[2..]));
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(binary)
+        .arg(&debug));
+    run(Command::new("strip").arg("--strip-all").arg(binary));
+    run(Command::new("objcopy")
+        .arg(format!("--add-gnu-debuglink={}", debug.display()))
+        .arg(binary));
+}
+
 /// Where cgroup v2 is mounted, if anywhere.
 fn cgroup2_root() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
@@ -289,6 +317,18 @@ impl Fixture {
 
     /// Starts `name` inside a new [`TestContainer`]; `pid` is its host PID.
     pub fn in_container(name: &str, args: &[&str]) -> Fixture {
+        Fixture::start_in_container(name, args, false)
+    }
+
+    /// As [`Fixture::in_container`], with the fixture's debug info split
+    /// off the way distributions ship it: the binary stripped of symbols
+    /// and DWARF, the debug file only inside the container, under
+    /// /usr/lib/debug/.build-id/.
+    pub fn in_container_split_debug(name: &str, args: &[&str]) -> Fixture {
+        Fixture::start_in_container(name, args, true)
+    }
+
+    fn start_in_container(name: &str, args: &[&str], split_debug: bool) -> Fixture {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = workspace_root().join(format!(
@@ -311,7 +351,11 @@ impl Fixture {
             root.join("lib/libc.so.6"),
         )
         .expect("copy libc");
-        fs::copy(fixtures().path(name), root.join("app").join(name)).expect("copy fixture");
+        let app = root.join("app").join(name);
+        fs::copy(fixtures().path(name), &app).expect("copy fixture");
+        if split_debug {
+            split_debug_info(&app, &root);
+        }
 
         let id = container_id();
         let mut child = Command::new("unshare")

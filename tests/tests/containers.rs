@@ -88,3 +88,20 @@ fn heap_leaks_in_a_container_by_container_id() {
 fn first_pid_inside(lt: &mut Leaktrace, pid: u32) -> Option<u64> {
     lt.report_where(|r| r["pid"] == pid)["pid_in_container"].as_u64()
 }
+
+#[test]
+fn symbols_from_debug_files_inside_the_container() {
+    // The binary in the container has no symbols at all; its debug file is
+    // only inside the container's root, where the host cannot see it by path.
+    let mut fixture = Fixture::in_container_split_debug("heap_c", &["wait"]);
+    let (_lt, report) = trace_c_leaks(&mut fixture);
+    let s = stacks_at(&report, "leak_malloc")[0];
+    assert_eq!(s["frames"][0]["module"], "heap_c");
+    assert!(
+        s["frames"][0]["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("heap_c.c")),
+        "file and line from the container's debug file: {s}"
+    );
+    assert!(s["frames"][0]["line"].as_u64().is_some(), "{s}");
+}

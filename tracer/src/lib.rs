@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod collect;
 pub mod container_session;
+pub mod debuginfo;
 pub mod go_heap;
 pub mod go_report;
 pub mod go_runtime;

@@ -21,9 +21,12 @@ use blazesym::symbolize::{
     CodeInfo, Input, Symbolized, Symbolizer as Blazesym,
 };
 
-use crate::target::{
-    golang::GoBinary,
-    procfs::{self, Mapping},
+use crate::{
+    debuginfo,
+    target::{
+        golang::GoBinary,
+        procfs::{self, Mapping},
+    },
 };
 
 /// A Go executable, symbolized from its own function table (which, unlike
@@ -151,6 +154,9 @@ struct Module {
     open_path: PathBuf,
     name: String,
     _file: File,
+    /// `/proc/self/fd/N` of a separate debug file found in the target's
+    /// root, held open like the object itself.
+    debug: Option<(debuginfo::DebugFile, PathBuf, File)>,
 }
 
 struct Worker {
@@ -223,11 +229,22 @@ impl Worker {
                 .and_then(|p| Path::new(p).file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
+            let root = PathBuf::from(format!("/proc/{}/root", self.pid));
+            let debug = m
+                .path
+                .as_deref()
+                .and_then(|p| debuginfo::find(&root, p, &open_path))
+                .and_then(|d| {
+                    let f = File::open(&d.path).ok()?;
+                    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                    Some((d, fd_path, f))
+                });
             fresh.push(Module {
                 mapping: m,
                 open_path,
                 name,
                 _file: file,
+                debug,
             });
         }
         fresh.append(&mut self.modules);
@@ -258,11 +275,21 @@ impl Worker {
                         return frames;
                     }
                 }
-                let src = Source::Elf(Elf::new(&m.open_path));
-                match self
-                    .blazesym
-                    .symbolize_single(&src, Input::FileOffset(offset))
-                {
+                // With a separate debug file: by virtual address in it.
+                let (src, input) = match &m.debug {
+                    Some((debug, path, _)) => match debug.vaddr_of(offset) {
+                        Some(vaddr) => (Source::Elf(Elf::new(path)), Input::VirtOffset(vaddr)),
+                        None => (
+                            Source::Elf(Elf::new(&m.open_path)),
+                            Input::FileOffset(offset),
+                        ),
+                    },
+                    None => (
+                        Source::Elf(Elf::new(&m.open_path)),
+                        Input::FileOffset(offset),
+                    ),
+                };
+                match self.blazesym.symbolize_single(&src, input) {
                     Ok(Symbolized::Sym(sym)) => {
                         let mut out = Vec::with_capacity(sym.inlined.len() + 1);
                         for f in sym.inlined.iter().rev() {
