@@ -569,6 +569,40 @@ mod tests {
         assert!(check_kernel_support().is_ok());
     }
 
+    /// A minimal ELF object holding `section`.
+    fn elf_with_section(section: &[u8]) -> Vec<u8> {
+        use object::{write, Architecture, BinaryFormat, Endianness, SectionKind};
+        let mut obj =
+            write::Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let id = obj.add_section(Vec::new(), section.to_vec(), SectionKind::ReadOnlyData);
+        obj.append_section_data(id, b"\xff Go buildinf:", 16);
+        obj.write().expect("writes an ELF object")
+    }
+
+    #[test]
+    fn return_probes_are_refused_on_go_code() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-notgo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let object = |name: &str, section: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, elf_with_section(section)).expect("write object");
+            ProbedObject {
+                display: name.to_string(),
+                path,
+                sites: Vec::new(),
+                spawns: Vec::new(),
+            }
+        };
+        let go = object("service", b".go.buildinfo");
+        let err = NotGo::check(&go).err().expect("Go code refused");
+        assert!(matches!(err, ProbeError::ReturnProbeOnGo(ref d) if d == "service"));
+        let stripped_go = object("stripped", b".gopclntab");
+        assert!(NotGo::check(&stripped_go).is_err());
+        let c = object("libfoo.so", b".rodata");
+        assert!(NotGo::check(&c).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn every_alloc_kind_has_an_entry_program() {
         for kind in AllocKind::ALL {
