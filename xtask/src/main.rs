@@ -22,7 +22,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install every prerequisite (Debian packages, bpf-linker); idempotent.
+    /// Install every prerequisite (Debian packages, bpf-linker, Go toolchains for the tests); idempotent.
     Setup,
     /// Build the eBPF object and target/release/leaktrace.
     Build,
@@ -54,11 +54,11 @@ fn main() -> Result<()> {
     match args.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Build => {
-            setup::run()?;
+            setup::run_build()?;
             build(&root)
         }
         Cmd::Demo => {
-            setup::run()?;
+            setup::run_build()?;
             build(&root)?;
             demo(&root)
         }
@@ -72,7 +72,7 @@ fn main() -> Result<()> {
             rounds,
             record,
         } => {
-            setup::run()?;
+            setup::run_build()?;
             build(&root)?;
             bench::run(&root, seconds, rounds, record)
         }

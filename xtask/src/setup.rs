@@ -38,11 +38,17 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Everything: what building leaktrace needs, plus the Go toolchains the
+/// test fixtures are built with.
 pub fn run() -> Result<()> {
+    run_build()?;
+    install_go()
+}
+
+/// What building and running leaktrace needs (demo, bench).
+pub fn run_build() -> Result<()> {
     install_packages()?;
-    install_bpf_linker()?;
-    install_go()?;
-    Ok(())
+    install_bpf_linker()
 }
 
 fn installed(pkg: &str) -> bool {
