@@ -263,6 +263,25 @@ fn split_debug_info(binary: &Path, root: &Path) {
         .arg(binary));
 }
 
+/// The first child of process `outer` (unshare and nsenter fork the
+/// process that enters the new PID namespace).
+fn first_child(outer: u32) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children =
+            fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap_or_default();
+        if let Some(p) = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+        {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "process {outer} never forked");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Where cgroup v2 is mounted, if anywhere.
 fn cgroup2_root() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
@@ -367,21 +386,7 @@ impl Fixture {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start unshare");
-        let outer = child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid: u32 = loop {
-            let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-                .unwrap_or_default();
-            if let Some(p) = children
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse().ok())
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "container process never started");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let pid = first_child(child.id());
         let cgroup = cgroup2_root().and_then(|cg2| {
             let dir = cg2
                 .join("leaktrace-tests")
@@ -419,21 +424,7 @@ impl Fixture {
             .spawn()
             .expect("start nsenter");
         // nsenter forks to enter the PID namespace: the fixture is its child.
-        let outer = child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid: u32 = loop {
-            let children = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-                .unwrap_or_default();
-            if let Some(p) = children
-                .split_whitespace()
-                .next()
-                .and_then(|p| p.parse().ok())
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "exec'd process never started");
-            thread::sleep(Duration::from_millis(10));
-        };
+        let pid = first_child(child.id());
         if let Some(cg) = &container.cgroup {
             fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("join the container cgroup");
         }

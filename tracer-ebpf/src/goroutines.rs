@@ -10,19 +10,15 @@
 //! is not the C one: registers are read directly, not through `ctx.arg()`.
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::{
-        bpf_probe_read_user,
-        generated::{bpf_get_stackid, bpf_ktime_get_ns},
-    },
+    helpers::{bpf_probe_read_user, generated::bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::{Array, HashMap},
     programs::ProbeContext,
     EbpfContext,
 };
-use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES, STACK_UNKNOWN};
+use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES};
 
-use crate::heap::{count, STACKS};
+use crate::heap::{count, user_stack_id};
 
 #[map]
 static GOROUTINES: HashMap<u64, GoroutineRecord> =
@@ -54,20 +50,7 @@ pub fn go_newproc1_return(ctx: ProbeContext) -> u32 {
         count(Counter::GoroutineUnreadable);
         return 0;
     };
-    // SAFETY: helper call with this program's context and a stack map.
-    let id = unsafe {
-        bpf_get_stackid(
-            ctx.as_ptr(),
-            &STACKS as *const _ as *mut _,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    let stack_id = if id >= 0 {
-        id as u32
-    } else {
-        count(Counter::StackLost);
-        STACK_UNKNOWN
-    };
+    let stack_id = user_stack_id(&ctx);
     let rec = GoroutineRecord {
         gopc,
         startpc,

@@ -59,6 +59,26 @@ unsafe fn atomic_add(dst: *mut i64, v: i64) {
     }
 }
 
+/// The user stack of the probed thread, stored in `STACKS` (frame-pointer
+/// walk); lost stacks are counted.
+#[inline(always)]
+pub(crate) fn user_stack_id(ctx: &ProbeContext) -> u32 {
+    // SAFETY: helper call with this program's context and a stack map.
+    let id = unsafe {
+        aya_ebpf::helpers::bpf_get_stackid(
+            ctx.as_ptr(),
+            &STACKS as *const _ as *mut _,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if id >= 0 {
+        id as u32
+    } else {
+        count(Counter::StackLost);
+        STACK_UNKNOWN
+    }
+}
+
 #[inline(always)]
 pub(crate) fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
@@ -205,20 +225,7 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     };
     // The frame-pointer walk starts at the caller's frame: frame 0 is the
     // probed instruction and the immediate caller is missing, hence `caller`.
-    let stack_id = match unsafe {
-        // SAFETY: helper call with this program's context and a stack map.
-        aya_ebpf::helpers::bpf_get_stackid(
-            ctx.as_ptr(),
-            &STACKS as *const _ as *mut _,
-            BPF_F_USER_STACK as u64,
-        )
-    } {
-        id if id >= 0 => id as u32,
-        _ => {
-            count(Counter::StackLost);
-            STACK_UNKNOWN
-        }
-    };
+    let stack_id = user_stack_id(&ctx);
 
     let key = PendingKey { tid, kind };
     let pending = Pending {

@@ -8,10 +8,9 @@
 //! `sched_process_exit` removes it.
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_stackid, bpf_ktime_get_ns},
+        generated::bpf_ktime_get_ns,
     },
     macros::{map, raw_tracepoint, uprobe},
     maps::{Array, HashMap},
@@ -23,7 +22,7 @@ use tracer_common::{
     SPAWN_STALE_NS, STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD,
 };
 
-use crate::heap::{count, STACKS};
+use crate::heap::{count, user_stack_id};
 
 #[map]
 static SPAWN_PENDING: HashMap<u32, SpawnPending> =
@@ -52,20 +51,7 @@ pub fn spawn_entry(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: reading the return address at the user stack pointer.
     let caller = unsafe { bpf_probe_read_user(entry_sp as *const u64) }.unwrap_or(0);
-    // SAFETY: helper call with this program's context and a stack map.
-    let id = unsafe {
-        bpf_get_stackid(
-            ctx.as_ptr(),
-            &STACKS as *const _ as *mut _,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    let stack_id = if id >= 0 {
-        id as u32
-    } else {
-        count(Counter::StackLost);
-        STACK_UNKNOWN
-    };
+    let stack_id = user_stack_id(&ctx);
     let pending = SpawnPending {
         caller,
         entry_sp,

@@ -223,6 +223,19 @@ impl Probes {
         Ok(probes)
     }
 
+    /// Writes the one element of a configuration array map.
+    fn set_config<T: aya::Pod>(&mut self, map: &'static str, value: T) -> Result<(), ProbeError> {
+        let mut config: Array<&mut MapData, T> = self
+            .ebpf
+            .map_mut(map)
+            .ok_or(ProbeError::Missing(map))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing(map))?;
+        config
+            .set(0, value, 0)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))
+    }
+
     fn tracepoint(&mut self, name: &'static str) -> Result<&mut RawTracePoint, ProbeError> {
         self.ebpf
             .program_mut(name)
@@ -243,15 +256,7 @@ impl Probes {
             pid_offset,
             tgid_offset,
         };
-        let mut config: Array<&mut MapData, TaskConfig> = self
-            .ebpf
-            .map_mut("TASK_CONFIG")
-            .ok_or(ProbeError::Missing("TASK_CONFIG"))?
-            .try_into()
-            .map_err(|_| ProbeError::Missing("TASK_CONFIG"))?;
-        config
-            .set(0, cfg, 0)
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        self.set_config("TASK_CONFIG", cfg)?;
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Missing("target pid"))?);
         // Exit first: a task created once fork is watched always has its
@@ -367,15 +372,7 @@ impl Probes {
             startpc_offset: layout.startpc,
             parent_goid_offset: layout.parent_goid,
         };
-        let mut config: Array<&mut MapData, GoConfig> = self
-            .ebpf
-            .map_mut("GO_CONFIG")
-            .ok_or(ProbeError::Missing("GO_CONFIG"))?
-            .try_into()
-            .map_err(|_| ProbeError::Missing("GO_CONFIG"))?;
-        config
-            .set(0, cfg, 0)
-            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        self.set_config("GO_CONFIG", cfg)?;
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Missing("target pid"))?);
         let (exit_fn, exit_offset) = go.binary.exit_probe;
