@@ -8,11 +8,16 @@ use leaktrace_tests::*;
 /// The target's executable mapping of its C library: (start, bytes as
 /// mapped now, bytes of the file at that offset).
 fn libc_text(pid: u32) -> (u64, Vec<u8>, Vec<u8>) {
+    mapped_text(pid, "/libc.so")
+}
+
+/// The same for the executable mapping whose path contains `name`.
+fn mapped_text(pid: u32, name: &str) -> (u64, Vec<u8>, Vec<u8>) {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let line = maps
         .lines()
-        .find(|l| l.contains(" r-xp ") && l.contains("/libc.so"))
-        .expect("libc text mapping");
+        .find(|l| l.contains(" r-xp ") && l.contains(name))
+        .unwrap_or_else(|| panic!("text mapping of {name}"));
     let f: Vec<&str> = line.split_whitespace().collect();
     let (start, end) = f[0].split_once('-').expect("range");
     let start = u64::from_str_radix(start, 16).expect("hex");
@@ -130,4 +135,43 @@ fn a_target_under_seccomp_is_never_killed() {
     let report = lt.report_where(|r| !stacks_at(r, "leak_under_seccomp").is_empty());
     assert_site(&report, "leak_under_seccomp", 4242, 1, "malloc");
     assert!(fixture.is_alive(), "the target survived its probed returns");
+}
+
+#[test]
+fn go_target_is_left_untouched() {
+    let _guard = exclusive();
+    let bin = go_fixture(newest_go(), GoBuild::Static);
+    let name = bin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_string();
+    let service = GoService::start(&bin, &[]);
+    let (_, before_mem, before_file) = mapped_text(service.pid(), &name);
+    assert!(
+        before_mem == before_file,
+        "Go text matches the file before tracing"
+    );
+
+    let lt = Leaktrace::attach(service.pid(), &["-i", "60"]);
+    let (_, during_mem, during_file) = mapped_text(service.pid(), &name);
+    assert!(
+        during_mem != during_file,
+        "goroutine probes are visible in the Go text while attached"
+    );
+    assert_eq!(http_get(service.port, "/leak").trim(), "leaked");
+    lt.signal(libc::SIGINT);
+    let (status, reports, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(reports.len(), 1, "exactly the final report");
+    assert!(
+        wait_until_no_leaktrace_programs().is_empty(),
+        "no leaktrace program remains loaded"
+    );
+    let (_, after_mem, after_file) = mapped_text(service.pid(), &name);
+    assert!(
+        after_mem == after_file,
+        "every breakpoint removed from the Go text"
+    );
+    assert_eq!(http_get(service.port, "/ok").trim(), "ok");
 }
