@@ -315,20 +315,26 @@ fn container_id() -> String {
 impl Fixture {
     /// Starts `name` with `args` and waits for its "ready" line.
     pub fn start(name: &str, args: &[&str]) -> Fixture {
-        let mut child = Command::new(fixtures().path(name))
+        let child = Command::new(fixtures().path(name))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start fixture {name}: {e}"));
-        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
         let pid = child.id();
+        Fixture::ready(child, pid, None)
+    }
+
+    /// Wraps a started fixture process (`pid`: the fixture itself, which
+    /// may be a child of `child`) once it has printed "ready".
+    fn ready(mut child: Child, pid: u32, container: Option<TestContainer>) -> Fixture {
+        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
         let mut f = Fixture {
             stdin: child.stdin.take(),
             child,
             stdout,
             pid,
-            container: None,
+            container,
         };
         f.expect_line("ready");
         f
@@ -377,7 +383,7 @@ impl Fixture {
         }
 
         let id = container_id();
-        let mut child = Command::new("unshare")
+        let child = Command::new("unshare")
             .args(["--mount", "--pid", "--fork", "--kill-child"])
             .arg(format!("--root={}", root.display()))
             .arg(format!("/app/{name}"))
@@ -395,17 +401,7 @@ impl Fixture {
             fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
             Some(dir)
         });
-        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
-        let container = TestContainer { id, root, cgroup };
-        let mut f = Fixture {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            pid,
-            container: Some(container),
-        };
-        f.expect_line("ready");
-        f
+        Fixture::ready(child, pid, Some(TestContainer { id, root, cgroup }))
     }
 
     /// Starts another `name` process (its binary must be in the container:
@@ -414,7 +410,7 @@ impl Fixture {
     /// root, and joining its cgroup.
     pub fn exec_in_container(&self, name: &str, args: &[&str]) -> Fixture {
         let container = self.container.as_ref().expect("a container fixture");
-        let mut child = Command::new("nsenter")
+        let child = Command::new("nsenter")
             .args(["--target", &self.pid.to_string()])
             .args(["--mount", "--pid", "--root", "--wd"])
             .arg(format!("/app/{name}"))
@@ -428,16 +424,7 @@ impl Fixture {
         if let Some(cg) = &container.cgroup {
             fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("join the container cgroup");
         }
-        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
-        let mut f = Fixture {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            pid,
-            container: None,
-        };
-        f.expect_line("ready");
-        f
+        Fixture::ready(child, pid, None)
     }
 
     /// The container this fixture runs in, if any.
@@ -1005,8 +992,8 @@ impl GoService {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
-        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
         let pid = child.id();
+        let stdout = line_reader(child.stdout.take().expect("piped stdout"));
         let mut fixture = Fixture {
             child,
             stdin: None,
@@ -1014,6 +1001,7 @@ impl GoService {
             pid,
             container: None,
         };
+        // The ready line carries the port: read it here, not in `ready`.
         let ready = fixture.expect_line("ready ");
         let port = ready["ready ".len()..]
             .trim()

@@ -257,8 +257,7 @@ impl Probes {
             tgid_offset,
         };
         self.set_config("TASK_CONFIG", cfg)?;
-        let scope =
-            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Missing("target pid"))?);
+        let scope = one_process(pid)?;
         // Exit first: a task created once fork is watched always has its
         // exit seen.
         for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
@@ -273,7 +272,7 @@ impl Probes {
         }
         if let Some(object) = alloc.objects.first() {
             for &(function, offset) in &object.spawns {
-                let id = self.attach_entry(
+                self.attach_entry(
                     "spawn_entry",
                     function,
                     &object.display,
@@ -282,10 +281,6 @@ impl Probes {
                     0,
                     scope,
                 )?;
-                self.entry_links.push(Link {
-                    program: "spawn_entry",
-                    id,
-                });
             }
         }
         Ok(())
@@ -342,7 +337,7 @@ impl Probes {
                     ProbeFn::Free => ("free", 0),
                 };
                 let prog = entry_of(site.func);
-                let id = self.attach_entry(
+                self.attach_entry(
                     prog,
                     name,
                     &object.display,
@@ -351,7 +346,6 @@ impl Probes {
                     c,
                     scope,
                 )?;
-                self.entry_links.push(Link { program: prog, id });
             }
         }
         Ok(())
@@ -373,10 +367,9 @@ impl Probes {
             parent_goid_offset: layout.parent_goid,
         };
         self.set_config("GO_CONFIG", cfg)?;
-        let scope =
-            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Missing("target pid"))?);
+        let scope = one_process(pid)?;
         let (exit_fn, exit_offset) = go.binary.exit_probe;
-        let id = self.attach_entry(
+        self.attach_entry(
             "go_goroutine_exit",
             exit_fn,
             &go.display,
@@ -385,12 +378,8 @@ impl Probes {
             0,
             scope,
         )?;
-        self.entry_links.push(Link {
-            program: "go_goroutine_exit",
-            id,
-        });
         for &offset in &go.binary.newproc1_returns {
-            let id = self.attach_entry(
+            self.attach_entry(
                 "go_newproc1_return",
                 "runtime.newproc1 (RET)",
                 &go.display,
@@ -399,15 +388,12 @@ impl Probes {
                 0,
                 scope,
             )?;
-            self.entry_links.push(Link {
-                program: "go_newproc1_return",
-                id,
-            });
         }
         Ok(())
     }
 
-    /// Attaches an entry-kind program (a plain uprobe at `offset`).
+    /// Attaches an entry-kind program (a plain uprobe at `offset`) and
+    /// keeps its link for detach.
     #[allow(clippy::too_many_arguments)]
     fn attach_entry(
         &mut self,
@@ -418,12 +404,14 @@ impl Probes {
         offset: u64,
         cookie: u64,
         scope: UProbeScope,
-    ) -> Result<UProbeLinkId, ProbeError> {
+    ) -> Result<(), ProbeError> {
         let prog = self.program(program)?;
         if !matches!(prog.kind(), ProbeKind::Entry) {
             return Err(ProbeError::Missing("an entry program"));
         }
-        attach_uprobe(prog, function, display, path, offset, cookie, scope)
+        let id = attach_uprobe(prog, function, display, path, offset, cookie, scope)?;
+        self.entry_links.push(Link { program, id });
+        Ok(())
     }
 
     /// Attaches a return probe: only ever on an object proven not to be Go.
@@ -502,6 +490,13 @@ impl Probes {
     pub fn probe_count(&self) -> usize {
         self.entry_links.len() + self.return_links.len() + self.tracepoint_links.len()
     }
+}
+
+/// Probes fire only in the target process.
+fn one_process(pid: u32) -> Result<UProbeScope, ProbeError> {
+    NonZeroU32::new(pid)
+        .map(UProbeScope::OneProcess)
+        .ok_or(ProbeError::Missing("target pid"))
 }
 
 fn attach_uprobe(
