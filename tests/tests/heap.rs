@@ -287,3 +287,45 @@ fn full_tables_are_counted_not_hidden() {
         );
     }
 }
+
+#[test]
+fn thousands_of_distinct_stacks_are_each_recorded() {
+    // 2048 live stacks in the default 16384-entry table: a table that loses a
+    // stack whenever two share a hash bucket (the kernel's stack map) loses
+    // about a hundred of them here.
+    const PATHS: usize = 2048;
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["-i", "1", "--older-than", "300ms", "--top", "5000"],
+    );
+    fixture.command("paths", "leaked-paths");
+    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(PATHS as u64));
+    assert_nothing_dropped(&report);
+    assert_eq!(report["old_blocks"], PATHS as u64, "{report}");
+    assert_eq!(report["old_bytes"], 8 * PATHS as u64);
+    let stacks = stacks_at(&report, "leak_on_path");
+    assert_eq!(stacks.len(), PATHS);
+    let mut paths = std::collections::HashSet::new();
+    for s in &stacks {
+        assert_eq!(
+            (s["bytes"].as_u64(), s["blocks"].as_u64()),
+            (Some(8), Some(1)),
+            "{s}"
+        );
+        // Frames below leak_on_path spell the path: 11 left/right turns.
+        let turns: String = s["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .filter_map(|f| match f["symbol"].as_str().map(bare) {
+                Some("path_left") => Some('L'),
+                Some("path_right") => Some('R'),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(turns.len(), 11, "{s}");
+        paths.insert(turns);
+    }
+    assert_eq!(paths.len(), PATHS, "every path is its own stack");
+}

@@ -116,8 +116,8 @@ pub const fn cookie_stack_delta(cookie: u64) -> u64 {
     (cookie >> 8) & 0xff
 }
 
-/// Stack id used when the kernel could not record a stack (map full, hash
-/// collision, unreadable user stack). The bytes are still accounted, under
+/// Stack id used when no stack could be recorded (stack table full,
+/// unreadable user stack). The bytes are still accounted, under
 /// the immediate caller only, and the failure is counted.
 pub const STACK_UNKNOWN: u32 = u32::MAX;
 
@@ -320,6 +320,25 @@ pub struct GoroutineRecord {
     pub _pad: u32,
 }
 
+/// One user stack in the probes' stack table, keyed by a 32-bit stack id
+/// derived from `hash`. The kernel's own stack map loses a stack whenever two
+/// stacks share a bucket (-EEXIST); this table resolves such collisions by
+/// comparing the full 64-bit hash and moving on to the next id.
+/// 8 + 127×8 = 1024 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackRecord {
+    /// 64-bit hash of the frames.
+    pub hash: u64,
+    /// Return addresses, innermost (the probed instruction) first; the
+    /// slots after the last frame are zero.
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
+/// How many consecutive ids a stack may try before it is counted as lost
+/// (each step means another stack already holds the id: rare at 2^32 ids).
+pub const STACK_ID_PROBES: u32 = 4;
+
 /// Default map sizes (overridable by flags).
 pub const DEFAULT_MAX_ALLOCS: u32 = 1 << 20;
 pub const DEFAULT_MAX_SITES: u32 = 1 << 16;
@@ -360,6 +379,8 @@ mod pod {
     unsafe impl aya::Pod for super::GoConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::GoroutineRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StackRecord {}
 }
 
 #[cfg(test)]
@@ -381,6 +402,7 @@ mod tests {
         assert_eq!(size_of::<TaskConfig>(), 12);
         assert_eq!(size_of::<GoConfig>(), 16);
         assert_eq!(size_of::<GoroutineRecord>(), 40);
+        assert_eq!(size_of::<StackRecord>(), 1024);
     }
 
     #[test]

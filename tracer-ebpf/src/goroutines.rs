@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES};
 
-use crate::heap::{count, user_stack_id};
+use crate::{heap::count, stacks::user_stack_id};
 
 #[map]
 static GOROUTINES: HashMap<u64, GoroutineRecord> =

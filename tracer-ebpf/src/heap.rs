@@ -1,21 +1,23 @@
 //! Allocator probes (malloc family and free).
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray, StackTrace},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use tracer_common::{
     cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, InFlight, Pending,
     PendingKey, SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES,
-    DEFAULT_MAX_STACKS, DEFAULT_MAX_THREADS, INFLIGHT_STALE_NS, STACK_UNKNOWN,
+    DEFAULT_MAX_THREADS, INFLIGHT_STALE_NS,
 };
+
+use crate::stacks::user_stack_id;
 
 // Sizes here are defaults; userspace resizes every map from its flags
 // before loading.
@@ -36,15 +38,12 @@ static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX
 static SITES: HashMap<SiteKey, SiteTotals> = HashMap::with_max_entries(DEFAULT_MAX_SITES, 0);
 
 #[map]
-pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACKS, 0);
-
-#[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-const EEXIST: i32 = 17;
+pub(crate) const EEXIST: i32 = 17;
 
 /// `*dst += v` as one BPF atomic add (core's atomics need compare-and-swap,
 /// which the BPF target does not offer).
@@ -56,26 +55,6 @@ unsafe fn atomic_add(dst: *mut i64, v: i64) {
     // SAFETY: caller guarantees `dst` is a valid map value pointer.
     unsafe {
         core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) v);
-    }
-}
-
-/// The user stack of the probed thread, stored in `STACKS` (frame-pointer
-/// walk); lost stacks are counted.
-#[inline(always)]
-pub(crate) fn user_stack_id(ctx: &ProbeContext) -> u32 {
-    // SAFETY: helper call with this program's context and a stack map.
-    let id = unsafe {
-        aya_ebpf::helpers::bpf_get_stackid(
-            ctx.as_ptr(),
-            &STACKS as *const _ as *mut _,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if id >= 0 {
-        id as u32
-    } else {
-        count(Counter::StackLost);
-        STACK_UNKNOWN
     }
 }
 
@@ -225,7 +204,7 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     };
     // The frame-pointer walk starts at the caller's frame: frame 0 is the
     // probed instruction and the immediate caller is missing, hence `caller`.
-    let stack_id = user_stack_id(&ctx);
+    let stack_id = user_stack_id(ctx);
 
     let key = PendingKey { tid, kind };
     let pending = Pending {

@@ -15,6 +15,8 @@ mod goroutines;
 #[cfg(target_arch = "bpf")]
 mod heap;
 #[cfg(target_arch = "bpf")]
+mod stacks;
+#[cfg(target_arch = "bpf")]
 mod tasks;
 
 #[cfg(target_arch = "bpf")]

@@ -22,7 +22,7 @@ use tracer_common::{
     SPAWN_STALE_NS, STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD,
 };
 
-use crate::heap::{count, user_stack_id};
+use crate::{heap::count, stacks::user_stack_id};
 
 #[map]
 static SPAWN_PENDING: HashMap<u32, SpawnPending> =

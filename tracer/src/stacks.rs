@@ -3,17 +3,21 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{MapData, StackTraceMap};
-use tracer_common::STACK_UNKNOWN;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tracer_common::{StackRecord, STACK_UNKNOWN};
 
-/// Reads stacks out of the kernel's stack table, once per stack id.
+/// The probes' stack table: stack id → frames.
+pub type StackTable = BpfHashMap<MapData, u32, StackRecord>;
+
+/// Reads stacks out of the probes' stack table, once per stack id (a
+/// recorded stack never changes).
 pub struct Stacks {
-    map: StackTraceMap<MapData>,
+    map: StackTable,
     cache: HashMap<u32, Vec<u64>>,
 }
 
 impl Stacks {
-    pub fn new(map: StackTraceMap<MapData>) -> Self {
+    pub fn new(map: StackTable) -> Self {
         Stacks {
             map,
             cache: HashMap::new(),
@@ -24,7 +28,7 @@ impl Stacks {
         let map = &self.map;
         self.cache.entry(stack_id).or_insert_with(|| {
             map.get(&stack_id, 0)
-                .map(|t| t.frames().iter().map(|f| f.ip).collect())
+                .map(|r| frames_of(&r).to_vec())
                 .unwrap_or_default()
         })
     }
@@ -57,4 +61,14 @@ impl Stacks {
         }
         self.walk(stack_id).first().copied()
     }
+}
+
+/// The recorded frames of a stack: up to the first empty slot.
+fn frames_of(record: &StackRecord) -> &[u64] {
+    let len = record
+        .ips
+        .iter()
+        .position(|&ip| ip == 0)
+        .unwrap_or(record.ips.len());
+    &record.ips[..len]
 }

@@ -8,7 +8,7 @@ pub use seccomp_check::has_seccomp_filter;
 use std::{num::NonZeroU32, path::Path};
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         raw_trace_point::RawTracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -23,6 +23,7 @@ use tracer_common::{
 
 use crate::{
     cli::ProbeMode,
+    stacks::StackTable,
     target::{executable::is_go_binary, Allocator, GoTarget, ProbeFn, ProbedObject},
 };
 
@@ -81,7 +82,7 @@ pub struct MapSizes {
 pub struct Maps {
     pub heap: HeapMaps,
     pub tasks: TaskMaps,
-    pub stacks: StackTraceMap<MapData>,
+    pub stacks: StackTable,
     /// Present when the target is a Go program.
     pub goroutines: Option<HashMap<MapData, u64, GoroutineRecord>>,
 }
