@@ -74,7 +74,7 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SITES)]
     pub max_sites: u32,
 
-    /// Capacity of the kernel's stack table; stacks beyond it are counted as lost.
+    /// Capacity of the stack table, in distinct stacks (about 1 KiB each, taken as they appear); stacks beyond it are counted as lost.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_STACKS)]
     pub max_stacks: u32,
 
