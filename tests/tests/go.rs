@@ -63,21 +63,20 @@ fn goroutine_leaks_are_exact(version: &str, build: GoBuild) {
     let first = lt.next_report();
     let go = &first["go"];
     assert_eq!(go["version"], format!("go{version}"), "{first}");
-    if build == GoBuild::Stripped {
-        assert!(go["goroutines_before_attach"].is_null(), "{first}");
-        assert!(
-            go["notes"].to_string().contains("stripped"),
-            "a stripped binary says why the census is missing: {first}"
-        );
-    } else {
-        // The leak that happened before attach is in the first report.
-        let census = census_at(&first, "main.leakBeforeAttach")
-            .unwrap_or_else(|| panic!("no census entry for main.leakBeforeAttach: {first}"));
-        assert_eq!(census["count"], PRELUDE, "{census}");
-        assert_eq!(census["start_function"], "main.blockForever", "{census}");
-        assert_eq!(census["states"][0]["state"], "chan receive", "{census}");
-        assert_eq!(census["states"][0]["count"], PRELUDE, "{census}");
-    }
+    // The leak that happened before attach is in the first report (a
+    // stripped binary's runtime variables are found through its code).
+    let census = census_at(&first, "main.leakBeforeAttach")
+        .unwrap_or_else(|| panic!("no census entry for main.leakBeforeAttach: {first}"));
+    assert_eq!(census["count"], PRELUDE, "{census}");
+    assert_eq!(census["start_function"], "main.blockForever", "{census}");
+    assert_eq!(census["states"][0]["state"], "chan receive", "{census}");
+    assert_eq!(census["states"][0]["count"], PRELUDE, "{census}");
+    // Heap figures and the runtime's heap profile (the fixture links
+    // net/http/pprof, which turns profiling on) are read too.
+    assert!(go["heap"]["live_after_gc_bytes"].is_u64(), "{first}");
+    assert!(go["heap"]["gc_count"].is_u64(), "{first}");
+    assert!(go["heap_profile"].is_array(), "{first}");
+    assert_eq!(go["notes"], serde_json::json!([]), "{first}");
 
     for _ in 0..LEAKS {
         assert_eq!(http_get(service.port, "/leak").trim(), "leaked");
@@ -166,6 +165,27 @@ fn every_supported_version_has_a_test() {
 #[test]
 fn stripped_go_binary() {
     goroutine_leaks_are_exact(newest_go(), GoBuild::Stripped);
+}
+
+/// What a stripped binary allows, checked on every version: each runtime
+/// variable leaktrace reads, found through the code that uses it, is the one
+/// the symbol table names.
+#[test]
+fn runtime_variables_are_found_without_symbols() {
+    for version in GO_VERSIONS {
+        let bin = go_fixture(version, GoBuild::Static);
+        let data = std::fs::read(&bin).expect("fixture");
+        let with_symbols = leaktrace::target::golang::inspect(&data)
+            .expect("analysable")
+            .expect("a Go binary")
+            .vars;
+        let from_code = leaktrace::target::golang::inspect_as_stripped(&data)
+            .expect("analysable")
+            .expect("a Go binary")
+            .vars;
+        assert!(with_symbols.allgptr.is_some() && with_symbols.mbuckets.is_some());
+        assert_eq!(from_code, with_symbols, "go{version}");
+    }
 }
 
 #[test]

@@ -64,10 +64,11 @@ impl GoTracker {
             start_names: HashMap::new(),
         };
         t.exe = File::open(&t.target.path).ok();
-        if t.target.binary.vars.allgs.is_none() {
+        let vars = &t.target.binary.vars;
+        if vars.allgptr.is_none() || vars.allglen.is_none() {
             t.notes.push(
-                "no census of goroutines from before attach: the binary has no symbol table \
-                 (stripped), so runtime.allgs cannot be found"
+                "no census of goroutines from before attach: runtime.allgptr is neither in \
+                 the symbol table nor found through the runtime's code"
                     .into(),
             );
         } else if launched {
@@ -75,10 +76,18 @@ impl GoTracker {
         } else {
             t.before_attach = t.census_goids();
         }
-        if t.target.binary.vars.gc_controller.is_none() || t.target.binary.vars.memstats.is_none() {
+        let vars = &t.target.binary.vars;
+        if vars.gc_controller.is_none() || vars.memstats.is_none() {
             t.notes.push(
-                "no Go heap figures: the binary has no symbol table (stripped), so \
-                 runtime.gcController cannot be found"
+                "no Go heap figures: runtime.gcController and runtime.memstats are neither in \
+                 the symbol table nor found through the runtime's code"
+                    .into(),
+            );
+        }
+        if vars.mbuckets.is_none() || vars.mem_profile_rate.is_none() {
+            t.notes.push(
+                "no Go heap by allocation stack: runtime.mbuckets and runtime.MemProfileRate \
+                 are neither in the symbol table nor found through the runtime's code"
                     .into(),
             );
         }
@@ -231,7 +240,7 @@ impl GoTracker {
     ) -> Result<Option<Vec<GoHeapSiteReport>>, SymbolizerGone> {
         let vars = &self.target.binary.vars;
         if vars.mbuckets.is_none() || vars.mem_profile_rate.is_none() {
-            return Ok(None); // stripped: already said
+            return Ok(None); // said once, at start
         }
         let Some(runtime) = self.runtime() else {
             return Ok(None);

@@ -1,6 +1,6 @@
 //! Reading a Go target's runtime state out of process, through
 //! /proc/PID/mem at the addresses of the runtime's own variables: the
-//! goroutine list (`runtime.allgs`) for a census, and the live heap after
+//! goroutine list (`runtime.allgptr`) for a census, and the live heap after
 //! the last GC (`runtime.gcController.heapMarked`, `runtime.memstats.numgc`).
 //!
 //! Nothing here stops or signals the target; a read racing with the
@@ -13,7 +13,7 @@ use crate::target::golang::GoBinary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoRuntimeError {
-    #[error("the binary has no symbol table (stripped), so runtime.{0} cannot be found")]
+    #[error("runtime.{0} is neither in the symbol table nor found through the runtime's code")]
     NoSymbol(&'static str),
     #[error("cannot read the target's memory: {0}")]
     Read(#[from] io::Error),
@@ -132,11 +132,12 @@ impl GoRuntime {
             .ok_or(GoRuntimeError::NoSymbol(name))
     }
 
-    /// Every goroutine that is not dead, from `runtime.allgs`.
+    /// Every goroutine that is not dead, from the runtime's list of all
+    /// goroutines (read like `forEachGRace` does: length, then array).
     pub fn goroutines(&mut self) -> Result<Vec<GoroutineInfo>, GoRuntimeError> {
-        let allgs = self.var(self.bin.vars.allgs, "allgs")?;
-        // A slice header: pointer, length, capacity.
-        let (array, len) = (self.u64_at(allgs)?, self.u64_at(allgs + 8)?);
+        let allglen = self.var(self.bin.vars.allglen, "allglen")?;
+        let allgptr = self.var(self.bin.vars.allgptr, "allgptr")?;
+        let (len, array) = (self.u64_at(allglen)?, self.u64_at(allgptr)?);
         if len > MAX_GOROUTINES {
             return Err(GoRuntimeError::Implausible("allgs"));
         }

@@ -10,6 +10,7 @@
 //! 0xfffffff1) are accepted; the layout table covers go1.21 to go1.27.
 
 mod buildinfo;
+mod code_refs;
 mod disasm;
 mod dwarf;
 mod image;
@@ -175,6 +176,23 @@ impl GoBinary {
 /// Analyses an executable. `Ok(None)` if it is not a Go program (no Go
 /// build info and no Go function table, or not an ELF file at all).
 pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, GoError> {
+    analyse(data, VarsFrom::SymbolsThenCode)
+}
+
+/// As [`inspect`], but with the runtime's variables found only the way a
+/// stripped binary allows (through the code that uses them): lets tests
+/// check that way against the symbols of unstripped builds.
+pub fn inspect_as_stripped(data: &[u8]) -> Result<Option<GoBinary>, GoError> {
+    analyse(data, VarsFrom::CodeOnly)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum VarsFrom {
+    SymbolsThenCode,
+    CodeOnly,
+}
+
+fn analyse(data: &[u8], vars_from: VarsFrom) -> Result<Option<GoBinary>, GoError> {
     let Ok(file) = object::File::parse(data) else {
         return Ok(None);
     };
@@ -256,6 +274,16 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, GoError> {
     let newproc1_returns = newproc1_returns(&table, &segments, data)?;
     let exit_probe = exit_probe(&table, &segments, minor)?;
 
+    let mut vars = match vars_from {
+        VarsFrom::SymbolsThenCode => RuntimeVars::from_symbols(&syms, header.ptr_size),
+        VarsFrom::CodeOnly => RuntimeVars::default(),
+    };
+    vars.complete_from(&code_refs::CodeRefs {
+        table: &table,
+        segments: &segments,
+        data,
+    });
+
     let has_dwarf = dwarf::present(&file);
     let (g, g_layout_from, fields, fields_from) = layouts(&file, has_dwarf, &version, minor)?;
 
@@ -267,7 +295,7 @@ pub fn inspect(data: &[u8]) -> Result<Option<GoBinary>, GoError> {
         g_layout_from,
         newproc1_returns,
         exit_probe,
-        vars: RuntimeVars::from_symbols(&syms, header.ptr_size),
+        vars,
         fields,
         fields_from,
         pclntab: table,

@@ -1,12 +1,12 @@
 //! Addresses of the runtime's data symbols that leaktrace reads out of a
-//! live process. They come from `.symtab` only: a stripped binary has
-//! none of them (functions survive in the pclntab, data does not).
+//! live process: from `.symtab`, or, in a stripped binary, from the code
+//! that uses them ([`CodeRefs`]).
 
 use std::collections::HashMap;
 
-use super::image::Sym;
+use super::{code_refs::CodeRefs, image::Sym};
 
-pub(crate) const ALLGS: &str = "runtime.allgs";
+pub(crate) const ALLGPTR: &str = "runtime.allgptr";
 pub(crate) const ALLGLEN: &str = "runtime.allglen";
 pub(crate) const GC_CONTROLLER: &str = "runtime.gcController";
 pub(crate) const MEMSTATS: &str = "runtime.memstats";
@@ -15,7 +15,7 @@ pub(crate) const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
 pub(crate) const WAIT_REASON_STRINGS: &str = "runtime.waitReasonStrings";
 
 pub(crate) const NAMES: &[&str] = &[
-    ALLGS,
+    ALLGPTR,
     ALLGLEN,
     GC_CONTROLLER,
     MEMSTATS,
@@ -24,12 +24,12 @@ pub(crate) const NAMES: &[&str] = &[
     WAIT_REASON_STRINGS,
 ];
 
-/// Link-time addresses of runtime variables (`None` when stripped).
+/// Link-time addresses of runtime variables (`None`: not found).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeVars {
-    /// `[]*g`: every goroutine ever created (slice header).
-    pub allgs: Option<u64>,
-    /// `uintptr`: length of allgs.
+    /// `**g`: `&allgs[0]`, the array of every goroutine ever created.
+    pub allgptr: Option<u64>,
+    /// `uintptr`: length of that array.
     pub allglen: Option<u64>,
     /// `gcControllerState`.
     pub gc_controller: Option<u64>,
@@ -51,7 +51,7 @@ impl RuntimeVars {
         // A Go string header is two words.
         let string_size = 2 * u64::from(ptr_size);
         RuntimeVars {
-            allgs: addr(ALLGS),
+            allgptr: addr(ALLGPTR),
             allglen: addr(ALLGLEN),
             gc_controller: addr(GC_CONTROLLER),
             memstats: addr(MEMSTATS),
@@ -64,6 +64,26 @@ impl RuntimeVars {
                 .filter(|&n| n > 0),
         }
     }
+
+    /// Fills what the symbols did not give from the code that uses it.
+    pub(crate) fn complete_from(&mut self, code: &CodeRefs<'_>) {
+        if self.allgptr.is_none() || self.allglen.is_none() {
+            if let Some((allglen, allgptr)) = code.allg() {
+                self.allglen = Some(allglen);
+                self.allgptr = Some(allgptr);
+            }
+        }
+        if self.wait_reason_strings.is_none() {
+            if let Some((table, len)) = code.wait_reason_strings() {
+                self.wait_reason_strings = Some(table);
+                self.wait_reason_count = Some(len);
+            }
+        }
+        self.gc_controller = self.gc_controller.or_else(|| code.gc_controller());
+        self.memstats = self.memstats.or_else(|| code.memstats());
+        self.mbuckets = self.mbuckets.or_else(|| code.mbuckets());
+        self.mem_profile_rate = self.mem_profile_rate.or_else(|| code.mem_profile_rate());
+    }
 }
 
 #[cfg(test)]
@@ -74,7 +94,7 @@ mod tests {
     fn from_symbols() {
         let mut syms = HashMap::new();
         syms.insert(
-            ALLGS,
+            ALLGPTR,
             Sym {
                 addr: 0x872f90,
                 size: 24,
@@ -88,7 +108,7 @@ mod tests {
             },
         );
         let v = RuntimeVars::from_symbols(&syms, 8);
-        assert_eq!(v.allgs, Some(0x872f90));
+        assert_eq!(v.allgptr, Some(0x872f90));
         assert_eq!(v.wait_reason_strings, Some(0x86e6c0));
         assert_eq!(v.wait_reason_count, Some(40));
         assert_eq!(v.memstats, None);
