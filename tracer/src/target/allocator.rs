@@ -10,6 +10,8 @@ use std::{
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 use tracer_common::AllocKind;
 
+use super::probe_point::free_probe_offset;
+
 /// An object file the target has (or will have) mapped.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -124,7 +126,10 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
             spawns,
         };
         if malloc_object.is_none() {
-            if let Some(sites) = allocator_sites(&symbols) {
+            if let Some(mut sites) = allocator_sites(&symbols) {
+                for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
+                    free.offset = free_probe_offset(&data, free.offset);
+                }
                 malloc_object = Some(object(sites, spawn_sites(&symbols)));
                 continue;
             }

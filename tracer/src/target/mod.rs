@@ -6,6 +6,7 @@ pub mod container;
 pub mod executable;
 pub mod golang;
 pub mod launch;
+pub mod probe_point;
 pub mod procfs;
 
 use std::{collections::HashSet, io};
