@@ -329,3 +329,28 @@ fn thousands_of_distinct_stacks_are_each_recorded() {
     }
     assert_eq!(paths.len(), PATHS, "every path is its own stack");
 }
+
+#[test]
+fn a_growing_site_is_told_from_a_steady_one() {
+    // The one-time leaks stay put (what a cache or set-up looks like);
+    // leak_late leaks once more before every report (what a leak looks like).
+    const LATE: u64 = 5;
+    let mut fixture = Fixture::start("heap_c", &["wait"]);
+    let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
+    fixture.command("leak", "leaked");
+    lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
+    let mut report = serde_json::Value::Null;
+    for _ in 0..LATE {
+        fixture.command("late", "leaked-late");
+        report = lt.next_report();
+    }
+    assert_site(&report, "leak_late", LATE * 2222, LATE, "malloc");
+    let late = stacks_at(&report, "leak_late")[0];
+    assert_eq!(late["growth_bytes"], 2222, "{late}");
+    assert_eq!(late["trend"], "growing", "{late}");
+    for &(function, ..) in C_LEAKS {
+        let s = stacks_at(&report, function)[0];
+        assert_eq!(s["growth_bytes"], 0, "{s}");
+        assert_eq!(s["trend"], "steady", "{function}: {s}");
+    }
+}

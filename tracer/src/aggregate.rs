@@ -1,8 +1,8 @@
 //! Merging sites whose symbolized stacks are the same (one source line
 //! compiled into several call instructions, e.g. an unrolled loop), and
-//! growth between reports.
+//! growth and trend between reports.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::{
     report::{GoroutineSiteReport, SiteReport, ThreadSiteReport},
@@ -76,7 +76,7 @@ pub trait Tracked {
     /// Identity across reports.
     fn key(&self) -> StackKey;
     fn amount(&self) -> u64;
-    fn set_growth(&mut self, growth: Option<i64>);
+    fn set_change(&mut self, growth: Option<i64>, trend: Trend);
 }
 
 impl Tracked for SiteReport {
@@ -86,8 +86,9 @@ impl Tracked for SiteReport {
     fn amount(&self) -> u64 {
         self.bytes
     }
-    fn set_growth(&mut self, growth: Option<i64>) {
+    fn set_change(&mut self, growth: Option<i64>, trend: Trend) {
         self.growth = growth;
+        self.trend = trend;
     }
 }
 
@@ -109,8 +110,9 @@ impl Tracked for ThreadSiteReport {
     fn amount(&self) -> u64 {
         self.count
     }
-    fn set_growth(&mut self, growth: Option<i64>) {
+    fn set_change(&mut self, growth: Option<i64>, trend: Trend) {
         self.growth = growth;
+        self.trend = trend;
     }
 }
 
@@ -128,37 +130,98 @@ impl Tracked for GoroutineSiteReport {
     fn amount(&self) -> u64 {
         self.count
     }
-    fn set_growth(&mut self, growth: Option<i64>) {
+    fn set_change(&mut self, growth: Option<i64>, trend: Trend) {
         self.growth = growth;
+        self.trend = trend;
     }
 }
 
-/// Remembers each stack's amount from the previous report.
+/// Reports a trend looks back over (the current one included).
+pub const TREND_WINDOW: usize = 4;
+
+/// How an amount moved over the last [`TREND_WINDOW`] reports. A leak
+/// never gives anything back, so it only rises; a cache or pool levels off,
+/// or gives back as well as takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trend {
+    /// Seen in fewer reports than the window.
+    New,
+    /// Rose at least once and never fell: what a leak looks like.
+    Growing,
+    /// No change: a bounded cache, a pool, one-time set-up (or a leak that
+    /// has stopped).
+    Steady,
+    /// Rose and fell: memory in use and being given back.
+    Fluctuating,
+    /// Fell at least once and never rose.
+    Shrinking,
+}
+
+impl Trend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Trend::New => "new",
+            Trend::Growing => "growing",
+            Trend::Steady => "steady",
+            Trend::Fluctuating => "fluctuating",
+            Trend::Shrinking => "shrinking",
+        }
+    }
+
+    /// The trend of `amounts`, oldest first.
+    pub fn of(amounts: &VecDeque<u64>) -> Trend {
+        if amounts.len() < TREND_WINDOW {
+            return Trend::New;
+        }
+        let steps = amounts.iter().zip(amounts.iter().skip(1));
+        let (mut rose, mut fell) = (false, false);
+        for (a, b) in steps {
+            rose |= b > a;
+            fell |= b < a;
+        }
+        match (rose, fell) {
+            (true, false) => Trend::Growing,
+            (false, false) => Trend::Steady,
+            (true, true) => Trend::Fluctuating,
+            (false, true) => Trend::Shrinking,
+        }
+    }
+}
+
+/// Remembers each stack's amounts over the last reports.
 pub struct GrowthTracker<T> {
-    previous: HashMap<StackKey, u64>,
+    history: HashMap<StackKey, VecDeque<u64>>,
     _kind: std::marker::PhantomData<T>,
 }
 
 impl<T> Default for GrowthTracker<T> {
     fn default() -> Self {
         GrowthTracker {
-            previous: HashMap::new(),
+            history: HashMap::new(),
             _kind: std::marker::PhantomData,
         }
     }
 }
 
 impl<T: Tracked> GrowthTracker<T> {
-    /// Sets the growth of every item and remembers the current amounts.
+    /// Sets the growth since the previous report and the trend of every
+    /// item, and remembers the current amounts. A stack absent from a
+    /// report starts over when it comes back.
     pub fn apply(&mut self, items: &mut [T]) {
         let mut current = HashMap::with_capacity(items.len());
         for item in items.iter_mut() {
             let k = item.key();
             let amount = item.amount();
-            item.set_growth(self.previous.get(&k).map(|&p| amount as i64 - p as i64));
-            current.insert(k, amount);
+            let mut amounts = self.history.remove(&k).unwrap_or_default();
+            let growth = amounts.back().map(|&p| amount as i64 - p as i64);
+            amounts.push_back(amount);
+            if amounts.len() > TREND_WINDOW {
+                amounts.pop_front();
+            }
+            item.set_change(growth, Trend::of(&amounts));
+            current.insert(k, amounts);
         }
-        self.previous = current;
+        self.history = current;
     }
 }
 
@@ -208,6 +271,7 @@ mod tests {
             blocks,
             oldest: Duration::from_millis(age_ms),
             growth: None,
+            trend: Trend::New,
             allocator: Some(alloc.into()),
             stack_lost: false,
             frames,
@@ -260,5 +324,47 @@ mod tests {
         g.apply(&mut second);
         assert_eq!(second[0].growth, Some(200));
         assert_eq!(second[1].growth, None);
+    }
+
+    /// Amounts of one stack over successive reports, and the trend after
+    /// the last of them.
+    fn trend_after(amounts: &[u64]) -> Trend {
+        let mut g = GrowthTracker::<SiteReport>::default();
+        let mut trend = Trend::New;
+        for &a in amounts {
+            let mut items = vec![site(a, 1, 0, "malloc", vec![frame(1, Some("f"), 1)])];
+            g.apply(&mut items);
+            trend = items[0].trend;
+        }
+        trend
+    }
+
+    #[test]
+    fn trends_tell_leaks_from_caches() {
+        assert_eq!(trend_after(&[100, 200, 300]), Trend::New);
+        // A leak only rises, even when it pauses.
+        assert_eq!(trend_after(&[100, 200, 200, 300]), Trend::Growing);
+        // A cache that filled up stays put once the window has passed.
+        assert_eq!(trend_after(&[100, 200, 300, 300]), Trend::Growing);
+        assert_eq!(trend_after(&[100, 200, 300, 300, 300, 300]), Trend::Steady);
+        // A working set takes and gives back.
+        assert_eq!(trend_after(&[100, 300, 200, 300]), Trend::Fluctuating);
+        assert_eq!(trend_after(&[400, 300, 300, 100]), Trend::Shrinking);
+        // Only the last four reports count.
+        assert_eq!(trend_after(&[500, 100, 200, 300, 400]), Trend::Growing);
+    }
+
+    #[test]
+    fn a_stack_that_drops_out_starts_over() {
+        let mut g = GrowthTracker::<SiteReport>::default();
+        let f = || site(100, 1, 0, "malloc", vec![frame(1, Some("f"), 1)]);
+        let other = || site(5, 1, 0, "malloc", vec![frame(2, Some("g"), 2)]);
+        for _ in 0..TREND_WINDOW {
+            g.apply(&mut [f()]);
+        }
+        g.apply(&mut [other()]);
+        let mut back = [f()];
+        g.apply(&mut back);
+        assert_eq!((back[0].growth, back[0].trend), (None, Trend::New));
     }
 }

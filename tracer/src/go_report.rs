@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    aggregate::GrowthTracker,
+    aggregate::{GrowthTracker, Trend},
     go_heap::HeapTrend,
     go_runtime::{GoRuntime, GoroutineInfo},
     goroutines::{GoroutineCollector, GoroutineSnapshot},
@@ -204,6 +204,7 @@ impl GoTracker {
                 count: g.count,
                 oldest: g.oldest,
                 growth: None,
+                trend: Trend::New,
                 created_by: frame_of(g.gopc),
                 start,
                 frames: creating_stack(

@@ -16,7 +16,7 @@ use tokio::{
 use tracer_common::STACK_UNKNOWN;
 
 use crate::{
-    aggregate::{self, GrowthTracker},
+    aggregate::{self, GrowthTracker, Trend},
     cli::{Cli, ColorChoice},
     collect::{self, Collector, Snapshot},
     go_report::GoTracker,
@@ -387,6 +387,7 @@ impl ReportBuilder {
                 blocks: s.blocks,
                 oldest: s.oldest,
                 growth: None,
+                trend: Trend::New,
                 allocator: called(*ip, &alloc_names),
                 stack_lost: s.site.stack_id == STACK_UNKNOWN,
                 frames: symbolized(stack),
@@ -410,6 +411,7 @@ impl ReportBuilder {
                 count: g.count,
                 oldest: g.oldest,
                 growth: None,
+                trend: Trend::New,
                 stack_bytes: g.stack_bytes,
                 spawned_by: called(*ip, &spawn_names),
                 frames: symbolized(stack),

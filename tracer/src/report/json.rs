@@ -65,6 +65,7 @@ fn go(g: &GoReport) -> Value {
             "count": s.count,
             "oldest_age_ms": s.oldest.as_millis() as u64,
             "growth": s.growth,
+            "trend": s.trend.name(),
             "created_by": frame(&s.created_by),
             "start_function": s.start,
             "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
@@ -97,6 +98,7 @@ fn thread_site(t: &ThreadSiteReport) -> Value {
         "count": t.count,
         "oldest_age_ms": t.oldest.as_millis() as u64,
         "growth": t.growth,
+        "trend": t.trend.name(),
         "stack_bytes": t.stack_bytes,
         "spawned_by": t.spawned_by,
         "frames": t.frames.iter().map(frame).collect::<Vec<_>>(),
@@ -109,6 +111,7 @@ fn site(s: &SiteReport) -> Value {
         "blocks": s.blocks,
         "oldest_age_ms": s.oldest.as_millis() as u64,
         "growth_bytes": s.growth,
+        "trend": s.trend.name(),
         "allocator": s.allocator,
         "stack_lost": s.stack_lost,
         "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
@@ -129,7 +132,7 @@ fn frame(f: &Frame) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collect::Dropped;
+    use crate::{aggregate::Trend, collect::Dropped};
     use std::time::{Duration, SystemTime};
 
     #[test]
@@ -155,6 +158,7 @@ mod tests {
                 blocks: 2,
                 oldest: Duration::from_millis(4000),
                 growth: Some(100),
+                trend: Trend::Growing,
                 allocator: Some("calloc".into()),
                 stack_lost: false,
                 frames: vec![Frame {
@@ -176,6 +180,7 @@ mod tests {
                 count: 4,
                 oldest: Duration::from_millis(900),
                 growth: Some(1),
+                trend: Trend::New,
                 stack_bytes: 4 << 23,
                 spawned_by: Some("pthread_create".into()),
                 frames: vec![],
@@ -201,6 +206,8 @@ mod tests {
         assert_eq!(v["stacks"][0]["bytes"], 200);
         assert_eq!(v["stacks"][0]["allocator"], "calloc");
         assert_eq!(v["stacks"][0]["growth_bytes"], 100);
+        assert_eq!(v["stacks"][0]["trend"], "growing");
+        assert_eq!(v["threads"][0]["trend"], "new");
         assert_eq!(v["stacks"][0]["frames"][0]["address"], "0x401000");
         assert_eq!(v["stacks"][0]["frames"][0]["line"], 7);
         assert_eq!(v["threads"][0]["count"], 4);

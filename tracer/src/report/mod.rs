@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use crate::{cli::Format, collect::Dropped, symbolize::Frame};
+use crate::{aggregate::Trend, cli::Format, collect::Dropped, symbolize::Frame};
 
 pub use text::{bytes, human_duration, Style};
 
@@ -20,10 +20,12 @@ pub struct SiteReport {
     pub oldest: Duration,
     /// Change in bytes since the previous report (`None`: first seen).
     pub growth: Option<i64>,
+    /// How the bytes moved over the last few reports.
+    pub trend: Trend,
     /// The allocator function(s) called (malloc, calloc, ...), when known.
     pub allocator: Option<String>,
-    /// The kernel could not store this site's stack: only the immediate
-    /// caller is known.
+    /// This site's stack could not be stored: only the immediate caller is
+    /// known.
     pub stack_lost: bool,
     pub frames: Vec<Frame>,
 }
@@ -37,6 +39,8 @@ pub struct ThreadSiteReport {
     pub oldest: Duration,
     /// Change in `count` since the previous report (`None`: first seen).
     pub growth: Option<i64>,
+    /// How the count moved over the last few reports.
+    pub trend: Trend,
     /// Bytes of the stack mappings the threads hold.
     pub stack_bytes: u64,
     /// The spawn function called (pthread_create, fork, ...), when known.
@@ -61,6 +65,8 @@ pub struct GoroutineSiteReport {
     pub oldest: Duration,
     /// Change in `count` since the previous report (`None`: first seen).
     pub growth: Option<i64>,
+    /// How the count moved over the last few reports.
+    pub trend: Trend,
     /// The `go` statement: function, file:line ("created by" in a dump).
     pub created_by: Frame,
     /// The goroutine's own function.

@@ -6,7 +6,10 @@ use std::{
 };
 
 use super::{GoReport, Report, SiteReport, ThreadSiteReport};
-use crate::symbolize::Frame;
+use crate::{
+    aggregate::{Trend, TREND_WINDOW},
+    symbolize::Frame,
+};
 
 /// Whether to emit ANSI colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +166,7 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
             g.start.as_deref().unwrap_or("??"),
             style.paint("36", &created_by(&g.created_by)),
             human_duration(g.oldest),
-            growth_text(g.growth, |c| c.to_string()),
+            growth_text(g.growth, g.trend, |c| c.to_string(), style),
         )?;
         frames(out, &g.frames, style)?;
     }
@@ -199,7 +202,7 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
             "   Go heap: {} live after the last GC · {} GCs{gcs} · {} · trend {}",
             bytes(h.live_after_gc),
             h.gc_count,
-            growth_text(h.growth, bytes),
+            growth_text(h.growth, Trend::New, bytes, style),
             match h.trend {
                 "growing" => style.paint("1;31", "growing"),
                 t => t.to_string(),
@@ -229,13 +232,26 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
     Ok(())
 }
 
-fn growth_text(growth: Option<i64>, unit: impl Fn(u64) -> String) -> String {
-    match growth {
-        None => "new".to_string(),
-        Some(0) => "steady".to_string(),
+/// The change since the last report, then the trend over the last few
+/// (the leak-or-cache verdict), highlighted when growing.
+fn growth_text(
+    growth: Option<i64>,
+    trend: Trend,
+    unit: impl Fn(u64) -> String,
+    style: Style,
+) -> String {
+    let change = match growth {
+        None => return "new".to_string(),
+        Some(0) => "unchanged".to_string(),
         Some(g) if g > 0 => format!("+{} since last report", unit(g as u64)),
         Some(g) => format!("-{} since last report", unit(g.unsigned_abs())),
-    }
+    };
+    let trend = match trend {
+        Trend::New => return change,
+        Trend::Growing => style.paint("1;31", "growing"),
+        t => t.name().to_string(),
+    };
+    format!("{change} · {trend} over {TREND_WINDOW} reports")
 }
 
 fn frames(
@@ -290,7 +306,7 @@ fn thread_site(
         style.paint("1;31", &t.count.to_string()),
         t.kind,
         human_duration(t.oldest),
-        growth_text(t.growth, |c| c.to_string()),
+        growth_text(t.growth, t.trend, |c| c.to_string(), style),
     )?;
     if t.frames.is_empty() {
         writeln!(
@@ -313,13 +329,13 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
         style.paint("1;31", &bytes(s.bytes)),
         s.blocks,
         human_duration(s.oldest),
-        growth_text(s.growth, bytes),
+        growth_text(s.growth, s.trend, bytes, style),
     )?;
     frames(out, &s.frames, style)?;
     if s.stack_lost {
         writeln!(
             out,
-            "        (rest of stack lost: stack table full or hash collision)"
+            "        (rest of stack lost: stack table full, or the user stack unreadable)"
         )?;
     }
     Ok(())
