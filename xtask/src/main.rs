@@ -141,7 +141,7 @@ fn demo(root: &Path) -> Result<()> {
             "--interval",
             "2",
             "--count",
-            "3",
+            "5",
             "--older-than",
             "1s",
         ])
