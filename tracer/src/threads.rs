@@ -98,7 +98,11 @@ impl TaskCollector {
                 });
             g.count += 1;
             g.oldest = g.oldest.max(age);
-            if kind == TaskKind::Thread {
+            // pthread_create gives each thread a mapping of its own; a raw
+            // clone (the Go runtime's threads) runs on memory its creator
+            // chose, e.g. inside the Go heap, which is not this thread's.
+            let own_stack = rec.caller != 0;
+            if kind == TaskKind::Thread && own_stack {
                 g.stack_bytes += thread_stack_bytes(self.pid, tid, &maps).unwrap_or(0);
             }
         }
