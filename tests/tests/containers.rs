@@ -73,7 +73,7 @@ fn heap_leaks_in_a_container_by_container_id() {
     lt.wait_stderr(&format!("leaktrace: tracing pid {}", second.pid));
 
     for fixture in [&mut first, &mut second] {
-        let report = c_leaks_of(fixture, &mut lt);
+        let report = c_leaks_of(fixture, &mut lt, AllocatorNames::Glibc);
         // The same exact answer as by host PID (and on the host).
         assert_eq!(report["container_id"].as_str(), Some(id.as_str()));
         assert_eq!(report["comm"], "heap_c");

@@ -105,7 +105,7 @@ fn launch_mode_traces_from_the_first_allocation_and_exits_with_the_command() {
     assert_eq!(report["final"], true);
     assert_eq!(report["target_exited"], true);
     // Symbolized from the mappings snapshot, after the target is gone.
-    assert_c_leaks(report);
+    assert_c_leaks(report, AllocatorNames::Glibc);
     // Probes were in place before the program's first allocation.
     assert_site(report, "leak_at_startup", 123, 1, "malloc");
 }
@@ -353,4 +353,69 @@ fn a_growing_site_is_told_from_a_steady_one() {
         assert_eq!(s["growth_bytes"], 0, "{s}");
         assert_eq!(s["trend"], "steady", "{function}: {s}");
     }
+}
+
+/// Allocators that replace the C library's, as `LD_PRELOAD` or a link
+/// against them puts them in front of it: the calls go to them, so the
+/// probes must too, with their own `free` and `operator delete`.
+const REPLACEMENT_ALLOCATORS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2",
+];
+
+#[test]
+fn c_leaks_are_exact_under_replacement_allocators() {
+    for &lib in REPLACEMENT_ALLOCATORS {
+        let mut fixture = Fixture::start_with_env("heap_c", &["wait"], &[("LD_PRELOAD", lib)]);
+        let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
+        let banner = lt.banner();
+        // The maps name the file the symlink points to.
+        let mapped = std::fs::canonicalize(lib).expect("allocator installed by xtask setup");
+        assert!(
+            banner.contains(&*mapped.to_string_lossy()),
+            "{lib} is probed: {banner}"
+        );
+        c_leaks_of(&mut fixture, &mut lt, AllocatorNames::Including);
+    }
+}
+
+#[test]
+fn cpp_leaks_are_exact_under_replacement_allocators() {
+    // Their operator delete frees without calling free.
+    for &lib in REPLACEMENT_ALLOCATORS {
+        let mut fixture = Fixture::start_with_env("heap_cpp", &["wait"], &[("LD_PRELOAD", lib)]);
+        let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "300ms"]);
+        fixture.command("leak", "leaked");
+        let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(6));
+        assert_site(&report, "leak_new_array", 4000, 2, "operator new");
+        assert_site(&report, "leak_new_object", 192, 3, "operator new");
+        assert_site(&report, "leak_malloc_cpp", 777, 1, "malloc");
+        for f in ["freed_containers", "freed_new_delete"] {
+            assert!(
+                stacks_through(&report, f).is_empty(),
+                "{lib}: {f}: {report}"
+            );
+        }
+        assert_eq!(report["old_bytes"], 4969, "{lib}: {report}");
+        assert_eq!(report["old_blocks"], 6, "{lib}");
+    }
+}
+
+#[test]
+fn jemalloc_api_leaks_are_exact() {
+    let jemalloc = REPLACEMENT_ALLOCATORS[0];
+    let mut fixture = Fixture::start_with_env("jemalloc_api", &[], &[("LD_PRELOAD", jemalloc)]);
+    let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(4));
+    assert_site(&report, "leak_mallocx", 300, 3, "mallocx");
+    // The block rallocx moved out of is released.
+    assert_site(&report, "leak_rallocx", 700, 1, "rallocx");
+    for f in ["freed_sized", "freed_flagged"] {
+        assert!(stacks_through(&report, f).is_empty(), "{f}: {report}");
+    }
+    assert_eq!(report["old_bytes"], 1000, "{report}");
+    assert_eq!(report["old_blocks"], 4, "{report}");
+    assert_nothing_dropped(&report);
 }

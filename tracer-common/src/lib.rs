@@ -25,10 +25,15 @@ pub enum AllocKind {
     /// (libstdc++/libc++). Probed because they call malloc from code built
     /// without frame pointers, which would hide the caller of `new`.
     OperatorNew = 9,
+    /// jemalloc's `mallocx(size, flags)`.
+    Mallocx = 10,
+    /// jemalloc's `rallocx(ptr, size, flags)`: realloc without the
+    /// free-on-zero case.
+    Rallocx = 11,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 10] = [
+    pub const ALL: [AllocKind; 12] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -39,6 +44,8 @@ impl AllocKind {
         AllocKind::Valloc,
         AllocKind::Pvalloc,
         AllocKind::OperatorNew,
+        AllocKind::Mallocx,
+        AllocKind::Rallocx,
     ];
 
     pub const fn from_u32(v: u32) -> Option<AllocKind> {
@@ -53,6 +60,8 @@ impl AllocKind {
             7 => Some(AllocKind::Valloc),
             8 => Some(AllocKind::Pvalloc),
             9 => Some(AllocKind::OperatorNew),
+            10 => Some(AllocKind::Mallocx),
+            11 => Some(AllocKind::Rallocx),
             _ => None,
         }
     }
@@ -70,6 +79,8 @@ impl AllocKind {
             AllocKind::Valloc => "valloc",
             AllocKind::Pvalloc => "pvalloc",
             AllocKind::OperatorNew => "operator new",
+            AllocKind::Mallocx => "mallocx",
+            AllocKind::Rallocx => "rallocx",
         }
     }
 
@@ -96,6 +107,8 @@ impl AllocKind {
                 "_ZnwmSt11align_val_tRKSt9nothrow_t",
                 "_ZnamSt11align_val_tRKSt9nothrow_t",
             ],
+            AllocKind::Mallocx => &["mallocx"],
+            AllocKind::Rallocx => &["rallocx"],
         }
     }
 }

@@ -235,7 +235,7 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     0
 }
 
-/// malloc, valloc, pvalloc: size in the first argument.
+/// malloc, valloc, pvalloc, operator new, mallocx: size in the first argument.
 #[uprobe]
 pub fn alloc_entry_size0(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
@@ -256,7 +256,7 @@ pub fn alloc_entry_calloc(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, r.rdi.wrapping_mul(r.rsi), 0)
 }
 
-/// realloc(ptr, size).
+/// realloc(ptr, size), rallocx(ptr, size, flags).
 #[uprobe]
 pub fn alloc_entry_realloc(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
@@ -305,7 +305,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 
     let ret = r.rax;
     match AllocKind::from_u32(kind) {
-        Some(AllocKind::Realloc) | Some(AllocKind::Reallocarray) => {
+        Some(AllocKind::Realloc) | Some(AllocKind::Reallocarray) | Some(AllocKind::Rallocx) => {
             if ret != 0 {
                 // Success: the old block is gone (even if moved in place).
                 if p.aux != 0 {
@@ -338,7 +338,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// free(ptr).
+/// free(ptr), and every deallocation function with the pointer first:
+/// cfree, sdallocx, dallocx, operator delete (all variants), ...
 #[uprobe]
 pub fn free_entry(ctx: ProbeContext) -> u32 {
     let ptr = regs(&ctx).rdi;

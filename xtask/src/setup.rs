@@ -36,18 +36,23 @@ const PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// Debian packages only the tests need: allocators that replace the C
+/// library's, to trace targets that use them.
+const TEST_PACKAGES: &[&str] = &["libjemalloc2", "libtcmalloc-minimal4", "libmimalloc2.0"];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Everything: what building leaktrace needs, plus the Go toolchains the
-/// test fixtures are built with.
+/// Everything: what building leaktrace needs, plus what the tests need
+/// (allocators, and the Go toolchains the fixtures are built with).
 pub fn run() -> Result<()> {
     run_build()?;
+    install_missing(TEST_PACKAGES)?;
     install_go()
 }
 
 /// What building and running leaktrace needs (demo, bench).
 pub fn run_build() -> Result<()> {
-    install_packages()?;
+    install_missing(PACKAGES)?;
     install_bpf_linker()
 }
 
@@ -60,8 +65,8 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn install_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -155,12 +155,14 @@ fn entry_program(f: ProbeFn) -> &'static str {
     match f {
         ProbeFn::Free => "free_entry",
         ProbeFn::Alloc(k) => match k {
-            AllocKind::Malloc | AllocKind::Valloc | AllocKind::Pvalloc | AllocKind::OperatorNew => {
-                "alloc_entry_size0"
-            }
+            AllocKind::Malloc
+            | AllocKind::Valloc
+            | AllocKind::Pvalloc
+            | AllocKind::OperatorNew
+            | AllocKind::Mallocx => "alloc_entry_size0",
             AllocKind::AlignedAlloc | AllocKind::Memalign => "alloc_entry_size1",
             AllocKind::Calloc => "alloc_entry_calloc",
-            AllocKind::Realloc => "alloc_entry_realloc",
+            AllocKind::Realloc | AllocKind::Rallocx => "alloc_entry_realloc",
             AllocKind::Reallocarray => "alloc_entry_reallocarray",
             AllocKind::PosixMemalign => "alloc_entry_posix_memalign",
         },

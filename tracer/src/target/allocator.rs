@@ -65,12 +65,24 @@ impl Allocator {
         }
     }
 
-    /// The object defining malloc/free, for messages.
-    pub fn display(&self) -> &str {
-        self.objects
-            .first()
+    /// The objects defining malloc, for messages: the C library, then any
+    /// allocator interposed on it.
+    pub fn display(&self) -> String {
+        let names: Vec<&str> = self
+            .objects
+            .iter()
+            .filter(|o| {
+                o.sites
+                    .iter()
+                    .any(|s| s.func == ProbeFn::Alloc(AllocKind::Malloc))
+            })
             .map(|o| o.display.as_str())
-            .unwrap_or("?")
+            .collect();
+        if names.is_empty() {
+            "?".to_string()
+        } else {
+            names.join(" + ")
+        }
     }
 
     /// The spawn function at `offset` in `path` (as the target sees it).
@@ -103,14 +115,17 @@ pub enum AllocatorError {
     NotFound,
 }
 
-/// Picks the allocator among `candidates`: a C library first (libc, musl),
-/// then any other object exporting both `malloc` and `free` (a statically
-/// linked executable, a preloaded allocator); and every object defining
-/// C++ `operator new`.
+/// Picks the allocators among `candidates`: the C library (else, in a
+/// statically linked program, the object defining malloc and free), then
+/// every other object exporting malloc and free — an allocator interposed
+/// on the C library's (jemalloc, tcmalloc, mimalloc; preloaded or linked
+/// in), which is where the calls really go; the C library stays probed for
+/// the functions the interposer lacks. And every object defining C++
+/// `operator new` (the C++ runtime).
 pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorError> {
     let mut ordered: Vec<&Candidate> = candidates.iter().collect();
     ordered.sort_by_key(|c| !is_c_library(&c.display));
-    let mut malloc_object: Option<ProbedObject> = None;
+    let mut malloc_objects: Vec<ProbedObject> = Vec::new();
     let mut new_objects = Vec::new();
     for cand in ordered {
         let Ok(data) = fs::read(&cand.path) else {
@@ -125,12 +140,19 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
             sites,
             spawns,
         };
-        if malloc_object.is_none() {
+        let first = malloc_objects.is_empty();
+        if first || exports_malloc_and_free(&data) {
             if let Some(mut sites) = allocator_sites(&symbols) {
                 for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
                     free.offset = free_probe_offset(&data, free.offset);
                 }
-                malloc_object = Some(object(sites, spawn_sites(&symbols)));
+                // Threads are created through the C library only.
+                let spawns = if first {
+                    spawn_sites(&symbols)
+                } else {
+                    Vec::new()
+                };
+                malloc_objects.push(object(sites, spawns));
                 continue;
             }
         }
@@ -139,9 +161,25 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
             new_objects.push(object(new_sites, Vec::new()));
         }
     }
-    let mut objects = vec![malloc_object.ok_or(AllocatorError::NotFound)?];
+    if malloc_objects.is_empty() {
+        return Err(AllocatorError::NotFound);
+    }
+    let mut objects = malloc_objects;
     objects.extend(new_objects);
     Ok(Allocator { objects })
+}
+
+/// Whether `data` exports both malloc and free to other objects (what
+/// interposing the C library's takes).
+fn exports_malloc_and_free(data: &[u8]) -> bool {
+    let Ok(file) = object::File::parse(data) else {
+        return false;
+    };
+    let exported = |wanted: &str| {
+        file.dynamic_symbols()
+            .any(|s| s.is_definition() && s.name() == Ok(wanted))
+    };
+    exported("malloc") && exported("free")
 }
 
 fn is_c_library(path: &str) -> bool {
@@ -190,12 +228,48 @@ fn sorted(by_offset: ByOffset) -> Vec<Site> {
     sites
 }
 
+/// Deallocation functions, all taking the pointer first: the C library's,
+/// jemalloc's sized and flagged ones, tcmalloc's and mimalloc's own names,
+/// and C++ `operator delete` in every variant (an interposed allocator
+/// defines it without going through `free`).
+const FREE_SYMBOLS: &[&str] = &[
+    "free",
+    "cfree",
+    "sdallocx",
+    "dallocx",
+    "tc_free",
+    "tc_free_sized",
+    "mi_free",
+    "mi_free_size",
+    "mi_free_aligned",
+    "mi_free_size_aligned",
+    "_ZdlPv",
+    "_ZdaPv",
+    "_ZdlPvm",
+    "_ZdaPvm",
+    "_ZdlPvRKSt9nothrow_t",
+    "_ZdaPvRKSt9nothrow_t",
+    "_ZdlPvSt11align_val_t",
+    "_ZdaPvSt11align_val_t",
+    "_ZdlPvmSt11align_val_t",
+    "_ZdaPvmSt11align_val_t",
+    "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+    "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+];
+
 /// The malloc-family sites in one object, if it has at least malloc and free.
 fn allocator_sites(symbols: &HashMap<String, u64>) -> Option<Vec<Site>> {
     symbols.get("malloc")?;
-    let free = *symbols.get("free")?;
+    symbols.get("free")?;
     let mut by_offset = ByOffset::new();
-    by_offset.insert(free, (ProbeFn::Free, vec!["free"]));
+    for &name in FREE_SYMBOLS {
+        if let Some(&off) = symbols.get(name) {
+            let entry = by_offset.entry(off).or_insert((ProbeFn::Free, Vec::new()));
+            if entry.0 == ProbeFn::Free && !entry.1.contains(&name) {
+                entry.1.push(name);
+            }
+        }
+    }
     // AllocKind::ALL ends with operator new: a statically linked C++
     // program carries it next to malloc.
     sites_of(symbols, &AllocKind::ALL, &mut by_offset);
