@@ -110,6 +110,29 @@ fn rust(src: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// A Cargo project `NAME/src/main.rs` with its own locked dependencies:
+/// built with frame pointers into a target directory of its own, then
+/// copied to `out`.
+fn rust_cargo(src: &Path, out: &Path) -> Command {
+    let project = src
+        .parent()
+        .and_then(Path::parent)
+        .expect("fixture at NAME/src/main.rs");
+    let name = project.file_name().expect("project directory name");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(
+            r#""${CARGO:-cargo}" build --quiet --release --locked --manifest-path "$1/Cargo.toml" --target-dir "$2" && cp "$2/release/$3" "$4""#,
+        )
+        .arg("sh")
+        .arg(project)
+        .arg(out.with_extension("build"))
+        .arg(name)
+        .arg(out)
+        .env("RUSTFLAGS", "-C force-frame-pointers=yes");
+    cmd
+}
+
 fn nolibc(src: &Path, out: &Path) -> Command {
     let mut cmd = Command::new("cc");
     cmd.args(["-nostdlib", "-static", "-O2", "-o"])
@@ -123,6 +146,11 @@ const FIXTURES: &[FixtureSpec] = &[
         name: "heap_c",
         source: "heap_c.c",
         compile: c,
+    },
+    FixtureSpec {
+        name: "rust_jemalloc",
+        source: "rust_jemalloc/src/main.rs",
+        compile: rust_cargo,
     },
     FixtureSpec {
         name: "jemalloc_api",

@@ -141,20 +141,28 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
             spawns,
         };
         let first = malloc_objects.is_empty();
-        if first || exports_malloc_and_free(&data) {
-            if let Some(mut sites) = allocator_sites(&symbols) {
-                for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
-                    free.offset = free_probe_offset(&data, free.offset);
-                }
-                // Threads are created through the C library only.
-                let spawns = if first {
-                    spawn_sites(&symbols)
-                } else {
-                    Vec::new()
-                };
-                malloc_objects.push(object(sites, spawns));
-                continue;
+        let plain = if first || exports_malloc_and_free(&data) {
+            allocator_sites(&symbols, "")
+        } else {
+            None
+        };
+        let sites = plain.or_else(|| {
+            JEMALLOC_PREFIXES
+                .iter()
+                .find_map(|prefix| allocator_sites(&symbols, prefix))
+        });
+        if let Some(mut sites) = sites {
+            for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
+                free.offset = free_probe_offset(&data, free.offset);
             }
+            // Threads are created through the C library only.
+            let spawns = if first {
+                spawn_sites(&symbols)
+            } else {
+                Vec::new()
+            };
+            malloc_objects.push(object(sites, spawns));
+            continue;
         }
         let new_sites = operator_new_sites(&symbols);
         if !new_sites.is_empty() {
@@ -194,10 +202,21 @@ type ByOffset = BTreeMap<u64, (ProbeFn, Vec<&'static str>)>;
 
 /// Deduplicated sites of `kinds` in one object: on an alias the first kind
 /// decides the probe, and every name is kept for display.
-fn sites_of(symbols: &HashMap<String, u64>, kinds: &[AllocKind], by_offset: &mut ByOffset) {
+fn sites_of(
+    symbols: &HashMap<String, u64>,
+    kinds: &[AllocKind],
+    prefix: &str,
+    by_offset: &mut ByOffset,
+) {
     for &kind in kinds {
+        // C++ names are never prefixed.
+        let prefix = if kind == AllocKind::OperatorNew {
+            ""
+        } else {
+            prefix
+        };
         for name in kind.symbols() {
-            if let Some(&off) = symbols.get(*name) {
+            if let Some(&off) = symbols.get(&format!("{prefix}{name}")) {
                 let entry = by_offset
                     .entry(off)
                     .or_insert((ProbeFn::Alloc(kind), Vec::new()));
@@ -257,13 +276,25 @@ const FREE_SYMBOLS: &[&str] = &[
     "_ZdaPvSt11align_val_tRKSt9nothrow_t",
 ];
 
-/// The malloc-family sites in one object, if it has at least malloc and free.
-fn allocator_sites(symbols: &HashMap<String, u64>) -> Option<Vec<Site>> {
-    symbols.get("malloc")?;
-    symbols.get("free")?;
+/// Name prefixes of a jemalloc built into a program next to the C
+/// library's malloc: `je_` (redis and others vendoring jemalloc),
+/// `_rjem_` (Rust's `tikv-jemallocator`).
+const JEMALLOC_PREFIXES: &[&str] = &["je_", "_rjem_"];
+
+/// The malloc-family sites in one object whose allocator functions are
+/// named `{prefix}malloc` etc., if it has a way to allocate and one to free
+/// (a program keeps only what it calls: Rust's jemalloc allocator, for one,
+/// frees with `sdallocx` only).
+fn allocator_sites(symbols: &HashMap<String, u64>, prefix: &str) -> Option<Vec<Site>> {
+    let has = |name: &str| symbols.contains_key(&format!("{prefix}{name}"));
+    let allocates = has("malloc") || has("mallocx");
+    let frees = has("free") || has("sdallocx") || has("dallocx");
+    if !allocates || !frees {
+        return None;
+    }
     let mut by_offset = ByOffset::new();
     for &name in FREE_SYMBOLS {
-        if let Some(&off) = symbols.get(name) {
+        if let Some(&off) = symbols.get(&format!("{prefix}{name}")) {
             let entry = by_offset.entry(off).or_insert((ProbeFn::Free, Vec::new()));
             if entry.0 == ProbeFn::Free && !entry.1.contains(&name) {
                 entry.1.push(name);
@@ -272,7 +303,7 @@ fn allocator_sites(symbols: &HashMap<String, u64>) -> Option<Vec<Site>> {
     }
     // AllocKind::ALL ends with operator new: a statically linked C++
     // program carries it next to malloc.
-    sites_of(symbols, &AllocKind::ALL, &mut by_offset);
+    sites_of(symbols, &AllocKind::ALL, prefix, &mut by_offset);
     Some(sorted(by_offset))
 }
 
@@ -292,7 +323,7 @@ fn spawn_sites(symbols: &HashMap<String, u64>) -> Vec<(&'static str, u64)> {
 /// `operator new` sites in a C++ runtime (libstdc++, libc++).
 fn operator_new_sites(symbols: &HashMap<String, u64>) -> Vec<Site> {
     let mut by_offset = ByOffset::new();
-    sites_of(symbols, &[AllocKind::OperatorNew], &mut by_offset);
+    sites_of(symbols, &[AllocKind::OperatorNew], "", &mut by_offset);
     sorted(by_offset)
 }
 
@@ -343,9 +374,9 @@ mod tests {
 
     #[test]
     fn needs_malloc_and_free() {
-        assert!(allocator_sites(&syms(&[("malloc", 1)])).is_none());
-        assert!(allocator_sites(&syms(&[("free", 1)])).is_none());
-        let s = allocator_sites(&syms(&[("malloc", 1), ("free", 2)])).expect("has both");
+        assert!(allocator_sites(&syms(&[("malloc", 1)]), "").is_none());
+        assert!(allocator_sites(&syms(&[("free", 1)]), "").is_none());
+        let s = allocator_sites(&syms(&[("malloc", 1), ("free", 2)]), "").expect("has both");
         assert_eq!(
             s,
             vec![
@@ -357,13 +388,16 @@ mod tests {
 
     #[test]
     fn aliases_are_probed_once() {
-        let s = allocator_sites(&syms(&[
-            ("malloc", 10),
-            ("free", 20),
-            ("aligned_alloc", 30),
-            ("memalign", 30),
-            ("calloc", 40),
-        ]))
+        let s = allocator_sites(
+            &syms(&[
+                ("malloc", 10),
+                ("free", 20),
+                ("aligned_alloc", 30),
+                ("memalign", 30),
+                ("calloc", 40),
+            ]),
+            "",
+        )
         .expect("allocator");
         assert_eq!(
             s,
@@ -376,6 +410,31 @@ mod tests {
                     "aligned_alloc/memalign"
                 ),
                 site(ProbeFn::Free, 20, "free"),
+            ]
+        );
+    }
+
+    #[test]
+    fn prefixed_jemalloc_keeps_what_the_program_calls() {
+        // Rust's tikv-jemallocator: no free, sized deallocation only.
+        let symbols = syms(&[
+            ("_rjem_malloc", 10),
+            ("_rjem_mallocx", 11),
+            ("_rjem_rallocx", 12),
+            ("_rjem_sdallocx", 13),
+            ("_Znwm", 14),
+        ]);
+        assert!(allocator_sites(&symbols, "").is_none());
+        assert!(allocator_sites(&symbols, "je_").is_none());
+        let s = allocator_sites(&symbols, "_rjem_").expect("jemalloc");
+        assert_eq!(
+            s,
+            vec![
+                site(ProbeFn::Alloc(AllocKind::Malloc), 10, "malloc"),
+                site(ProbeFn::Alloc(AllocKind::OperatorNew), 14, "operator new"),
+                site(ProbeFn::Alloc(AllocKind::Mallocx), 11, "mallocx"),
+                site(ProbeFn::Alloc(AllocKind::Rallocx), 12, "rallocx"),
+                site(ProbeFn::Free, 13, "sdallocx"),
             ]
         );
     }
