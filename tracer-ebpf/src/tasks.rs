@@ -127,5 +127,10 @@ pub fn task_exit(_ctx: RawTracePointContext) -> i32 {
     if unsafe { TASKS.get(&tid) }.is_some() {
         let _ = TASKS.remove(&tid);
     }
+    // A thread that dies inside a spawn call leaves its stash behind.
+    // SAFETY: as above.
+    if unsafe { SPAWN_PENDING.get(&tid) }.is_some() {
+        let _ = SPAWN_PENDING.remove(&tid);
+    }
     0
 }
