@@ -153,6 +153,11 @@ const FIXTURES: &[FixtureSpec] = &[
         compile: rust_cargo,
     },
     FixtureSpec {
+        name: "rust_mimalloc",
+        source: "rust_mimalloc/src/main.rs",
+        compile: rust_cargo,
+    },
+    FixtureSpec {
         name: "jemalloc_api",
         source: "jemalloc_api.c",
         compile: c,

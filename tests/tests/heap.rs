@@ -440,3 +440,23 @@ fn rust_program_on_jemalloc_leaks_are_exact() {
     assert_eq!(report["old_bytes"], 10512, "{report}");
     assert_nothing_dropped(&report);
 }
+
+#[test]
+fn rust_program_on_mimalloc_leaks_are_exact() {
+    // The mimalloc crate: mimalloc's own API built into the executable.
+    let mut fixture = Fixture::start("rust_mimalloc", &[]);
+    let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
+    fixture.command("leak", "leaked");
+    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(5));
+    let totals = |f: &str| totals_through(&report, f);
+    assert_eq!(totals("leak_vec"), (6000, 2), "{report}");
+    assert_eq!(totals("leak_aligned"), (512, 2), "{report}");
+    assert_eq!(totals("leak_grown"), (4000, 1), "{report}");
+    assert_eq!(totals("freed_vec"), (0, 0), "{report}");
+    let via = |f: &str| stacks_through(&report, f)[0]["allocator"].clone();
+    assert_eq!(via("leak_vec"), "malloc_aligned");
+    assert_eq!(via("leak_aligned"), "malloc_aligned");
+    assert_eq!(via("leak_grown"), "realloc_aligned");
+    assert_eq!(report["old_bytes"], 10512, "{report}");
+    assert_nothing_dropped(&report);
+}

@@ -30,10 +30,15 @@ pub enum AllocKind {
     /// jemalloc's `rallocx(ptr, size, flags)`: realloc without the
     /// free-on-zero case.
     Rallocx = 11,
+    /// mimalloc's `mi_malloc_aligned(size, align)` and
+    /// `mi_zalloc_aligned(size, align)`.
+    MallocAligned = 12,
+    /// mimalloc's `mi_realloc_aligned(ptr, size, align)`.
+    ReallocAligned = 13,
 }
 
 impl AllocKind {
-    pub const ALL: [AllocKind; 12] = [
+    pub const ALL: [AllocKind; 14] = [
         AllocKind::Malloc,
         AllocKind::Calloc,
         AllocKind::Realloc,
@@ -46,6 +51,8 @@ impl AllocKind {
         AllocKind::OperatorNew,
         AllocKind::Mallocx,
         AllocKind::Rallocx,
+        AllocKind::MallocAligned,
+        AllocKind::ReallocAligned,
     ];
 
     pub const fn from_u32(v: u32) -> Option<AllocKind> {
@@ -62,6 +69,8 @@ impl AllocKind {
             9 => Some(AllocKind::OperatorNew),
             10 => Some(AllocKind::Mallocx),
             11 => Some(AllocKind::Rallocx),
+            12 => Some(AllocKind::MallocAligned),
+            13 => Some(AllocKind::ReallocAligned),
             _ => None,
         }
     }
@@ -81,6 +90,8 @@ impl AllocKind {
             AllocKind::OperatorNew => "operator new",
             AllocKind::Mallocx => "mallocx",
             AllocKind::Rallocx => "rallocx",
+            AllocKind::MallocAligned => "malloc_aligned",
+            AllocKind::ReallocAligned => "realloc_aligned",
         }
     }
 
@@ -109,6 +120,9 @@ impl AllocKind {
             ],
             AllocKind::Mallocx => &["mallocx"],
             AllocKind::Rallocx => &["rallocx"],
+            // Under mimalloc's `mi_` prefix.
+            AllocKind::MallocAligned => &["malloc_aligned", "zalloc_aligned"],
+            AllocKind::ReallocAligned => &["realloc_aligned"],
         }
     }
 }

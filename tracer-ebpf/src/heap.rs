@@ -235,7 +235,8 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     0
 }
 
-/// malloc, valloc, pvalloc, operator new, mallocx: size in the first argument.
+/// malloc, valloc, pvalloc, operator new, mallocx, mi_malloc_aligned: size
+/// in the first argument.
 #[uprobe]
 pub fn alloc_entry_size0(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
@@ -256,7 +257,8 @@ pub fn alloc_entry_calloc(ctx: ProbeContext) -> u32 {
     on_entry(&ctx, r.rdi.wrapping_mul(r.rsi), 0)
 }
 
-/// realloc(ptr, size), rallocx(ptr, size, flags).
+/// realloc(ptr, size), rallocx(ptr, size, flags),
+/// mi_realloc_aligned(ptr, size, align).
 #[uprobe]
 pub fn alloc_entry_realloc(ctx: ProbeContext) -> u32 {
     let r = regs(&ctx);
@@ -305,7 +307,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 
     let ret = r.rax;
     match AllocKind::from_u32(kind) {
-        Some(AllocKind::Realloc) | Some(AllocKind::Reallocarray) | Some(AllocKind::Rallocx) => {
+        Some(
+            AllocKind::Realloc
+            | AllocKind::Reallocarray
+            | AllocKind::Rallocx
+            | AllocKind::ReallocAligned,
+        ) => {
             if ret != 0 {
                 // Success: the old block is gone (even if moved in place).
                 if p.aux != 0 {

@@ -159,10 +159,13 @@ fn entry_program(f: ProbeFn) -> &'static str {
             | AllocKind::Valloc
             | AllocKind::Pvalloc
             | AllocKind::OperatorNew
-            | AllocKind::Mallocx => "alloc_entry_size0",
+            | AllocKind::Mallocx
+            | AllocKind::MallocAligned => "alloc_entry_size0",
             AllocKind::AlignedAlloc | AllocKind::Memalign => "alloc_entry_size1",
             AllocKind::Calloc => "alloc_entry_calloc",
-            AllocKind::Realloc | AllocKind::Rallocx => "alloc_entry_realloc",
+            AllocKind::Realloc | AllocKind::Rallocx | AllocKind::ReallocAligned => {
+                "alloc_entry_realloc"
+            }
             AllocKind::Reallocarray => "alloc_entry_reallocarray",
             AllocKind::PosixMemalign => "alloc_entry_posix_memalign",
         },

@@ -141,16 +141,14 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
             spawns,
         };
         let first = malloc_objects.is_empty();
-        let plain = if first || exports_malloc_and_free(&data) {
-            allocator_sites(&symbols, "")
-        } else {
-            None
-        };
-        let sites = plain.or_else(|| {
-            JEMALLOC_PREFIXES
-                .iter()
-                .find_map(|prefix| allocator_sites(&symbols, prefix))
-        });
+        // Plain names count in the first allocator (the C library) and in
+        // objects interposing on it; prefixed ones anywhere.
+        let mut prefixes = Vec::with_capacity(ALLOCATOR_PREFIXES.len() + 1);
+        if first || exports_malloc_and_free(&data) {
+            prefixes.push("");
+        }
+        prefixes.extend_from_slice(ALLOCATOR_PREFIXES);
+        let sites = allocator_sites(&symbols, &prefixes);
         if let Some(mut sites) = sites {
             for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
                 free.offset = free_probe_offset(&data, free.offset);
@@ -276,35 +274,40 @@ const FREE_SYMBOLS: &[&str] = &[
     "_ZdaPvSt11align_val_tRKSt9nothrow_t",
 ];
 
-/// Name prefixes of a jemalloc built into a program next to the C
-/// library's malloc: `je_` (redis and others vendoring jemalloc),
-/// `_rjem_` (Rust's `tikv-jemallocator`).
-const JEMALLOC_PREFIXES: &[&str] = &["je_", "_rjem_"];
+/// Name prefixes under which an allocator is built into a program next to
+/// the C library's malloc: jemalloc's `je_` (redis and others vendoring
+/// it) and `_rjem_` (Rust's `tikv-jemallocator`), mimalloc's own API `mi_`
+/// (Rust's `mimalloc` crate).
+const ALLOCATOR_PREFIXES: &[&str] = &["je_", "_rjem_", "mi_"];
 
-/// The malloc-family sites in one object whose allocator functions are
-/// named `{prefix}malloc` etc., if it has a way to allocate and one to free
-/// (a program keeps only what it calls: Rust's jemalloc allocator, for one,
-/// frees with `sdallocx` only).
-fn allocator_sites(symbols: &HashMap<String, u64>, prefix: &str) -> Option<Vec<Site>> {
-    let has = |name: &str| symbols.contains_key(&format!("{prefix}{name}"));
-    let allocates = has("malloc") || has("mallocx");
-    let frees = has("free") || has("sdallocx") || has("dallocx");
-    if !allocates || !frees {
-        return None;
-    }
+/// The malloc-family sites of one object under every naming in `prefixes`
+/// it has a way to allocate and one to free with (a program keeps only
+/// what it calls: Rust's jemalloc allocator, for one, frees with `sdallocx`
+/// only); `None` if no naming qualifies.
+fn allocator_sites(symbols: &HashMap<String, u64>, prefixes: &[&str]) -> Option<Vec<Site>> {
     let mut by_offset = ByOffset::new();
-    for &name in FREE_SYMBOLS {
-        if let Some(&off) = symbols.get(&format!("{prefix}{name}")) {
-            let entry = by_offset.entry(off).or_insert((ProbeFn::Free, Vec::new()));
-            if entry.0 == ProbeFn::Free && !entry.1.contains(&name) {
-                entry.1.push(name);
+    let mut found = false;
+    for prefix in prefixes {
+        let has = |name: &str| symbols.contains_key(&format!("{prefix}{name}"));
+        let allocates = has("malloc") || has("mallocx") || has("malloc_aligned");
+        let frees = has("free") || has("sdallocx") || has("dallocx");
+        if !allocates || !frees {
+            continue;
+        }
+        found = true;
+        for &name in FREE_SYMBOLS {
+            if let Some(&off) = symbols.get(&format!("{prefix}{name}")) {
+                let entry = by_offset.entry(off).or_insert((ProbeFn::Free, Vec::new()));
+                if entry.0 == ProbeFn::Free && !entry.1.contains(&name) {
+                    entry.1.push(name);
+                }
             }
         }
+        // AllocKind::ALL holds operator new: a statically linked C++
+        // program carries it next to malloc.
+        sites_of(symbols, &AllocKind::ALL, prefix, &mut by_offset);
     }
-    // AllocKind::ALL ends with operator new: a statically linked C++
-    // program carries it next to malloc.
-    sites_of(symbols, &AllocKind::ALL, prefix, &mut by_offset);
-    Some(sorted(by_offset))
+    found.then(|| sorted(by_offset))
 }
 
 /// Spawn functions present in the C library, one per address.
@@ -374,9 +377,9 @@ mod tests {
 
     #[test]
     fn needs_malloc_and_free() {
-        assert!(allocator_sites(&syms(&[("malloc", 1)]), "").is_none());
-        assert!(allocator_sites(&syms(&[("free", 1)]), "").is_none());
-        let s = allocator_sites(&syms(&[("malloc", 1), ("free", 2)]), "").expect("has both");
+        assert!(allocator_sites(&syms(&[("malloc", 1)]), &[""]).is_none());
+        assert!(allocator_sites(&syms(&[("free", 1)]), &[""]).is_none());
+        let s = allocator_sites(&syms(&[("malloc", 1), ("free", 2)]), &[""]).expect("has both");
         assert_eq!(
             s,
             vec![
@@ -396,7 +399,7 @@ mod tests {
                 ("memalign", 30),
                 ("calloc", 40),
             ]),
-            "",
+            &[""],
         )
         .expect("allocator");
         assert_eq!(
@@ -424,9 +427,8 @@ mod tests {
             ("_rjem_sdallocx", 13),
             ("_Znwm", 14),
         ]);
-        assert!(allocator_sites(&symbols, "").is_none());
-        assert!(allocator_sites(&symbols, "je_").is_none());
-        let s = allocator_sites(&symbols, "_rjem_").expect("jemalloc");
+        assert!(allocator_sites(&symbols, &["", "je_"]).is_none());
+        let s = allocator_sites(&symbols, &["", "je_", "_rjem_"]).expect("jemalloc");
         assert_eq!(
             s,
             vec![
