@@ -93,44 +93,39 @@ fn cpp(src: &Path, out: &Path) -> Command {
     cmd
 }
 
-fn rust(src: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new("rustc");
-    cmd.args([
-        "--edition",
-        "2021",
-        "-C",
-        "opt-level=1",
-        "-C",
-        "force-frame-pointers=yes",
-        "-g",
-        "-o",
-    ])
-    .arg(out)
-    .arg(src);
-    cmd
-}
-
-/// A Cargo project `NAME/src/main.rs` with its own locked dependencies:
+/// tests/fixtures/rust_heap, a Cargo project with its own locked
+/// dependencies, on the allocator `feature` selects (none: the system's):
 /// built with frame pointers into a target directory of its own, then
 /// copied to `out`.
-fn rust_cargo(src: &Path, out: &Path) -> Command {
+fn rust_heap(src: &Path, out: &Path, feature: &str) -> Command {
     let project = src
         .parent()
         .and_then(Path::parent)
-        .expect("fixture at NAME/src/main.rs");
-    let name = project.file_name().expect("project directory name");
+        .expect("fixture at rust_heap/src/main.rs");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(
-            r#""${CARGO:-cargo}" build --quiet --release --locked --manifest-path "$1/Cargo.toml" --target-dir "$2" && cp "$2/release/$3" "$4""#,
+            r#""${CARGO:-cargo}" build --quiet --release --locked --manifest-path "$1/Cargo.toml" --target-dir "$2" --features "$3" && cp "$2/release/rust_heap" "$4""#,
         )
         .arg("sh")
         .arg(project)
-        .arg(out.with_extension("build"))
-        .arg(name)
+        .arg(out.with_file_name("rust_heap.build"))
+        .arg(feature)
         .arg(out)
         .env("RUSTFLAGS", "-C force-frame-pointers=yes");
     cmd
+}
+
+fn rust_system(src: &Path, out: &Path) -> Command {
+    rust_heap(src, out, "")
+}
+
+fn rust_jemalloc(src: &Path, out: &Path) -> Command {
+    rust_heap(src, out, "jemalloc")
+}
+
+fn rust_mimalloc(src: &Path, out: &Path) -> Command {
+    rust_heap(src, out, "mimalloc")
 }
 
 fn nolibc(src: &Path, out: &Path) -> Command {
@@ -149,13 +144,13 @@ const FIXTURES: &[FixtureSpec] = &[
     },
     FixtureSpec {
         name: "rust_jemalloc",
-        source: "rust_jemalloc/src/main.rs",
-        compile: rust_cargo,
+        source: "rust_heap/src/main.rs",
+        compile: rust_jemalloc,
     },
     FixtureSpec {
         name: "rust_mimalloc",
-        source: "rust_mimalloc/src/main.rs",
-        compile: rust_cargo,
+        source: "rust_heap/src/main.rs",
+        compile: rust_mimalloc,
     },
     FixtureSpec {
         name: "jemalloc_api",
@@ -184,8 +179,8 @@ const FIXTURES: &[FixtureSpec] = &[
     },
     FixtureSpec {
         name: "heap_rust",
-        source: "heap_rust.rs",
-        compile: rust,
+        source: "rust_heap/src/main.rs",
+        compile: rust_system,
     },
     FixtureSpec {
         name: "nolibc",

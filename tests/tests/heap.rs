@@ -169,31 +169,6 @@ fn cpp_program_new_and_malloc_leaks() {
 }
 
 #[test]
-fn rust_program_leaks_through_the_global_allocator() {
-    let mut fixture = Fixture::start("heap_rust", &["wait"]);
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &["-i", "1", "--older-than", "300ms", "--top", "100"],
-    );
-    fixture.command("leak", "leaked");
-    let report = lt.report_where(|r| totals_through(r, "heap_rust::leak_vec").1 >= 2);
-    assert_eq!(
-        totals_through(&report, "heap_rust::leak_vec"),
-        (6000, 2),
-        "{report}"
-    );
-    assert_eq!(
-        totals_through(&report, "heap_rust::leak_box"),
-        (512, 1),
-        "{report}"
-    );
-    assert!(
-        stacks_through(&report, "heap_rust::freed_vec").is_empty(),
-        "{report}"
-    );
-}
-
-#[test]
 fn freeing_old_blocks_removes_them_from_reports() {
     let mut fixture = Fixture::start("heap_c", &["wait"]);
     let mut lt = Leaktrace::attach(
@@ -420,43 +395,46 @@ fn jemalloc_api_leaks_are_exact() {
     assert_nothing_dropped(&report);
 }
 
-#[test]
-fn rust_program_on_jemalloc_leaks_are_exact() {
-    // tikv-jemallocator: jemalloc built into the executable under the
-    // `_rjem_` prefix, freeing with sdallocx only.
-    let mut fixture = Fixture::start("rust_jemalloc", &[]);
+/// tests/fixtures/rust_heap built as `fixture`: its leaks, exactly, and the
+/// allocator function each site's blocks came from (vec, aligned, grown).
+fn rust_leaks_are_exact(fixture: &str, via: [&str; 3]) {
+    let mut fixture = Fixture::start(fixture, &[]);
     let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
     fixture.command("leak", "leaked");
     let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(5));
-    let totals = |f: &str| totals_through(&report, f);
-    assert_eq!(totals("leak_vec"), (6000, 2), "{report}");
-    assert_eq!(totals("leak_aligned"), (512, 2), "{report}");
-    assert_eq!(totals("leak_grown"), (4000, 1), "{report}");
-    assert_eq!(totals("freed_vec"), (0, 0), "{report}");
-    let via = |f: &str| stacks_through(&report, f)[0]["allocator"].clone();
-    assert_eq!(via("leak_vec"), "malloc");
-    assert_eq!(via("leak_aligned"), "mallocx");
-    assert_eq!(via("leak_grown"), "realloc");
+    let sites = [
+        ("leak_vec", (6000, 2)),
+        ("leak_aligned", (512, 2)),
+        ("leak_grown", (4000, 1)),
+    ];
+    for ((function, totals), allocator) in sites.into_iter().zip(via) {
+        assert_eq!(totals_through(&report, function), totals, "{report}");
+        let stacks = stacks_through(&report, function);
+        assert_eq!(stacks[0]["allocator"], allocator, "{function}: {report}");
+    }
+    assert_eq!(totals_through(&report, "freed_vec"), (0, 0), "{report}");
     assert_eq!(report["old_bytes"], 10512, "{report}");
+    assert_eq!(report["old_blocks"], 5, "{report}");
     assert_nothing_dropped(&report);
 }
 
 #[test]
-fn rust_program_on_mimalloc_leaks_are_exact() {
+fn rust_program_on_the_system_allocator() {
+    rust_leaks_are_exact("heap_rust", ["malloc", "posix_memalign", "realloc"]);
+}
+
+#[test]
+fn rust_program_on_jemalloc() {
+    // tikv-jemallocator: jemalloc built into the executable under the
+    // `_rjem_` prefix, freeing with sdallocx only.
+    rust_leaks_are_exact("rust_jemalloc", ["malloc", "mallocx", "realloc"]);
+}
+
+#[test]
+fn rust_program_on_mimalloc() {
     // The mimalloc crate: mimalloc's own API built into the executable.
-    let mut fixture = Fixture::start("rust_mimalloc", &[]);
-    let mut lt = Leaktrace::attach(fixture.pid, C_LEAK_FLAGS);
-    fixture.command("leak", "leaked");
-    let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(5));
-    let totals = |f: &str| totals_through(&report, f);
-    assert_eq!(totals("leak_vec"), (6000, 2), "{report}");
-    assert_eq!(totals("leak_aligned"), (512, 2), "{report}");
-    assert_eq!(totals("leak_grown"), (4000, 1), "{report}");
-    assert_eq!(totals("freed_vec"), (0, 0), "{report}");
-    let via = |f: &str| stacks_through(&report, f)[0]["allocator"].clone();
-    assert_eq!(via("leak_vec"), "malloc_aligned");
-    assert_eq!(via("leak_aligned"), "malloc_aligned");
-    assert_eq!(via("leak_grown"), "realloc_aligned");
-    assert_eq!(report["old_bytes"], 10512, "{report}");
-    assert_nothing_dropped(&report);
+    rust_leaks_are_exact(
+        "rust_mimalloc",
+        ["malloc_aligned", "malloc_aligned", "realloc_aligned"],
+    );
 }
