@@ -148,9 +148,9 @@ fn older_than_hides_young_blocks_until_they_age() {
     );
 }
 
-#[test]
-fn cpp_program_new_and_malloc_leaks() {
-    let mut fixture = Fixture::start("heap_cpp", &["wait"]);
+/// heap_cpp's leaks, exactly, with `env` set (e.g. an allocator preloaded).
+fn cpp_leaks_are_exact(env: &[(&str, &str)]) -> serde_json::Value {
+    let mut fixture = Fixture::start_with_env("heap_cpp", &["wait"], env);
     let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "300ms"]);
     fixture.command("leak", "leaked");
     let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(6));
@@ -158,10 +158,19 @@ fn cpp_program_new_and_malloc_leaks() {
     assert_site(&report, "leak_new_object", 192, 3, "operator new");
     assert_site(&report, "leak_malloc_cpp", 777, 1, "malloc");
     for f in ["freed_containers", "freed_new_delete"] {
-        assert!(stacks_through(&report, f).is_empty(), "{f}: {report}");
+        assert!(
+            stacks_through(&report, f).is_empty(),
+            "{env:?}: {f}: {report}"
+        );
     }
-    assert_eq!(report["old_bytes"], 4969, "{report}");
-    assert_eq!(report["old_blocks"], 6);
+    assert_eq!(report["old_bytes"], 4969, "{env:?}: {report}");
+    assert_eq!(report["old_blocks"], 6, "{env:?}");
+    report
+}
+
+#[test]
+fn cpp_program_new_and_malloc_leaks() {
+    let report = cpp_leaks_are_exact(&[]);
     assert_eq!(
         stacks_at(&report, "leak_new_array")[0]["frames"][0]["symbol"],
         "leak_new_array()"
@@ -359,21 +368,7 @@ fn c_leaks_are_exact_under_replacement_allocators() {
 fn cpp_leaks_are_exact_under_replacement_allocators() {
     // Their operator delete frees without calling free.
     for &lib in REPLACEMENT_ALLOCATORS {
-        let mut fixture = Fixture::start_with_env("heap_cpp", &["wait"], &[("LD_PRELOAD", lib)]);
-        let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "300ms"]);
-        fixture.command("leak", "leaked");
-        let report = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(6));
-        assert_site(&report, "leak_new_array", 4000, 2, "operator new");
-        assert_site(&report, "leak_new_object", 192, 3, "operator new");
-        assert_site(&report, "leak_malloc_cpp", 777, 1, "malloc");
-        for f in ["freed_containers", "freed_new_delete"] {
-            assert!(
-                stacks_through(&report, f).is_empty(),
-                "{lib}: {f}: {report}"
-            );
-        }
-        assert_eq!(report["old_bytes"], 4969, "{lib}: {report}");
-        assert_eq!(report["old_blocks"], 6, "{lib}");
+        cpp_leaks_are_exact(&[("LD_PRELOAD", lib)]);
     }
 }
 
