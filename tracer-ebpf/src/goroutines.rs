@@ -10,6 +10,7 @@
 //! is not the C one: registers are read directly, not through `ctx.arg()`.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_probe_read_user, generated::bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::{Array, HashMap},
@@ -22,7 +23,7 @@ use crate::{heap::count, stacks::user_stack_id};
 
 #[map]
 static GOROUTINES: HashMap<u64, GoroutineRecord> =
-    HashMap::with_max_entries(DEFAULT_MAX_GOROUTINES, 0);
+    HashMap::with_max_entries(DEFAULT_MAX_GOROUTINES, BPF_F_NO_PREALLOC);
 
 #[map]
 static GO_CONFIG: Array<GoConfig> = Array::with_max_entries(1, 0);

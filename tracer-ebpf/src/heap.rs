@@ -1,7 +1,7 @@
 //! Allocator probes (malloc family and free).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
@@ -32,10 +32,12 @@ static PENDING: HashMap<PendingKey, Pending> = HashMap::with_max_entries(DEFAULT
 static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
 
 #[map]
-static ALLOCS: HashMap<u64, AllocRecord> = HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, 0);
+static ALLOCS: HashMap<u64, AllocRecord> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
 
 #[map]
-static SITES: HashMap<SiteKey, SiteTotals> = HashMap::with_max_entries(DEFAULT_MAX_SITES, 0);
+static SITES: HashMap<SiteKey, SiteTotals> =
+    HashMap::with_max_entries(DEFAULT_MAX_SITES, BPF_F_NO_PREALLOC);
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

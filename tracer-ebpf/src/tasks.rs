@@ -8,6 +8,7 @@
 //! `sched_process_exit` removes it.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::bpf_ktime_get_ns,
@@ -29,7 +30,8 @@ static SPAWN_PENDING: HashMap<u32, SpawnPending> =
     HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
 
 #[map]
-static TASKS: HashMap<u32, TaskRecord> = HashMap::with_max_entries(DEFAULT_MAX_TASKS, 0);
+static TASKS: HashMap<u32, TaskRecord> =
+    HashMap::with_max_entries(DEFAULT_MAX_TASKS, BPF_F_NO_PREALLOC);
 
 #[map]
 static TASK_CONFIG: Array<TaskConfig> = Array::with_max_entries(1, 0);

@@ -66,7 +66,7 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
 
-    /// Capacity of the kernel's live-allocation table; allocations beyond it are counted as dropped.
+    /// Capacity of the kernel's live-allocation table (memory taken as allocations are recorded, about 80 B each); allocations beyond it are counted as dropped.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ALLOCS)]
     pub max_allocs: u32,
 
