@@ -37,8 +37,14 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages only the tests need: allocators that replace the C
-/// library's, to trace targets that use them.
-const TEST_PACKAGES: &[&str] = &["libjemalloc2", "libtcmalloc-minimal4", "libmimalloc2.0"];
+/// library's, to trace targets that use them, and make, which building
+/// jemalloc for the Rust fixture on tikv-jemallocator runs.
+const TEST_PACKAGES: &[&str] = &[
+    "libjemalloc2",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
+    "make",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
