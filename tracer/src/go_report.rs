@@ -65,7 +65,10 @@ impl GoTracker {
         };
         t.exe = File::open(&t.target.path).ok();
         let vars = &t.target.binary.vars;
-        if vars.allgptr.is_none() || vars.allglen.is_none() {
+        let census = vars.allgptr.is_some() && vars.allglen.is_some();
+        let heap = vars.gc_controller.is_some() && vars.memstats.is_some();
+        let profile = vars.mbuckets.is_some() && vars.mem_profile_rate.is_some();
+        if !census {
             t.notes.push(
                 "no census of goroutines from before attach: runtime.allgptr is neither in \
                  the symbol table nor found through the runtime's code"
@@ -76,15 +79,14 @@ impl GoTracker {
         } else {
             t.before_attach = t.census_goids();
         }
-        let vars = &t.target.binary.vars;
-        if vars.gc_controller.is_none() || vars.memstats.is_none() {
+        if !heap {
             t.notes.push(
                 "no Go heap figures: runtime.gcController and runtime.memstats are neither in \
                  the symbol table nor found through the runtime's code"
                     .into(),
             );
         }
-        if vars.mbuckets.is_none() || vars.mem_profile_rate.is_none() {
+        if !profile {
             t.notes.push(
                 "no Go heap by allocation stack: runtime.mbuckets and runtime.MemProfileRate \
                  are neither in the symbol table nor found through the runtime's code"

@@ -131,9 +131,10 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
         let Ok(data) = fs::read(&cand.path) else {
             continue;
         };
-        let Some(symbols) = function_offsets(&data) else {
+        let Ok(file) = object::File::parse(&*data) else {
             continue;
         };
+        let symbols = offsets_of(&file);
         let object = |sites, spawns| ProbedObject {
             display: cand.display.clone(),
             path: cand.path.clone(),
@@ -144,12 +145,11 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
         // Plain names count in the first allocator (the C library) and in
         // objects interposing on it; prefixed ones anywhere.
         let mut prefixes = Vec::with_capacity(ALLOCATOR_PREFIXES.len() + 1);
-        if first || exports_malloc_and_free(&data) {
+        if first || exports_malloc_and_free(&file) {
             prefixes.push("");
         }
         prefixes.extend_from_slice(ALLOCATOR_PREFIXES);
-        let sites = allocator_sites(&symbols, &prefixes);
-        if let Some(mut sites) = sites {
+        if let Some(mut sites) = allocator_sites(&symbols, &prefixes) {
             for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
                 free.offset = free_probe_offset(&data, free.offset);
             }
@@ -177,10 +177,7 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
 
 /// Whether `data` exports both malloc and free to other objects (what
 /// interposing the C library's takes).
-fn exports_malloc_and_free(data: &[u8]) -> bool {
-    let Ok(file) = object::File::parse(data) else {
-        return false;
-    };
+fn exports_malloc_and_free(file: &object::File<'_>) -> bool {
     let exported = |wanted: &str| {
         file.dynamic_symbols()
             .any(|s| s.is_definition() && s.name() == Ok(wanted))
@@ -333,7 +330,10 @@ fn operator_new_sites(symbols: &HashMap<String, u64>) -> Vec<Site> {
 /// File offsets of the defined functions of an ELF object, by name
 /// (dynamic symbols first, then the full symbol table).
 pub fn function_offsets(data: &[u8]) -> Option<HashMap<String, u64>> {
-    let file = object::File::parse(data).ok()?;
+    object::File::parse(data).ok().map(|file| offsets_of(&file))
+}
+
+fn offsets_of(file: &object::File<'_>) -> HashMap<String, u64> {
     let segments: Vec<(u64, u64, u64)> = file
         .segments()
         .map(|s| (s.address(), s.size(), s.file_range().0))
@@ -356,7 +356,7 @@ pub fn function_offsets(data: &[u8]) -> Option<HashMap<String, u64>> {
             out.insert(name.to_string(), off);
         }
     }
-    Some(out)
+    out
 }
 
 #[cfg(test)]
