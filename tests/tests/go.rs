@@ -175,11 +175,11 @@ fn runtime_variables_are_found_without_symbols() {
     for version in GO_VERSIONS {
         let bin = go_fixture(version, GoBuild::Static);
         let data = std::fs::read(&bin).expect("fixture");
-        let with_symbols = leaktrace::target::golang::inspect(&data)
+        let with_symbols = leaktrace::golang::binary::inspect(&data)
             .expect("analysable")
             .expect("a Go binary")
             .vars;
-        let from_code = leaktrace::target::golang::inspect_as_stripped(&data)
+        let from_code = leaktrace::golang::binary::inspect_as_stripped(&data)
             .expect("analysable")
             .expect("a Go binary")
             .vars;

@@ -1,27 +1,30 @@
 //! leaktrace: find what a running process allocates and never gives back.
 //!
-//! Data flow: [`target`] (what to attach to and where its allocator is) →
-//! [`probes`] (eBPF programs in the kernel) → [`collect`] (per-site totals
-//! read from the kernel, aged by generation) → [`symbolize`] (addresses to
-//! functions, on a thread of its own) → [`report`] (text or JSON lines).
-//! [`threads`] and, for Go targets, [`goroutines`], [`go_runtime`] and
-//! [`go_heap`] collect what else the target keeps alive. [`session`] runs
-//! the whole thing.
+//! The modules follow the data, in order:
+//!
+//! 1. [`process`]: what to attach to (a PID, a command leaktrace starts, a
+//!    container's processes) and where the target's allocator lives.
+//! 2. [`probes`]: leaktrace's eBPF programs, loaded into the kernel and
+//!    attached to the target, and where in each function a probe sits.
+//! 3. [`collect`]: reading what the probes recorded (per-site heap totals
+//!    aged by generation, threads and child processes, stacks).
+//! 4. [`symbolize`]: addresses to functions, file:line and module, on a
+//!    thread of its own.
+//! 5. [`report`]: one report per interval (merged sites, top N, growth and
+//!    trend), rendered as text or JSON lines.
+//!
+//! [`golang`] holds everything specific to Go targets: reading Go
+//! executables, the runtime's memory read out of process, the goroutine
+//! collector and the Go section of each report; the layers above ask it for
+//! probe points and for that section. [`session`] runs the whole thing for
+//! one target or a container's processes.
 
-pub mod aggregate;
 pub mod cli;
 pub mod collect;
-pub mod container_session;
-pub mod debuginfo;
-pub mod go_heap;
-pub mod go_report;
-pub mod go_runtime;
-pub mod goroutines;
+pub mod golang;
 pub mod privileges;
 pub mod probes;
+pub mod process;
 pub mod report;
 pub mod session;
-pub mod stacks;
 pub mod symbolize;
-pub mod target;
-pub mod threads;

@@ -14,7 +14,7 @@ use std::{fs, num::NonZeroU32};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 
 use super::{error_chain, ProbeError, Probes};
-use crate::target::{allocator::function_offsets, procfs};
+use crate::process::{allocator::function_offsets, procfs};
 
 /// x86-64 syscall number of `uretprobe` (Linux 6.11+).
 const NR_URETPROBE: u32 = 335;

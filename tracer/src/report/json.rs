@@ -8,8 +8,8 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{GoReport, Report, SiteReport, ThreadSiteReport};
-use crate::symbolize::Frame;
+use super::{Report, SiteReport, ThreadSiteReport};
+use crate::{golang::GoReport, symbolize::Frame};
 
 pub fn write(out: &mut impl Write, r: &Report) -> io::Result<()> {
     serde_json::to_writer(&mut *out, &to_value(r))?;
@@ -132,7 +132,7 @@ fn frame(f: &Frame) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{aggregate::Trend, collect::Dropped};
+    use crate::{collect::Dropped, report::aggregate::Trend};
     use std::time::{Duration, SystemTime};
 
     #[test]

@@ -5,11 +5,11 @@ use std::{
     time::Duration,
 };
 
-use super::{GoReport, Report, SiteReport, ThreadSiteReport};
-use crate::{
+use super::{
     aggregate::{Trend, TREND_WINDOW},
-    symbolize::Frame,
+    Report, SiteReport, ThreadSiteReport,
 };
+use crate::{golang::GoReport, symbolize::Frame};
 
 /// Whether to emit ANSI colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

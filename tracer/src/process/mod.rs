@@ -1,17 +1,13 @@
-//! What to trace: a running process (`--pid`) or a command leaktrace starts
-//! (`-- CMD`), and where its allocator lives.
+//! What to trace: a running process (`--pid`), a command leaktrace starts
+//! (`-- CMD`) or a container's processes, and where the target's allocator
+//! lives. (Whether it is a Go program is [`crate::golang`]'s business.)
 
 pub mod allocator;
 pub mod container;
-pub mod executable;
-pub mod golang;
 pub mod launch;
-pub mod probe_point;
 pub mod procfs;
 
 use std::{collections::HashSet, io};
-
-pub use executable::GoTarget;
 
 pub use allocator::{
     find_allocator, Allocator, AllocatorError, Candidate, ProbeFn, ProbedObject, Site,

@@ -10,7 +10,7 @@ use std::{
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 use tracer_common::AllocKind;
 
-use super::probe_point::free_probe_offset;
+use crate::probes::placement::free_probe_offset;
 
 /// An object file the target has (or will have) mapped.
 #[derive(Debug, Clone)]

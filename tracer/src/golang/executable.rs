@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use super::golang::{self, GoBinary, GoError};
+use super::binary::{self, GoBinary, GoError};
 
 /// A Go executable to probe and read the runtime of.
 pub struct GoTarget {
@@ -53,7 +53,7 @@ fn inspect(path: &Path, display: String) -> Result<Option<GoTarget>, ExecutableE
     };
     let data = fs::read(path).map_err(read_err)?;
     let inode = fs::metadata(path).map_err(read_err)?.ino();
-    match golang::inspect(&data) {
+    match binary::inspect(&data) {
         Ok(Some(binary)) => Ok(Some(GoTarget {
             binary: Arc::new(binary),
             path: path.to_path_buf(),
@@ -63,20 +63,4 @@ fn inspect(path: &Path, display: String) -> Result<Option<GoTarget>, ExecutableE
         Ok(None) => Ok(None),
         Err(source) => Err(ExecutableError::Go { display, source }),
     }
-}
-
-/// Whether an object file holds Go code: the Go linker always emits its
-/// build info and function table, and stripping keeps both.
-pub fn is_go_binary(data: &[u8]) -> bool {
-    use object::{Object, ObjectSection};
-    let Ok(file) = object::File::parse(data) else {
-        return false;
-    };
-    let found = file.sections().any(|s| {
-        matches!(
-            s.name(),
-            Ok(".go.buildinfo" | ".gopclntab" | ".data.rel.ro.gopclntab")
-        )
-    });
-    found
 }

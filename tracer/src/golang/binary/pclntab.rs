@@ -26,7 +26,7 @@ const FUNC_SIZE: usize = 44;
 /// internal/abi: PCDATA_InlTreeIndex and FUNCDATA_InlTree.
 const PCDATA_INL_TREE_INDEX: usize = 2;
 const FUNCDATA_INL_TREE: usize = 3;
-/// runtime.inlinedCall: funcID u8, pad [3]u8, nameOff i32, parentPc i32,
+/// runtime.inlinedCall: funcID u8, pad `[3]u8`, nameOff i32, parentPc i32,
 /// startLine i32.
 const INLINED_CALL_SIZE: usize = 16;
 /// Deeper inlining than this means a corrupt tree (or a cycle).

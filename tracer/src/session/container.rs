@@ -11,7 +11,8 @@ use tokio::{
     time::{interval, MissedTickBehavior},
 };
 
-use crate::{cli::Cli, session, target::container};
+use super::one;
+use crate::{cli::Cli, process::container};
 
 /// How often the container's process list is read for newcomers.
 const POLL: Duration = Duration::from_millis(250);
@@ -45,11 +46,11 @@ async fn supervise(cli: Cli, id: String) -> anyhow::Result<i32> {
                     }
                     // Attaching blocks this thread briefly; reports of the
                     // other processes wait that long.
-                    match session::prepare(&cli, pid) {
+                    match one::prepare(&cli, pid) {
                         Ok(prepared) => {
                             let cli = cli.clone();
                             tasks.push(tokio::task::spawn_local(async move {
-                                if let Err(e) = session::trace(cli, prepared).await {
+                                if let Err(e) = one::trace(cli, prepared).await {
                                     eprintln!("leaktrace: pid {pid}: {e:#}");
                                 }
                             }));

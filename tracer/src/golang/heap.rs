@@ -7,7 +7,7 @@
 //! way an unbounded cache grows; a service whose live set is stable
 //! wobbles up and down and is "steady".
 
-use crate::{go_runtime::HeapReading, report::GoHeapReport};
+use super::{runtime::HeapReading, section::GoHeapReport};
 
 /// Consecutive post-GC rises (or falls) that make a trend.
 pub const TREND_STEPS: usize = 3;

@@ -7,7 +7,8 @@ use std::{collections::HashMap, fs, time::Duration};
 use aya::maps::MapError;
 use tracer_common::{TaskRecord, TASK_PROCESS};
 
-use crate::{probes::TaskMaps, target::procfs};
+use super::monotonic_ns;
+use crate::{probes::TaskMaps, process::procfs};
 
 /// Thread or child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,16 +155,6 @@ fn parse_syscall_sp(text: &str) -> Option<u64> {
     }
     let sp = fields[fields.len() - 2];
     u64::from_str_radix(sp.trim_start_matches("0x"), 16).ok()
-}
-
-pub(crate) fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn age_since_boot_ticks(start_ticks: u64) -> Duration {

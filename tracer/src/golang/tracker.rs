@@ -1,4 +1,4 @@
-//! The Go part of each report: goroutines alive past the threshold by
+//! Building the Go section of each report: goroutines alive past the threshold by
 //! creation site, the census of goroutines that existed before attach, and
 //! the live heap after GC.
 
@@ -6,17 +6,24 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::FileExt,
+    time::Duration,
 };
 
-use crate::{
-    aggregate::{GrowthTracker, Trend},
-    go_heap::HeapTrend,
-    go_runtime::{GoRuntime, GoroutineInfo},
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use tracer_common::GoroutineRecord;
+
+use super::{
     goroutines::{GoroutineCollector, GoroutineSnapshot},
-    report::{CensusSiteReport, GoHeapSiteReport, GoReport, GoroutineSiteReport},
-    stacks::Stacks,
+    heap::HeapTrend,
+    runtime::{GoRuntime, GoroutineInfo},
+    section::{CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport},
+    GoTarget,
+};
+use crate::{
+    collect::stacks::Stacks,
+    process::procfs,
+    report::aggregate::{GrowthTracker, Trend},
     symbolize::{Frame, Symbolizer, SymbolizerGone},
-    target::{procfs, GoTarget},
 };
 
 /// Function and line: what makes two profile stacks the same for a reader.
@@ -42,13 +49,18 @@ pub struct GoTracker {
 impl GoTracker {
     /// Call once the goroutine probes are attached: takes the census of the
     /// goroutines that already exist (none for a command we start).
+    /// `goroutines` is the probes' goroutine table (absent when the
+    /// goroutine probes are not loaded).
     pub fn new(
         pid: u32,
         target: GoTarget,
-        collector: Option<GoroutineCollector>,
+        goroutines: Option<BpfHashMap<MapData, u64, GoroutineRecord>>,
+        older_than: Duration,
+        max_goroutines: u32,
         launched: bool,
         top: usize,
     ) -> Self {
+        let collector = goroutines.map(|m| GoroutineCollector::new(m, older_than, max_goroutines));
         let mut t = GoTracker {
             pid,
             target,
@@ -370,7 +382,7 @@ impl GoTracker {
         Ok(Some(out))
     }
 
-    fn heap_reading(&mut self, notes: &mut Vec<String>) -> Option<crate::report::GoHeapReport> {
+    fn heap_reading(&mut self, notes: &mut Vec<String>) -> Option<GoHeapReport> {
         let vars = &self.target.binary.vars;
         if vars.gc_controller.is_none() || vars.memstats.is_none() {
             return None;

@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, fs::File, io, os::unix::fs::FileExt, sync::Arc};
 
-use crate::target::golang::GoBinary;
+use super::binary::GoBinary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoRuntimeError {

@@ -22,20 +22,11 @@ use blazesym::symbolize::{
 };
 
 use crate::{
-    debuginfo,
-    target::{
-        golang::GoBinary,
-        procfs::{self, Mapping},
-    },
+    golang::GoSymbols,
+    process::procfs::{self, Mapping},
 };
 
-/// A Go executable, symbolized from its own function table (which, unlike
-/// ELF symbols and DWARF, survives stripping), identified by inode.
-#[derive(Clone)]
-pub struct GoModule {
-    pub inode: u64,
-    pub binary: std::sync::Arc<GoBinary>,
-}
+mod debuginfo;
 
 /// One symbolized frame. Inlined functions expand into several frames for
 /// the same address, innermost first, with `inlined` set on all but the
@@ -89,7 +80,7 @@ pub struct Symbolizer {
 pub struct SymbolizerGone;
 
 impl Symbolizer {
-    pub fn start(pid: u32, go: Option<GoModule>) -> std::io::Result<Self> {
+    pub fn start(pid: u32, go: Option<GoSymbols>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("symbolize".into())
@@ -165,12 +156,12 @@ struct Worker {
     /// Newest snapshot first; older ones stay for addresses of objects
     /// that were unmapped since.
     modules: Vec<Module>,
-    go: Option<GoModule>,
+    go: Option<GoSymbols>,
     cache: HashMap<(u64, bool), Vec<Frame>>,
 }
 
 impl Worker {
-    fn new(pid: u32, go: Option<GoModule>) -> Self {
+    fn new(pid: u32, go: Option<GoSymbols>) -> Self {
         let blazesym = Blazesym::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
@@ -270,7 +261,7 @@ impl Worker {
                 // Go code from the Go function table; C code linked into a
                 // cgo binary is not in it and goes to blazesym below.
                 if let Some(go) = self.go.as_ref().filter(|g| g.inode == m.mapping.inode) {
-                    if let Some(frames) = go_frames(go, addr, offset, &module, &location) {
+                    if let Some(frames) = go.frames(addr, offset, &module, &location) {
                         self.cache.insert((addr, return_address), frames.clone());
                         return frames;
                     }
@@ -327,39 +318,6 @@ impl Worker {
         self.cache.insert((addr, return_address), frames.clone());
         frames
     }
-}
-
-fn go_frames(
-    go: &GoModule,
-    addr: u64,
-    offset: u64,
-    module: &Option<String>,
-    location: &Option<(String, u64)>,
-) -> Option<Vec<Frame>> {
-    let found = go
-        .binary
-        .file_offset_to_vaddr(offset)
-        .map(|vaddr| go.binary.symbolize(vaddr))
-        .unwrap_or_default();
-    if found.is_empty() {
-        return None;
-    }
-    let last = found.len() - 1;
-    Some(
-        found
-            .into_iter()
-            .enumerate()
-            .map(|(i, f)| Frame {
-                address: addr,
-                symbol: Some(f.function),
-                module: module.clone(),
-                file: f.file,
-                line: f.line,
-                inlined: i < last,
-                location: location.clone(),
-            })
-            .collect(),
-    )
 }
 
 fn code_location(ci: Option<&CodeInfo<'_>>) -> (Option<String>, Option<u32>) {

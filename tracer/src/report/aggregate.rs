@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    report::{GoroutineSiteReport, SiteReport, ThreadSiteReport},
+    report::{SiteReport, ThreadSiteReport},
     symbolize::Frame,
 };
 
@@ -24,7 +24,8 @@ pub enum FrameKey {
 
 pub type StackKey = Vec<FrameKey>;
 
-fn key(frames: &[Frame]) -> StackKey {
+/// The identity of a stack across reports.
+pub fn key(frames: &[Frame]) -> StackKey {
     frames
         .iter()
         .map(|f| match &f.symbol {
@@ -105,26 +106,6 @@ impl Tracked for ThreadSiteReport {
         let mut k = key(&self.frames);
         k.push(label(self.kind.to_string()));
         k.push(label(self.spawned_by.clone().unwrap_or_default()));
-        k
-    }
-    fn amount(&self) -> u64 {
-        self.count
-    }
-    fn set_change(&mut self, growth: Option<i64>, trend: Trend) {
-        self.growth = growth;
-        self.trend = trend;
-    }
-}
-
-impl Tracked for GoroutineSiteReport {
-    fn key(&self) -> StackKey {
-        let mut k = key(std::slice::from_ref(&self.created_by));
-        k.push(FrameKey::Symbol {
-            symbol: self.start.clone().unwrap_or_default(),
-            file: None,
-            line: None,
-            inlined: false,
-        });
         k
     }
     fn amount(&self) -> u64 {

@@ -6,7 +6,7 @@ use std::{collections::HashMap as StdHashMap, time::Duration};
 use aya::maps::{HashMap, MapData, MapError};
 use tracer_common::GoroutineRecord;
 
-use crate::threads::monotonic_ns;
+use crate::collect::monotonic_ns;
 
 /// Goroutines created at one `go` statement with one start function.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,185 @@
+//! Building the fixture programs (C, C++, Rust, a program without libc) once
+//! per run, shared by every test binary.
+
+use std::{
+    fs,
+    os::unix::io::AsRawFd,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use crate::*;
+
+/// Compiled fixture programs.
+pub struct Fixtures {
+    pub dir: PathBuf,
+}
+
+impl Fixtures {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+struct FixtureSpec {
+    name: &'static str,
+    source: &'static str,
+    compile: fn(&Path, &Path) -> Command,
+}
+
+fn c(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("cc");
+    cmd.args([
+        "-O1",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-Wall",
+        "-Wno-deprecated-declarations",
+        "-o",
+    ])
+    .arg(out)
+    .arg(src);
+    cmd
+}
+
+fn c_threads(src: &Path, out: &Path) -> Command {
+    let mut cmd = c(src, out);
+    cmd.arg("-pthread");
+    cmd
+}
+
+fn cpp(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("g++");
+    cmd.args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
+        .arg(out)
+        .arg(src);
+    cmd
+}
+
+/// tests/fixtures/rust_heap, a Cargo project with its own locked
+/// dependencies, on the allocator `feature` selects (none: the system's):
+/// built with frame pointers into a target directory of its own, then
+/// copied to `out`.
+fn rust_heap(src: &Path, out: &Path, feature: &str) -> Command {
+    let project = src
+        .parent()
+        .and_then(Path::parent)
+        .expect("fixture at rust_heap/src/main.rs");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(
+            r#""${CARGO:-cargo}" build --quiet --release --locked --manifest-path "$1/Cargo.toml" --target-dir "$2" --features "$3" && cp "$2/release/rust_heap" "$4""#,
+        )
+        .arg("sh")
+        .arg(project)
+        .arg(out.with_file_name("rust_heap.build"))
+        .arg(feature)
+        .arg(out)
+        .env("RUSTFLAGS", "-C force-frame-pointers=yes");
+    cmd
+}
+
+fn rust_system(src: &Path, out: &Path) -> Command {
+    rust_heap(src, out, "")
+}
+
+fn rust_jemalloc(src: &Path, out: &Path) -> Command {
+    rust_heap(src, out, "jemalloc")
+}
+
+fn rust_mimalloc(src: &Path, out: &Path) -> Command {
+    rust_heap(src, out, "mimalloc")
+}
+
+fn nolibc(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("cc");
+    cmd.args(["-nostdlib", "-static", "-O2", "-o"])
+        .arg(out)
+        .arg(src);
+    cmd
+}
+
+const FIXTURES: &[FixtureSpec] = &[
+    FixtureSpec {
+        name: "heap_c",
+        source: "heap_c.c",
+        compile: c,
+    },
+    FixtureSpec {
+        name: "rust_jemalloc",
+        source: "rust_heap/src/main.rs",
+        compile: rust_jemalloc,
+    },
+    FixtureSpec {
+        name: "rust_mimalloc",
+        source: "rust_heap/src/main.rs",
+        compile: rust_mimalloc,
+    },
+    FixtureSpec {
+        name: "jemalloc_api",
+        source: "jemalloc_api.c",
+        compile: c,
+    },
+    FixtureSpec {
+        name: "heap_cpp",
+        source: "heap_cpp.cpp",
+        compile: cpp,
+    },
+    FixtureSpec {
+        name: "threads_leak",
+        source: "threads_leak.c",
+        compile: c_threads,
+    },
+    FixtureSpec {
+        name: "seccomp_c",
+        source: "seccomp_c.c",
+        compile: c,
+    },
+    FixtureSpec {
+        name: "threads_c",
+        source: "threads_c.c",
+        compile: c_threads,
+    },
+    FixtureSpec {
+        name: "heap_rust",
+        source: "rust_heap/src/main.rs",
+        compile: rust_system,
+    },
+    FixtureSpec {
+        name: "nolibc",
+        source: "nolibc.c",
+        compile: nolibc,
+    },
+];
+
+/// Builds every fixture into target/fixtures once per run: a file lock
+/// serialises test binaries, and up-to-date outputs are reused.
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let root = workspace_root();
+        let dir = root.join("target/fixtures");
+        fs::create_dir_all(&dir).expect("create target/fixtures");
+        let lock = fs::File::create(dir.join(".lock")).expect("lock file");
+        // SAFETY: flock on a file descriptor we own; released when `lock` closes.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        for spec in FIXTURES {
+            let src = root.join("tests/fixtures").join(spec.source);
+            let out = dir.join(spec.name);
+            let fresh = match (fs::metadata(&src), fs::metadata(&out)) {
+                (Ok(s), Ok(o)) => o.modified().ok() >= s.modified().ok(),
+                _ => false,
+            };
+            if fresh {
+                continue;
+            }
+            let status = (spec.compile)(&src, &out)
+                .status()
+                .expect("run the compiler");
+            assert!(status.success(), "building fixture {} failed", spec.name);
+        }
+        drop(lock);
+        Fixtures { dir }
+    })
+}

@@ -1,0 +1,80 @@
+//! The kernel-side tables: their capacities, and the handles userspace
+//! keeps to read them while tracing.
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use tracer_common::{
+    Config, GoroutineRecord, InFlight, Pending, PendingKey, SiteKey, SiteTotals, SpawnPending,
+    TaskRecord,
+};
+
+use super::{ProbeError, Probes};
+use crate::collect::stacks::StackTable;
+
+/// Capacities of the kernel-side tables.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSizes {
+    pub allocs: u32,
+    pub sites: u32,
+    pub stacks: u32,
+    pub threads: u32,
+    pub tasks: u32,
+    pub goroutines: u32,
+}
+
+/// The maps userspace reads while tracing.
+pub struct Maps {
+    pub heap: HeapMaps,
+    pub tasks: TaskMaps,
+    pub stacks: StackTable,
+    /// Present when the target is a Go program.
+    pub goroutines: Option<HashMap<MapData, u64, GoroutineRecord>>,
+}
+
+/// Heap tables.
+pub struct HeapMaps {
+    pub sites: HashMap<MapData, SiteKey, SiteTotals>,
+    pub config: Array<MapData, Config>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub pending: HashMap<MapData, PendingKey, Pending>,
+    pub inflight: HashMap<MapData, u32, InFlight>,
+}
+
+/// Thread and child-process tables.
+pub struct TaskMaps {
+    pub tasks: HashMap<MapData, u32, TaskRecord>,
+    pub spawn_pending: HashMap<MapData, u32, SpawnPending>,
+}
+
+impl Probes {
+    /// Moves the maps userspace reads out of the loaded object.
+    pub fn take_maps(&mut self) -> Result<Maps, ProbeError> {
+        macro_rules! take {
+            ($name:literal) => {
+                self.ebpf
+                    .take_map($name)
+                    .ok_or(ProbeError::Missing($name))?
+                    .try_into()
+                    .map_err(|_| ProbeError::Missing($name))?
+            };
+        }
+        Ok(Maps {
+            heap: HeapMaps {
+                sites: take!("SITES"),
+                config: take!("CONFIG"),
+                counters: take!("COUNTERS"),
+                pending: take!("PENDING"),
+                inflight: take!("INFLIGHT"),
+            },
+            tasks: TaskMaps {
+                tasks: take!("TASKS"),
+                spawn_pending: take!("SPAWN_PENDING"),
+            },
+            stacks: take!("STACKS"),
+            goroutines: if self.go {
+                Some(take!("GOROUTINES"))
+            } else {
+                None
+            },
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! Building one report from what was collected: the largest sites
+//! symbolized, sites with the same symbolized stack merged, growth and
+//! trend since earlier reports, top N; threads and the Go section likewise.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use tracer_common::STACK_UNKNOWN;
+
+use super::{
+    aggregate::{self, GrowthTracker, Trend},
+    ExistingThreadReport, Report, SiteReport, ThreadSiteReport,
+};
+use crate::{
+    collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, Snapshot},
+    golang::GoTracker,
+    process::{allocator::Allocator, container::ContainerInfo},
+    symbolize::Symbolizer,
+};
+
+/// How many of the largest sites are symbolized per report, so that sites
+/// merging into one stack (see [`aggregate`]) still rank correctly.
+fn symbolized_sites(top: usize) -> usize {
+    top.saturating_mul(4).max(64)
+}
+
+/// The traced process, as every report names it.
+pub struct Subject {
+    pub pid: u32,
+    pub comm: String,
+    pub container: ContainerInfo,
+    /// Its C allocator (none for a pure Go program).
+    pub allocator: Allocator,
+}
+
+/// Builds reports from snapshots: symbolization, merging, top-N, growth.
+pub struct ReportBuilder {
+    subject: Subject,
+    top: usize,
+    older_than: Duration,
+    start: Instant,
+    seq: u64,
+    growth: GrowthTracker<SiteReport>,
+    thread_growth: GrowthTracker<ThreadSiteReport>,
+    stacks: Stacks,
+    tasks: TaskCollector,
+    go: Option<GoTracker>,
+}
+
+impl ReportBuilder {
+    pub fn new(
+        subject: Subject,
+        top: usize,
+        older_than: Duration,
+        start: Instant,
+        stacks: Stacks,
+        tasks: TaskCollector,
+        go: Option<GoTracker>,
+    ) -> Self {
+        ReportBuilder {
+            subject,
+            top,
+            older_than,
+            start,
+            seq: 0,
+            growth: GrowthTracker::default(),
+            thread_growth: GrowthTracker::default(),
+            stacks,
+            tasks,
+            go,
+        }
+    }
+
+    /// Reports built so far.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The next report, from `snap` and the other tables as they are now.
+    pub async fn build(
+        &mut self,
+        symbolizer: &Symbolizer,
+        snap: Snapshot,
+        final_report: bool,
+        target_exited: bool,
+    ) -> anyhow::Result<Report> {
+        self.seq += 1;
+        let tasks = self.tasks.snapshot().context("reading the task table")?;
+        let considered = &snap.sites[..snap.sites.len().min(symbolized_sites(self.top))];
+        let heap_stacks: Vec<Vec<u64>> = considered
+            .iter()
+            .map(|s| self.stacks.frames(s.site.caller, s.site.stack_id))
+            .collect();
+        let task_stacks: Vec<Vec<u64>> = tasks
+            .groups
+            .iter()
+            .map(|g| self.stacks.frames(g.caller, g.stack_id))
+            .collect();
+        let probe_ips: Vec<Option<u64>> = considered
+            .iter()
+            .map(|s| s.site.stack_id)
+            .chain(tasks.groups.iter().map(|g| g.stack_id))
+            .map(|id| self.stacks.probe_ip(id))
+            .collect();
+
+        let by_addr = symbolizer
+            .symbolize_set(
+                heap_stacks.iter().chain(&task_stacks).flatten().copied(),
+                true,
+            )
+            .await?;
+        let probe_by_ip = symbolizer
+            .symbolize_set(probe_ips.iter().flatten().copied(), false)
+            .await?;
+        let symbolized = |stack: &[u64]| -> Vec<_> {
+            stack
+                .iter()
+                .flat_map(|a| by_addr.get(a).cloned().unwrap_or_default())
+                .collect()
+        };
+        // Which probed function a stack starts at, by its file location.
+        let called = |ip: Option<u64>, names: &dyn Fn(&str, u64) -> Option<String>| {
+            ip.and_then(|ip| probe_by_ip.get(&ip))
+                .and_then(|f| f.last())
+                .and_then(|f| f.location.as_ref())
+                .and_then(|(path, off)| names(path, *off))
+        };
+        let allocator = &self.subject.allocator;
+        let alloc_names = |p: &str, o: u64| allocator.names_at(p, o).map(str::to_string);
+        let spawn_names = |p: &str, o: u64| allocator.spawn_at(p, o).map(str::to_string);
+
+        let sites: Vec<SiteReport> = considered
+            .iter()
+            .zip(&heap_stacks)
+            .zip(&probe_ips)
+            .map(|((s, stack), ip)| SiteReport {
+                bytes: s.bytes,
+                blocks: s.blocks,
+                oldest: s.oldest,
+                growth: None,
+                trend: Trend::New,
+                allocator: called(*ip, &alloc_names),
+                stack_lost: s.site.stack_id == STACK_UNKNOWN,
+                frames: symbolized(stack),
+            })
+            .collect();
+        let mut sites = aggregate::merge_identical(sites);
+        self.growth.apply(&mut sites);
+        let sites_total = sites.len() + (snap.sites.len() - considered.len());
+        sites.truncate(self.top);
+
+        let threads: Vec<ThreadSiteReport> = tasks
+            .groups
+            .iter()
+            .zip(&task_stacks)
+            .zip(&probe_ips[considered.len()..])
+            .map(|((g, stack), ip)| ThreadSiteReport {
+                kind: match g.kind {
+                    TaskKind::Thread => "thread",
+                    TaskKind::Process => "process",
+                },
+                count: g.count,
+                oldest: g.oldest,
+                growth: None,
+                trend: Trend::New,
+                stack_bytes: g.stack_bytes,
+                spawned_by: called(*ip, &spawn_names),
+                frames: symbolized(stack),
+            })
+            .collect();
+        let mut threads = aggregate::merge_thread_sites(threads);
+        self.thread_growth.apply(&mut threads);
+        threads.truncate(self.top);
+        let go = match &mut self.go {
+            Some(t) => Some(t.report(symbolizer, &mut self.stacks).await?),
+            None => None,
+        };
+
+        Ok(Report {
+            seq: self.seq,
+            final_report,
+            timestamp: SystemTime::now(),
+            elapsed: self.start.elapsed(),
+            pid: self.subject.pid,
+            comm: self.subject.comm.clone(),
+            pid_in_container: self.subject.container.pid_inside,
+            container_id: self.subject.container.id.clone(),
+            older_than: self.older_than,
+            heap_traced: !self.subject.allocator.objects.is_empty(),
+            live_bytes: snap.live_bytes,
+            live_blocks: snap.live_blocks,
+            old_bytes: snap.sites.iter().map(|s| s.bytes).sum(),
+            old_blocks: snap.sites.iter().map(|s| s.blocks).sum(),
+            sites_total,
+            sites,
+            dropped: snap.dropped,
+            threads,
+            threads_before_attach: tasks
+                .existing
+                .into_iter()
+                .map(|t| ExistingThreadReport {
+                    tid: t.tid,
+                    name: t.name,
+                    age: t.age,
+                })
+                .collect(),
+            go,
+            target_exited,
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! Tracing one process: attach, report every interval until it exits, a
+//! signal arrives or `--count` reports are out, then remove every probe.
+
+use std::{
+    io::{self, IsTerminal},
+    time::Instant,
+};
+
+use anyhow::Context;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    time::{interval, interval_at, MissedTickBehavior},
+};
+
+use super::exit_watch::ExitWatcher;
+use crate::{
+    cli::{Cli, ColorChoice},
+    collect::{self, stacks::Stacks, tasks::TaskCollector, Collector},
+    golang::{self, GoTarget, GoTracker},
+    probes::{self, MapSizes, Probes},
+    process::{
+        self,
+        allocator::{find_allocator, Allocator, AllocatorError, Candidate},
+        container, launch,
+    },
+    report::{
+        builder::{ReportBuilder, Subject},
+        human_duration, Report, Reporter, Style,
+    },
+    symbolize::Symbolizer,
+};
+
+/// Ticks during which the symbolizer re-reads the target's mappings every
+/// time, so that a command started by us is seen after its exec even if it
+/// exits before the first report.
+const EARLY_MAP_REFRESH_TICKS: u32 = 20;
+
+/// A target with every probe attached, ready to be traced.
+pub struct Prepared {
+    pid: u32,
+    comm: String,
+    paused: Option<launch::Paused>,
+    allocator: Allocator,
+    go: Option<GoTarget>,
+    probes: Probes,
+    maps: probes::Maps,
+}
+
+/// Inspects the running process `pid` and attaches to it.
+pub fn prepare(cli: &Cli, pid: u32) -> anyhow::Result<Prepared> {
+    let proc_ = process::inspect(pid)?;
+    let candidates = process::mapped_objects(pid)?;
+    let go = golang::of_process(pid)?;
+    attach(cli, pid, proc_.comm, None, &candidates, go)
+}
+
+pub(super) fn attach(
+    cli: &Cli,
+    pid: u32,
+    comm: String,
+    paused: Option<launch::Paused>,
+    candidates: &[Candidate],
+    go: Option<GoTarget>,
+) -> anyhow::Result<Prepared> {
+    // A pure Go program has no C allocator; a cgo one has the C library's.
+    let allocator = match find_allocator(candidates) {
+        Ok(a) => a,
+        Err(AllocatorError::NotFound) if go.is_some() => Allocator::none(),
+        Err(e) => return Err(e.into()),
+    };
+
+    let sizes = MapSizes {
+        allocs: cli.max_allocs,
+        sites: cli.max_sites,
+        stacks: cli.max_stacks,
+        threads: cli.max_threads,
+        tasks: cli.max_tasks,
+        goroutines: cli.max_goroutines,
+    };
+    let mut probes = Probes::load(sizes, cli.probe_mode, go.is_some())?;
+    // A target under seccomp may be killed by return probes on some kernels:
+    // find out on a throwaway process first. (A launched command has no
+    // filter yet; one it installs later is not checked.)
+    if paused.is_none()
+        && probes::has_seccomp_filter(pid)
+        && !probes.uretprobe_survives_seccomp()?
+    {
+        return Err(probes::ProbeError::ReturnProbesUnsafe(pid).into());
+    }
+    probes.attach(&allocator, pid)?;
+    probes.attach_tasks(&allocator, pid)?;
+    if let Some(go) = &go {
+        probes.attach_go(go, pid)?;
+    }
+    let maps = probes.take_maps()?;
+    Ok(Prepared {
+        pid,
+        comm,
+        paused,
+        allocator,
+        go,
+        probes,
+        maps,
+    })
+}
+
+/// Reports on a prepared target until it exits, a signal arrives or
+/// `--count` reports are out; then removes every probe.
+pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
+    let Prepared {
+        pid,
+        comm,
+        paused,
+        allocator,
+        go,
+        probes,
+        maps,
+    } = prepared;
+    let start = Instant::now();
+    let launched = paused.is_some();
+    let mut collector = Collector::new(maps.heap, cli.older_than, start)
+        .context("cannot initialise the eBPF maps")?;
+    let tasks = TaskCollector::new(maps.tasks, pid, cli.older_than);
+    let mut exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
+    let symbolizer = Symbolizer::start(pid, go.as_ref().map(GoTarget::symbols))
+        .context("cannot start the symbolization thread")?;
+    let go_version = go.as_ref().map(|g| g.binary.version.clone());
+    let go = go.map(|target| {
+        GoTracker::new(
+            pid,
+            target,
+            maps.goroutines,
+            cli.older_than,
+            cli.max_goroutines,
+            launched,
+            cli.top,
+        )
+    });
+    if let Some(p) = paused {
+        p.release();
+    }
+
+    let style = match cli.color {
+        ColorChoice::Always => Style::Color,
+        ColorChoice::Never => Style::Plain,
+        ColorChoice::Auto
+            if io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() =>
+        {
+            Style::Color
+        }
+        ColorChoice::Auto => Style::Plain,
+    };
+    let reporter = Reporter::new(cli.format, style);
+    let heap_via = match (&go_version, allocator.objects.is_empty()) {
+        (Some(v), true) => format!("Go {v} (no C allocator)"),
+        (Some(v), false) => format!("Go {v} + C heap via {}", allocator.display()),
+        (None, _) => format!("heap via {}", allocator.display()),
+    };
+    eprintln!(
+        "leaktrace: tracing pid {pid} ({comm}): {heap_via} ({} probes); reporting every {} on what is older than {}; Ctrl-C to stop",
+        probes.probe_count(),
+        human_duration(cli.interval),
+        human_duration(cli.older_than),
+    );
+
+    let tick_period = collect::tick_period(cli.older_than, cli.interval);
+    let mut tick = interval(tick_period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report_timer = interval_at((start + cli.interval).into(), cli.interval);
+    report_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    let subject = Subject {
+        pid,
+        comm,
+        container: container::inspect(pid),
+        allocator,
+    };
+    let mut builder = ReportBuilder::new(
+        subject,
+        cli.top,
+        cli.older_than,
+        start,
+        Stacks::new(maps.stacks),
+        tasks,
+        go,
+    );
+    let mut ticks = 0u32;
+    let mut exit_status: Option<i32> = None;
+    let mut stop_signal: Option<i32> = None;
+    // Locked per report: in container mode several targets share stdout.
+    let final_done = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                collector.tick(Instant::now()).context("reading the eBPF maps")?;
+                ticks += 1;
+                if ticks <= EARLY_MAP_REFRESH_TICKS {
+                    symbolizer.refresh();
+                }
+            }
+            _ = report_timer.tick() => {
+                symbolizer.refresh();
+                collector.prune_dead_threads(pid);
+                let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
+                let last = cli.count.is_some_and(|n| builder.seq() + 1 >= n);
+                let report = builder.build(&symbolizer, snap, last, false).await?;
+                if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
+                    break true; // reader went away (e.g. `| head`): stop quietly
+                }
+                if last {
+                    break true;
+                }
+            }
+            _ = sigint.recv() => { stop_signal = Some(libc::SIGINT); break false; }
+            _ = sigterm.recv() => { stop_signal = Some(libc::SIGTERM); break false; }
+            status = exit.exited() => { exit_status = status; break false; }
+        }
+    };
+    if !final_done {
+        let snap = collector
+            .read(Instant::now())
+            .context("reading the eBPF maps")?;
+        let report = builder
+            .build(&symbolizer, snap, true, exit.has_exited())
+            .await?;
+        write_report(&reporter, &mut io::stdout().lock(), &report)?;
+    }
+    probes.detach();
+    drop(collector);
+    drop(symbolizer);
+    eprintln!("leaktrace: all probes removed");
+
+    if !launched {
+        return Ok(0);
+    }
+    // Launch mode: leaktrace ends with the command, and with its status.
+    if let Some(status) = exit_status {
+        return Ok(status);
+    }
+    if stop_signal == Some(libc::SIGTERM) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    loop {
+        tokio::select! {
+            status = exit.exited() => return Ok(status.unwrap_or(0)),
+            _ = sigint.recv() => { signal_child(pid, libc::SIGINT); }
+            _ = sigterm.recv() => { signal_child(pid, libc::SIGTERM); }
+        }
+    }
+}
+
+fn signal_child(pid: u32, sig: i32) {
+    // SAFETY: signalling our own child process by pid.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Writes one report; `Ok(false)` when stdout's reader has gone away.
+fn write_report(
+    reporter: &Reporter,
+    out: &mut impl io::Write,
+    report: &Report,
+) -> anyhow::Result<bool> {
+    match reporter.write(out, report) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the report")),
+    }
+}
