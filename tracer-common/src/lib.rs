@@ -143,6 +143,10 @@ pub const fn cookie_stack_delta(cookie: u64) -> u64 {
     (cookie >> 8) & 0xff
 }
 
+/// Attach cookie of a goroutine-creation probe where the new `g` is in RBX
+/// (handed to `runqput`); 0 means RAX (`newproc1`'s result).
+pub const GO_NEW_G_IN_RBX: u64 = 1;
+
 /// Stack id used when no stack could be recorded (stack table full,
 /// unreadable user stack). The bytes are still accounted, under
 /// the immediate caller only, and the failure is counted.

@@ -1,23 +1,28 @@
 //! Goroutine tracking for Go targets: which goroutines exist, where each
 //! was created, and when.
 //!
-//! Creation is seen at the RET instruction(s) of `runtime.newproc1`, never
-//! with a uretprobe: Go moves goroutine stacks, and a hijacked return
-//! address would crash the program. At that RET the new `g` is in RAX with
-//! goid, gopc, startpc and parentGoid set, and it is not yet runnable, so
+//! Creation is seen right after `runtime.newproc1` made the new `g`, never
+//! with a uretprobe (Go moves goroutine stacks, and a hijacked return
+//! address would crash the program): where `newproc.func1` hands it to
+//! `runqput` in RBX, or where another caller gets it back in RAX (the attach
+//! cookie says which; userspace finds the points by disassembly). The `g`
+//! has goid, gopc, startpc and parentGoid set and is not yet runnable, so
 //! its exit cannot race ahead of the record. Exit is seen at the entry of
 //! `runtime.gdestroy` (`goexit0` on Go 1.21), `gp` in RAX. Go's register ABI
 //! is not the C one: registers are read directly, not through `ctx.arg()`.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_probe_read_user, generated::bpf_ktime_get_ns},
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+    },
     macros::{map, uprobe},
     maps::{Array, HashMap},
     programs::ProbeContext,
     EbpfContext,
 };
-use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES};
+use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES, GO_NEW_G_IN_RBX};
 
 use crate::{heap::count, stacks::user_stack_id};
 
@@ -34,14 +39,24 @@ fn read_u64(base: u64, offset: u32) -> Option<u64> {
     unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) }.ok()
 }
 
-/// At a RET of `runtime.newproc1`: the new goroutine is in RAX.
+/// A new goroutine, in RAX or RBX as the cookie says.
 #[uprobe]
-pub fn go_newproc1_return(ctx: ProbeContext) -> u32 {
+pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
     let Some(cfg) = GO_CONFIG.get(0).copied() else {
         return 0;
     };
+    // SAFETY: helper call with the program's own context pointer.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // Both loads at fixed context offsets: the verifier rejects a context
+    // access at an offset computed from the cookie.
     // SAFETY: the context of a uprobe program is the task's pt_regs.
-    let newg = unsafe { (*ctx.regs).rax };
+    let (rax, rbx) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.regs).rax),
+            core::ptr::read_volatile(&(*ctx.regs).rbx),
+        )
+    };
+    let newg = if cookie == GO_NEW_G_IN_RBX { rbx } else { rax };
     let (Some(goid), Some(gopc), Some(startpc), Some(parent_goid)) = (
         read_u64(newg, cfg.goid_offset),
         read_u64(newg, cfg.gopc_offset),

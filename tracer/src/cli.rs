@@ -90,6 +90,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GOROUTINES)]
     pub max_goroutines: u32,
 
+    /// Print where each probe would go in the target (function, object,
+    /// offset from its entry, the instruction there and whether the kernel
+    /// emulates it or single-steps it, which sets the cost of each hit),
+    /// then exit without attaching anything.
+    #[arg(long)]
+    pub list_probes: bool,
+
     /// Benchmarking aid: `empty` attaches do-nothing probes at the same sites.
     #[arg(long, value_enum, default_value_t = ProbeMode::Full, hide = true)]
     pub probe_mode: ProbeMode,

@@ -1,22 +1,26 @@
 //! Where the goroutine probes go in a Go executable, and what the kernel
 //! side needs to know to read a `g` there.
 
-use tracer_common::GoConfig;
+use tracer_common::{GoConfig, GO_NEW_G_IN_RBX};
 
-use super::GoTarget;
+use super::{binary::NewG, GoTarget};
 
 /// The eBPF programs for a Go target's runtime.
 pub const PROBE_PROGRAMS: [&str; 2] = [CREATION_PROGRAM, EXIT_PROGRAM];
-const CREATION_PROGRAM: &str = "go_newproc1_return";
+const CREATION_PROGRAM: &str = "go_goroutine_created";
 const EXIT_PROGRAM: &str = "go_goroutine_exit";
 
 /// One plain uprobe to attach in the Go executable.
 pub struct GoProbePoint {
     pub program: &'static str,
     /// For messages.
-    pub function: &'static str,
+    pub function: String,
     /// File offset in the executable.
     pub offset: u64,
+    /// File offset of the entry of the function it sits in, when known.
+    pub entry: Option<u64>,
+    /// Attach cookie: which register holds the new `g` at a creation probe.
+    pub cookie: u64,
 }
 
 /// What the goroutine probes need: the `g` field offsets, and the points to
@@ -24,35 +28,41 @@ pub struct GoProbePoint {
 pub struct GoProbePlan {
     pub config: GoConfig,
     /// The exit probe first, so that every goroutine recorded has its exit
-    /// seen, then one probe on each RET instruction of `runtime.newproc1`.
+    /// seen, then the creation probes (see `binary::creation`).
     pub points: Vec<GoProbePoint>,
 }
 
 impl GoTarget {
     pub fn probe_plan(&self) -> GoProbePlan {
-        let layout = self.binary.g;
+        let bin = &self.binary;
+        let layout = bin.g;
         let config = GoConfig {
             goid_offset: layout.goid,
             gopc_offset: layout.gopc,
             startpc_offset: layout.startpc,
             parent_goid_offset: layout.parent_goid,
         };
-        let (exit_fn, exit_offset) = self.binary.exit_probe;
+        let (exit_fn, exit_entry) = bin.exit_function;
         let mut points = vec![GoProbePoint {
             program: EXIT_PROGRAM,
-            function: exit_fn,
-            offset: exit_offset,
+            function: exit_fn.to_string(),
+            offset: bin.exit_probe,
+            entry: bin.vaddr_to_file_offset(exit_entry),
+            cookie: 0,
         }];
-        points.extend(
-            self.binary
-                .newproc1_returns
-                .iter()
-                .map(|&offset| GoProbePoint {
-                    program: CREATION_PROGRAM,
-                    function: "runtime.newproc1 (RET)",
-                    offset,
-                }),
-        );
+        // Probe points were checked to lie in the file when found.
+        points.extend(bin.creation_probes.iter().filter_map(|p| {
+            Some(GoProbePoint {
+                program: CREATION_PROGRAM,
+                function: p.function.clone(),
+                offset: bin.vaddr_to_file_offset(p.at)?,
+                entry: bin.vaddr_to_file_offset(p.entry),
+                cookie: match p.new_g {
+                    NewG::Rax => 0,
+                    NewG::Rbx => GO_NEW_G_IN_RBX,
+                },
+            })
+        }));
         GoProbePlan { config, points }
     }
 }

@@ -65,13 +65,13 @@ impl Probes {
             self.tracepoint_links.push((name, id));
         }
         if let Some(object) = alloc.objects.first() {
-            for &(function, offset) in &object.spawns {
+            for spawn in &object.spawns {
                 self.attach_entry(
                     "spawn_entry",
-                    function,
+                    spawn.name,
                     &object.display,
                     &object.path,
-                    offset,
+                    spawn.probe.offset,
                     0,
                     scope,
                 )?;
@@ -87,7 +87,7 @@ impl Probes {
     /// state is ever left behind by the attach itself.
     pub fn attach(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Attach {
-            function: "malloc",
+            function: "malloc".into(),
             library: alloc.display().to_string(),
             reason: "PID 0".into(),
         })?);
@@ -106,7 +106,7 @@ impl Probes {
                         return_prog,
                         kind.name(),
                         &native,
-                        site.offset,
+                        site.probe.offset,
                         cookie(kind, 0),
                         scope,
                     )?;
@@ -129,7 +129,7 @@ impl Probes {
                     name,
                     &object.display,
                     &object.path,
-                    site.offset,
+                    site.probe.offset,
                     c,
                     scope,
                 )?;
@@ -151,11 +151,11 @@ impl Probes {
         for point in plan.points {
             self.attach_entry(
                 point.program,
-                point.function,
+                &point.function,
                 &go.display,
                 &go.path,
                 point.offset,
-                0,
+                point.cookie,
                 scope,
             )?;
         }
@@ -168,7 +168,7 @@ impl Probes {
     fn attach_entry(
         &mut self,
         program: &'static str,
-        function: &'static str,
+        function: &str,
         display: &str,
         path: &Path,
         offset: u64,
@@ -188,7 +188,7 @@ impl Probes {
     fn attach_return(
         &mut self,
         program: &'static str,
-        function: &'static str,
+        function: &str,
         object: &NotGo<'_>,
         offset: u64,
         cookie: u64,
@@ -216,7 +216,7 @@ fn one_process(pid: u32) -> Result<UProbeScope, ProbeError> {
 
 fn attach_uprobe(
     prog: &mut UProbe,
-    function: &'static str,
+    function: &str,
     display: &str,
     path: &Path,
     offset: u64,
@@ -229,7 +229,7 @@ fn attach_uprobe(
     };
     prog.attach(point, path, scope)
         .map_err(|e| ProbeError::Attach {
-            function,
+            function: function.to_string(),
             library: display.to_string(),
             reason: error_chain(&e),
         })

@@ -10,7 +10,7 @@ pub enum ProbeError {
     Load(String),
     #[error("cannot attach a probe to {function} in {library}: {reason}")]
     Attach {
-        function: &'static str,
+        function: String,
         library: String,
         reason: String,
     },

@@ -9,6 +9,7 @@ mod error;
 pub mod maps;
 pub mod placement;
 mod seccomp_check;
+pub mod table;
 
 pub use error::ProbeError;
 pub use maps::{HeapMaps, MapSizes, Maps, TaskMaps};
@@ -21,11 +22,13 @@ use aya::{
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
+use iced_x86::Register;
 use tracer_common::AllocKind;
 
 use crate::{cli::ProbeMode, golang, process::allocator::ProbeFn};
 use attach::Link;
 use error::error_chain;
+use placement::Reads;
 
 /// The eBPF object built by build.rs from `tracer-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
@@ -81,6 +84,49 @@ fn entry_program(f: ProbeFn) -> &'static str {
         },
     }
 }
+
+/// The argument registers each entry program reads (see
+/// `tracer-ebpf/src/heap.rs`): what decides how far its probe may move
+/// past the function's entry.
+pub fn reads_of(f: ProbeFn) -> Reads {
+    use Register::{RDI, RDX, RSI};
+    let args: &'static [Register] = match f {
+        ProbeFn::Free => {
+            return Reads {
+                args: &[RDI],
+                skip_null_check: true,
+                stack: false,
+            }
+        }
+        ProbeFn::Alloc(k) => match k {
+            AllocKind::Malloc
+            | AllocKind::Valloc
+            | AllocKind::Pvalloc
+            | AllocKind::OperatorNew
+            | AllocKind::Mallocx
+            | AllocKind::MallocAligned => &[RDI],
+            AllocKind::AlignedAlloc | AllocKind::Memalign => &[RSI],
+            AllocKind::Calloc
+            | AllocKind::Realloc
+            | AllocKind::Rallocx
+            | AllocKind::ReallocAligned => &[RDI, RSI],
+            AllocKind::Reallocarray => &[RDI, RSI, RDX],
+            AllocKind::PosixMemalign => &[RDI, RDX],
+        },
+    };
+    Reads {
+        args,
+        skip_null_check: false,
+        stack: true,
+    }
+}
+
+/// Spawn probes read no argument, only the stack.
+pub const SPAWN_READS: Reads = Reads {
+    args: &[],
+    skip_null_check: false,
+    stack: true,
+};
 
 impl Probes {
     /// Loads the programs; `go`: also those for a Go target's runtime.

@@ -67,7 +67,7 @@ impl Probes {
         let link = prog
             .attach(point, &path, scope)
             .map_err(|e| ProbeError::Attach {
-                function: "getppid",
+                function: "getppid".into(),
                 library: "leaktrace's libc".into(),
                 reason: error_chain(&e),
             })?;

@@ -10,7 +10,7 @@ use std::{
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 use tracer_common::AllocKind;
 
-use crate::probes::placement::free_probe_offset;
+use crate::probes::placement::{self, Placement};
 
 /// An object file the target has (or will have) mapped.
 #[derive(Debug, Clone)]
@@ -36,18 +36,30 @@ pub struct ProbedObject {
     /// Probe sites. Aliases (two names at one address, e.g. glibc's
     /// aligned_alloc and memalign) appear once, so a call is never seen twice.
     pub sites: Vec<Site>,
-    /// Thread and process spawn functions (pthread_create, fork, ...) and
-    /// their file offsets, probed at entry only.
-    pub spawns: Vec<(&'static str, u64)>,
+    /// Thread and process spawn functions (pthread_create, fork, ...),
+    /// probed without a return probe.
+    pub spawns: Vec<SpawnSite>,
 }
 
-/// One probed address.
+/// One probed function.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
     pub func: ProbeFn,
+    /// File offset of the function's entry.
     pub offset: u64,
     /// Every function name at this address, e.g. "aligned_alloc/memalign".
     pub names: String,
+    /// Where its probe sits (see [`placement`]); the entry until placed.
+    pub probe: Placement,
+}
+
+/// One probed spawn function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnSite {
+    pub name: &'static str,
+    /// File offset of the function's entry.
+    pub offset: u64,
+    pub probe: Placement,
 }
 
 /// The target's allocator: the C library (or whatever object defines
@@ -85,23 +97,25 @@ impl Allocator {
         }
     }
 
-    /// The spawn function at `offset` in `path` (as the target sees it).
-    pub fn spawn_at(&self, path: &str, offset: u64) -> Option<&'static str> {
+    /// The spawn function probed at file offset `probe` in `path` (as the
+    /// target sees it).
+    pub fn spawn_at(&self, path: &str, probe: u64) -> Option<&'static str> {
         self.objects
             .iter()
             .filter(|o| o.display == path)
             .flat_map(|o| o.spawns.iter())
-            .find(|(_, off)| *off == offset)
-            .map(|(name, _)| *name)
+            .find(|s| s.probe.offset == probe)
+            .map(|s| s.name)
     }
 
-    /// The allocation function(s) at `offset` in `path` (as the target sees it).
-    pub fn names_at(&self, path: &str, offset: u64) -> Option<&str> {
+    /// The allocation function(s) probed at file offset `probe` in `path`
+    /// (as the target sees it).
+    pub fn names_at(&self, path: &str, probe: u64) -> Option<&str> {
         self.objects
             .iter()
             .filter(|o| o.display == path)
             .flat_map(|o| o.sites.iter())
-            .find(|s| s.offset == offset && s.func != ProbeFn::Free)
+            .find(|s| s.probe.offset == probe && s.func != ProbeFn::Free)
             .map(|s| s.names.as_str())
     }
 }
@@ -150,20 +164,19 @@ pub fn find_allocator(candidates: &[Candidate]) -> Result<Allocator, AllocatorEr
         }
         prefixes.extend_from_slice(ALLOCATOR_PREFIXES);
         if let Some(mut sites) = allocator_sites(&symbols, &prefixes) {
-            for free in sites.iter_mut().filter(|s| s.func == ProbeFn::Free) {
-                free.offset = free_probe_offset(&data, free.offset);
-            }
+            place_probes(&data, &mut sites);
             // Threads are created through the C library only.
             let spawns = if first {
-                spawn_sites(&symbols)
+                spawn_sites(&symbols, &data)
             } else {
                 Vec::new()
             };
             malloc_objects.push(object(sites, spawns));
             continue;
         }
-        let new_sites = operator_new_sites(&symbols);
+        let mut new_sites = operator_new_sites(&symbols);
         if !new_sites.is_empty() {
+            place_probes(&data, &mut new_sites);
             new_objects.push(object(new_sites, Vec::new()));
         }
     }
@@ -230,6 +243,7 @@ fn sorted(by_offset: ByOffset) -> Vec<Site> {
             func,
             offset,
             names: names.join("/"),
+            probe: Placement::at_entry(offset),
         })
         .collect();
     sites.sort_by_key(|s| {
@@ -307,13 +321,25 @@ fn allocator_sites(symbols: &HashMap<String, u64>, prefixes: &[&str]) -> Option<
     found.then(|| sorted(by_offset))
 }
 
+/// Moves each site's probe to its cheapest equivalent point.
+fn place_probes(data: &[u8], sites: &mut [Site]) {
+    for site in sites {
+        site.probe = placement::place(data, site.offset, crate::probes::reads_of(site.func));
+    }
+}
+
 /// Spawn functions present in the C library, one per address.
-fn spawn_sites(symbols: &HashMap<String, u64>) -> Vec<(&'static str, u64)> {
-    let mut out: Vec<(&'static str, u64)> = Vec::new();
+fn spawn_sites(symbols: &HashMap<String, u64>, data: &[u8]) -> Vec<SpawnSite> {
+    let mut out: Vec<SpawnSite> = Vec::new();
     for name in tracer_common::SPAWN_SYMBOLS {
-        if let Some(&off) = symbols.get(name) {
-            if !out.iter().any(|(_, o)| *o == off) {
-                out.push((name, off));
+        if let Some(&offset) = symbols.get(name) {
+            if !out.iter().any(|s| s.offset == offset) {
+                let probe = placement::place(data, offset, crate::probes::SPAWN_READS);
+                out.push(SpawnSite {
+                    name,
+                    offset,
+                    probe,
+                });
             }
         }
     }
@@ -368,6 +394,7 @@ mod tests {
             func,
             offset,
             names: names.into(),
+            probe: Placement::at_entry(offset),
         }
     }
 

@@ -55,15 +55,8 @@ impl Drop for Paused {
 ///
 /// Call this before any other thread exists (before the async runtime).
 pub fn spawn_paused(argv: &[OsString]) -> Result<Paused, TargetError> {
-    let name = argv.first().ok_or_else(|| TargetError::Spawn {
-        cmd: String::new(),
-        source: std::io::Error::other("empty command"),
-    })?;
-    let cmd = name.to_string_lossy().into_owned();
-    let program = resolve_program(name).ok_or_else(|| TargetError::Spawn {
-        cmd: cmd.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "command not found"),
-    })?;
+    let program = resolve_command(argv)?;
+    let cmd = argv[0].to_string_lossy().into_owned();
 
     let cstr = |s: &OsStr| CString::new(s.as_bytes()).ok();
     let c_program = cstr(program.as_os_str());
@@ -130,6 +123,18 @@ pub fn spawn_paused(argv: &[OsString]) -> Result<Paused, TargetError> {
         pid: pid as u32,
         program,
         go_fd: write_fd,
+    })
+}
+
+/// The program `argv[0]` names, as execvp would find it.
+pub fn resolve_command(argv: &[OsString]) -> Result<PathBuf, TargetError> {
+    let name = argv.first().ok_or_else(|| TargetError::Spawn {
+        cmd: String::new(),
+        source: std::io::Error::other("empty command"),
+    })?;
+    resolve_program(name).ok_or_else(|| TargetError::Spawn {
+        cmd: name.to_string_lossy().into_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "command not found"),
     })
 }
 

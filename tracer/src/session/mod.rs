@@ -8,7 +8,11 @@ mod one;
 
 use anyhow::Context;
 
-use crate::{cli::Cli, golang, privileges, probes, process::launch};
+use crate::{
+    cli::Cli,
+    golang, privileges, probes,
+    process::{self, launch},
+};
 
 /// Runs leaktrace; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -16,6 +20,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     probes::check_kernel_support()?;
     if let Some(id) = cli.container.clone() {
         return container::run(cli, &id);
+    }
+    if cli.list_probes {
+        return list_probes(&cli);
     }
 
     // Fork the command (if any) before any other thread exists.
@@ -38,4 +45,26 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(one::trace(cli, prepared))
+}
+
+/// `--list-probes`: resolve the target as for tracing, print where each
+/// probe would go, attach nothing.
+fn list_probes(cli: &Cli) -> anyhow::Result<i32> {
+    let (candidates, go) = match cli.pid {
+        Some(pid) => {
+            process::inspect(pid)?;
+            (process::mapped_objects(pid)?, golang::of_process(pid)?)
+        }
+        None => {
+            let program = launch::resolve_command(&cli.command)?;
+            (
+                launch::program_objects(&program)?,
+                golang::of_program(&program)?,
+            )
+        }
+    };
+    let allocator = one::allocator_of(&candidates, go.is_some())?;
+    let rows = probes::table::rows(&allocator, go.as_ref());
+    probes::table::write(&mut std::io::stdout().lock(), &rows)?;
+    Ok(0)
 }

@@ -62,12 +62,7 @@ pub(super) fn attach(
     candidates: &[Candidate],
     go: Option<GoTarget>,
 ) -> anyhow::Result<Prepared> {
-    // A pure Go program has no C allocator; a cgo one has the C library's.
-    let allocator = match find_allocator(candidates) {
-        Ok(a) => a,
-        Err(AllocatorError::NotFound) if go.is_some() => Allocator::none(),
-        Err(e) => return Err(e.into()),
-    };
+    let allocator = allocator_of(candidates, go.is_some())?;
 
     let sizes = MapSizes {
         allocs: cli.max_allocs,
@@ -102,6 +97,16 @@ pub(super) fn attach(
         probes,
         maps,
     })
+}
+
+/// The allocator to probe among `candidates`: a pure Go program has none,
+/// a cgo one has the C library's.
+pub(super) fn allocator_of(candidates: &[Candidate], is_go: bool) -> anyhow::Result<Allocator> {
+    match find_allocator(candidates) {
+        Ok(a) => Ok(a),
+        Err(AllocatorError::NotFound) if is_go => Ok(Allocator::none()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reports on a prepared target until it exits, a signal arrives or

@@ -11,6 +11,7 @@
 
 mod buildinfo;
 mod code_refs;
+mod creation;
 mod disasm;
 mod dwarf;
 mod image;
@@ -23,14 +24,23 @@ mod vars;
 use object::{Architecture, BinaryFormat, Object, ObjectSection};
 
 pub use buildinfo::BuildInfoError;
+pub use creation::{CreationProbe, NewG};
 pub use layout::{GLayout, LayoutSource, RuntimeFields};
 pub use pclntab::PclntabError;
 pub use vars::RuntimeVars;
 
 use image::{Image, SectionData, Segments};
+
+use crate::probes::placement::{self, Reads};
+
+/// The exit probe reads `gp` from RAX, nothing on the stack.
+const EXIT_READS: Reads = Reads {
+    args: &[iced_x86::Register::RAX],
+    skip_null_check: false,
+    stack: false,
+};
 use pclntab::{GoFunc, Pclntab};
 
-const NEWPROC1: &str = "runtime.newproc1";
 const GDESTROY: &str = "runtime.gdestroy";
 const GOEXIT0: &str = "runtime.goexit0";
 /// `gdestroy` (which also sees coroutine exits) exists from go1.22.
@@ -94,10 +104,13 @@ pub struct GoBinary {
     pub has_dwarf: bool,
     pub g: GLayout,
     pub g_layout_from: LayoutSource,
-    /// File offsets of every RET in runtime.newproc1.
-    pub newproc1_returns: Vec<u64>,
-    /// The goroutine exit function and the file offset of its entry.
-    pub exit_probe: (&'static str, u64),
+    /// Where goroutine creation is seen (link-time addresses).
+    pub creation_probes: Vec<CreationProbe>,
+    /// The goroutine exit function, and the link-time address of its entry.
+    pub exit_function: (&'static str, u64),
+    /// File offset of the exit probe: the first instruction the kernel
+    /// emulates on the function's entry path before `gp` (RAX) changes.
+    pub exit_probe: u64,
     pub vars: RuntimeVars,
     pub fields: RuntimeFields,
     pub fields_from: LayoutSource,
@@ -271,8 +284,12 @@ fn analyse(data: &[u8], vars_from: VarsFrom) -> Result<Option<GoBinary>, GoError
         table = table.without_inline_trees();
     }
 
-    let newproc1_returns = newproc1_returns(&table, &segments, data)?;
-    let exit_probe = exit_probe(&table, &segments, minor)?;
+    let creation_probes = creation::creation_probes(&table, &segments, data)?;
+    let exit_function = exit_function(&table, minor)?;
+    let exit_entry = segments
+        .vaddr_to_file_offset(exit_function.1)
+        .ok_or(GoError::NotInFile(exit_function.0))?;
+    let exit_probe = placement::place(data, exit_entry, EXIT_READS).offset;
 
     let mut vars = match vars_from {
         VarsFrom::SymbolsThenCode => RuntimeVars::from_symbols(&syms, header.ptr_size),
@@ -293,7 +310,8 @@ fn analyse(data: &[u8], vars_from: VarsFrom) -> Result<Option<GoBinary>, GoError
         has_dwarf,
         g,
         g_layout_from,
-        newproc1_returns,
+        creation_probes,
+        exit_function,
         exit_probe,
         vars,
         fields,
@@ -363,36 +381,9 @@ fn gofunc_region(
     Some(GoFunc::Copy(bytes.to_vec()))
 }
 
-/// File offsets of the RETs of runtime.newproc1, where the new g is in RAX.
-fn newproc1_returns(
-    table: &Pclntab,
-    segments: &Segments,
-    data: &[u8],
-) -> Result<Vec<u64>, GoError> {
-    let f = table
-        .by_name(NEWPROC1)
-        .ok_or(GoError::MissingFunction(NEWPROC1))?;
-    let code = segments
-        .bytes(data, f.entry, f.end.saturating_sub(f.entry))
-        .ok_or(GoError::NotInFile(NEWPROC1))?;
-    let returns = disasm::x86_64_returns(code, f.entry)
-        .into_iter()
-        .map(|pc| segments.vaddr_to_file_offset(pc))
-        .collect::<Option<Vec<_>>>()
-        .ok_or(GoError::NotInFile(NEWPROC1))?;
-    if returns.is_empty() {
-        return Err(GoError::NoReturn);
-    }
-    Ok(returns)
-}
-
 /// runtime.gdestroy on go1.22+, runtime.goexit0 before; the other one if
 /// the version is unknown and the preferred one is missing.
-fn exit_probe(
-    table: &Pclntab,
-    segments: &Segments,
-    minor: Option<u32>,
-) -> Result<(&'static str, u64), GoError> {
+fn exit_function(table: &Pclntab, minor: Option<u32>) -> Result<(&'static str, u64), GoError> {
     let order = match minor {
         Some(m) if m < GDESTROY_SINCE_MINOR => [GOEXIT0, GDESTROY],
         _ => [GDESTROY, GOEXIT0],
@@ -401,10 +392,7 @@ fn exit_probe(
         .iter()
         .find_map(|&n| table.by_name(n).map(|f| (n, f)))
         .ok_or(GoError::MissingFunction(order[0]))?;
-    let off = segments
-        .vaddr_to_file_offset(f.entry)
-        .ok_or(GoError::NotInFile(name))?;
-    Ok((name, off))
+    Ok((name, f.entry))
 }
 
 /// Struct layouts from DWARF when it has them, else the built-in table.

@@ -262,6 +262,11 @@ impl Pclntab {
         self.func(lo)
     }
 
+    /// Every function of the table, in address order.
+    pub fn functions(&self) -> impl Iterator<Item = Func> + '_ {
+        (0..self.header.nfunc).filter_map(|i| self.func(i))
+    }
+
     /// The function called `name` (a linear scan; done a few times per run).
     pub fn by_name(&self, name: &str) -> Option<Func> {
         (0..self.header.nfunc)
