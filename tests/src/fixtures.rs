@@ -107,6 +107,11 @@ const FIXTURES: &[FixtureSpec] = &[
         compile: c,
     },
     FixtureSpec {
+        name: "probe_paths",
+        source: "probe_paths.c",
+        compile: c,
+    },
+    FixtureSpec {
         name: "rust_jemalloc",
         source: "rust_heap/src/main.rs",
         compile: rust_jemalloc,

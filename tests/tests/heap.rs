@@ -433,3 +433,99 @@ fn rust_program_on_mimalloc() {
         ["malloc_aligned", "malloc_aligned", "realloc_aligned"],
     );
 }
+
+/// The probe table `leaktrace --list-probes` prints for `pid`: function →
+/// (offset from the entry, emulated by the kernel), for `object`.
+fn probe_points(pid: u32, object: &str) -> Vec<(String, u64, bool)> {
+    let (status, out, err) = run_leaktrace(&["--list-probes", "--pid", &pid.to_string()]);
+    assert!(status.success(), "--list-probes failed: {err}");
+    out.lines()
+        .skip(1)
+        .filter(|l| l.trim_end().ends_with(object))
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let function = cols[0].to_string();
+            let offset = cols
+                .iter()
+                .find_map(|c| c.strip_prefix("+0x"))
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or_else(|| panic!("no offset in {l:?}"));
+            (function, offset, l.contains(" emulated "))
+        })
+        .collect()
+}
+
+/// Functions whose first instruction the kernel would single-step, and
+/// where the probe therefore moved (Debian 12's builds), by object.
+const MOVED: &[(&str, &[&str])] = &[
+    (
+        "libc.so.6",
+        &[
+            "free/cfree",
+            "posix_memalign",
+            "aligned_alloc/memalign",
+            "valloc",
+        ],
+    ),
+    ("libjemalloc.so.2", &["malloc", "free", "sdallocx"]),
+    (
+        "libtcmalloc_minimal.so.4.5.10",
+        &["malloc", "free/cfree/tc_free/_ZdlPv/_ZdaPv"],
+    ),
+];
+
+#[test]
+fn moved_probes_sit_on_emulated_instructions() {
+    for (i, env) in [
+        None,
+        Some(REPLACEMENT_ALLOCATORS[0]),
+        Some(REPLACEMENT_ALLOCATORS[1]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let env: Vec<(&str, &str)> = env.map(|l| ("LD_PRELOAD", l)).into_iter().collect();
+        let fixture = Fixture::start_with_env("probe_paths", &[], &env);
+        let (object, moved) = MOVED[i];
+        let points = probe_points(fixture.pid, object);
+        for &function in moved {
+            let (_, offset, emulated) = points
+                .iter()
+                .find(|(f, ..)| f == function)
+                .unwrap_or_else(|| panic!("{function} not probed in {object}: {points:?}"));
+            assert!(*offset > 0 && *emulated, "{object} {function}: {points:?}");
+        }
+        // The C library's malloc starts with a push: it stays at the entry.
+        if i == 0 {
+            assert!(points.contains(&("malloc".into(), 0, true)), "{points:?}");
+        }
+    }
+}
+
+#[test]
+fn moved_probes_see_every_call() {
+    let allocators = std::iter::once(None).chain(REPLACEMENT_ALLOCATORS.iter().copied().map(Some));
+    for lib in allocators {
+        let env: Vec<(&str, &str)> = lib.map(|l| ("LD_PRELOAD", l)).into_iter().collect();
+        let mut fixture = Fixture::start_with_env("probe_paths", &[], &env);
+        let mut lt = Leaktrace::attach(fixture.pid, &["-i", "0.5", "--older-than", "0"]);
+        fixture.send("run");
+        let kept = fixture.expect_line("kept ");
+        let mut fields = kept
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse::<u64>().expect("number"));
+        let (bytes, blocks) = (
+            fields.next().expect("bytes"),
+            fields.next().expect("blocks"),
+        );
+        assert_eq!((bytes, blocks), (10722, 27), "the fixture's own count");
+        // A report taken wholly after the run.
+        let seq = lt.next_report()["seq"].as_u64().expect("seq");
+        let report = lt.report_where(|r| r["seq"].as_u64() > Some(seq));
+        let via = lib.unwrap_or("the C library");
+        assert_eq!(report["live_bytes"], bytes, "{via}: {report}");
+        assert_eq!(report["live_blocks"], blocks, "{via}: {report}");
+        assert_nothing_dropped(&report);
+    }
+}

@@ -152,18 +152,11 @@ pub const GO_NEW_G_IN_RBX: u64 = 1;
 /// the immediate caller only, and the failure is counted.
 pub const STACK_UNKNOWN: u32 = u32::MAX;
 
-/// Key of the per-(thread, function kind) entry→return hand-off. Keying by
-/// kind as well as thread keeps an allocator that calls another (realloc →
-/// malloc) from overwriting the outer call's pending state.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PendingKey {
-    pub tid: u32,
-    pub kind: u32,
-}
-
-/// State stashed by an entry probe for the matching return probe.
-/// Layout: 4×u64 then 2×u32, 40 bytes, no implicit padding.
+/// State stashed by an entry probe for the matching return probe, one per
+/// thread: the outermost allocator call in flight. A call entered below it
+/// (realloc → malloc), or tail-called from it in the same frame
+/// (operator new[] → operator new), is internal to it and stashes nothing.
+/// Layout: 5×u64 then 2×u32, 48 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct Pending {
@@ -176,19 +169,12 @@ pub struct Pending {
     /// Stack pointer at function entry (before any pushes the probe skipped);
     /// the matching return sees `entry_sp + 8`.
     pub entry_sp: u64,
-    pub stack_id: u32,
-    pub _pad: u32,
-}
-
-/// The outermost allocator call in flight on a thread. 16 bytes, no padding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct InFlight {
-    /// Entry stack pointer of that call.
-    pub entry_sp: u64,
-    /// When it started (bpf_ktime_get_ns), so that an entry whose return
-    /// was never seen goes stale instead of muting the thread forever.
+    /// When the call started (bpf_ktime_get_ns), so that a call whose
+    /// return was never seen goes stale instead of muting the thread.
     pub since_ns: u64,
+    pub stack_id: u32,
+    /// The [`AllocKind`] called.
+    pub kind: u32,
 }
 
 /// An in-flight entry older than this is treated as stale: no allocator
@@ -361,8 +347,8 @@ pub struct GoroutineRecord {
 pub struct StackRecord {
     /// 64-bit hash of the frames.
     pub hash: u64,
-    /// Return addresses, innermost (the probed instruction) first; the
-    /// slots after the last frame are zero.
+    /// Return addresses, innermost (the probed instruction) first, ended by
+    /// a zero slot unless all are used; slots after that are unspecified.
     pub ips: [u64; MAX_STACK_DEPTH],
 }
 
@@ -387,13 +373,9 @@ mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, made only of integers, and
     // have no implicit padding (explicit `_pad` fields where needed), so
     // every bit pattern is valid and no byte is uninitialised.
-    unsafe impl aya::Pod for super::PendingKey {}
-    // SAFETY: as above.
     unsafe impl aya::Pod for super::Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AllocRecord {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::InFlight {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpawnPending {}
     // SAFETY: as above.
@@ -421,13 +403,11 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<PendingKey>(), 8);
-        assert_eq!(size_of::<Pending>(), 40);
+        assert_eq!(size_of::<Pending>(), 48);
         assert_eq!(size_of::<AllocRecord>(), 24);
         assert_eq!(size_of::<SiteKey>(), 16);
         assert_eq!(size_of::<SiteTotals>(), 16);
         assert_eq!(size_of::<Config>(), 8);
-        assert_eq!(size_of::<InFlight>(), 16);
         assert_eq!(size_of::<SpawnPending>(), 32);
         assert_eq!(size_of::<TaskRecord>(), 32);
         assert_eq!(size_of::<TaskConfig>(), 12);

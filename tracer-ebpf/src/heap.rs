@@ -12,24 +12,18 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, InFlight, Pending,
-    PendingKey, SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES,
-    DEFAULT_MAX_THREADS, INFLIGHT_STALE_NS,
+    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, Pending, SiteKey,
+    SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_THREADS,
+    INFLIGHT_STALE_NS,
 };
 
 use crate::stacks::user_stack_id;
 
 // Sizes here are defaults; userspace resizes every map from its flags
 // before loading.
+/// Per thread: the outermost allocator call in flight (see [`Pending`]).
 #[map]
-static PENDING: HashMap<PendingKey, Pending> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
-
-/// Per thread: the outermost allocator call in flight. A call entered below
-/// it (realloc → malloc), or tail-called from it in the same frame
-/// (operator new[] → operator new), is internal to that call and is not
-/// recorded on its own.
-#[map]
-static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
 
 #[map]
 static ALLOCS: HashMap<u64, AllocRecord> =
@@ -152,10 +146,6 @@ fn release(addr: u64) {
 /// Records a successful allocation of `size` bytes at `addr`.
 #[inline(always)]
 fn record(addr: u64, p: &Pending) {
-    // An address handed out again means the previous block there was freed
-    // by a path we do not see (or by an inner allocator call that we already
-    // recorded): the newest, outermost call wins.
-    release(addr);
     let generation = config().generation;
     let key = SiteKey {
         caller: p.caller,
@@ -172,7 +162,19 @@ fn record(addr: u64, p: &Pending) {
         stack_id: p.stack_id,
         generation,
     };
-    if ALLOCS.insert(&addr, &rec, 0).is_err() {
+    // Insert-if-absent first: in the common case that is the only map
+    // operation on ALLOCS. An address already recorded means the block
+    // there was freed by a path we do not see (or by an inner allocator
+    // call that we already recorded): the newest, outermost call wins.
+    let inserted = match ALLOCS.insert(&addr, &rec, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(e) if e == -EEXIST => {
+            release(addr);
+            ALLOCS.insert(&addr, &rec, 0).is_ok()
+        }
+        Err(_) => false,
+    };
+    if !inserted {
         count(Counter::AllocMapFull);
         site_add(&key, -(p.size as i64), -1);
     }
@@ -181,7 +183,6 @@ fn record(addr: u64, p: &Pending) {
 #[inline(always)]
 fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     let c = cookie(ctx);
-    let kind = cookie_kind(c);
     let r = regs(ctx);
     // Stack pointer as it was at the function's first instruction.
     let entry_sp = r.rsp + cookie_stack_delta(c);
@@ -189,9 +190,17 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
 
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: plain data copied out of the map.
-    if let Some(outer) = unsafe { INFLIGHT.get(&tid) } {
-        if entry_sp <= outer.entry_sp && now.wrapping_sub(outer.since_ns) < INFLIGHT_STALE_NS {
+    // The thread's slot stays in the map between calls (idle: entry_sp 0),
+    // so that a call costs one lookup and plain stores, no map update.
+    let slot = PENDING.get_ptr_mut(&tid);
+    if let Some(outer) = slot {
+        // SAFETY: the slot is this thread's; only this thread writes it
+        // (userspace removes slots of dead threads only).
+        let outer = unsafe { *outer };
+        if outer.entry_sp != 0
+            && entry_sp <= outer.entry_sp
+            && now.wrapping_sub(outer.since_ns) < INFLIGHT_STALE_NS
+        {
             return 0; // inside another probed allocator call
         }
     }
@@ -208,31 +217,23 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     // probed instruction and the immediate caller is missing, hence `caller`.
     let stack_id = user_stack_id(ctx);
 
-    let key = PendingKey { tid, kind };
     let pending = Pending {
         size,
         aux,
         caller,
         entry_sp,
+        since_ns: now,
         stack_id,
-        _pad: 0,
+        kind: cookie_kind(c),
     };
-    if PENDING.insert(&key, &pending, 0).is_err() {
-        count(Counter::PendingMapFull);
-        return 0;
-    }
-    if INFLIGHT
-        .insert(
-            &tid,
-            &InFlight {
-                entry_sp,
-                since_ns: now,
-            },
-            0,
-        )
-        .is_err()
-    {
-        count(Counter::PendingMapFull);
+    match slot {
+        // SAFETY: as above.
+        Some(p) => unsafe { *p = pending },
+        None => {
+            if PENDING.insert(&tid, &pending, 0).is_err() {
+                count(Counter::PendingMapFull);
+            }
+        }
     }
     0
 }
@@ -286,26 +287,21 @@ pub fn alloc_entry_posix_memalign(ctx: ProbeContext) -> u32 {
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let kind = cookie_kind(cookie(&ctx));
     let tid = tid();
-    let key = PendingKey { tid, kind };
-    // SAFETY: the pending state is copied out before the entry is removed.
-    let p = match unsafe { PENDING.get(&key) } {
-        Some(p) => *p,
-        None => return 0,
+    let Some(slot) = PENDING.get_ptr_mut(&tid) else {
+        return 0;
     };
+    // SAFETY: the slot is this thread's (see `on_entry`).
+    let p = unsafe { *slot };
     // SAFETY: the context of a uretprobe program is the task's pt_regs.
     let r = unsafe { &*ctx.regs };
-    // Only the return of the very call that stashed `p` (same stack depth)
-    // consumes it; a same-kind call nested inside it returns higher up.
-    if r.rsp != p.entry_sp + 8 {
+    // Only the return of the very call that stashed `p` (same function,
+    // same stack depth) consumes it; a call nested inside it returns
+    // higher up. An idle slot (entry_sp 0) matches nothing.
+    if p.entry_sp == 0 || p.kind != kind || r.rsp != p.entry_sp + 8 {
         return 0;
     }
-    let _ = PENDING.remove(&key);
-    // SAFETY: plain data copied out of the map.
-    if let Some(outer) = unsafe { INFLIGHT.get(&tid) } {
-        if outer.entry_sp == p.entry_sp {
-            let _ = INFLIGHT.remove(&tid);
-        }
-    }
+    // SAFETY: as above.
+    unsafe { (*slot).entry_sp = 0 };
 
     let ret = r.rax;
     match AllocKind::from_u32(kind) {

@@ -34,7 +34,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// malloc/free microbenchmark: untraced vs empty probes vs leaktrace.
+    /// Cost of tracing: the malloc/free microbenchmark, redis and a Go HTTP
+    /// service, each untraced, under empty probes at leaktrace's places and
+    /// under leaktrace (redis also under a memleak-style bpftrace script).
     Bench {
         /// Seconds per measured run.
         #[arg(long, default_value_t = 3.0)]
@@ -72,7 +74,7 @@ fn main() -> Result<()> {
             rounds,
             record,
         } => {
-            setup::run_build()?;
+            setup::run_bench()?;
             build(&root)?;
             bench::run(&root, seconds, rounds, record)
         }

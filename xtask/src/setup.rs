@@ -56,7 +56,30 @@ pub fn run() -> Result<()> {
     install_go()
 }
 
-/// What building and running leaktrace needs (demo, bench).
+/// Debian packages the benchmark drives: a real server on jemalloc
+/// (redis) with its load generator, an HTTP load generator for the Go
+/// service, and bpftrace for the memleak-style comparison.
+const BENCH_PACKAGES: &[&str] = &["redis-server", "redis-tools", "wrk", "bpftrace"];
+
+/// What `cargo xtask bench` needs: the build, its packages, and the Go
+/// toolchain its HTTP service is built with.
+pub fn run_bench() -> Result<()> {
+    run_build()?;
+    install_missing(BENCH_PACKAGES)?;
+    install_go()
+}
+
+/// The newest Go toolchain `install_go` puts in place, as (version, GOROOT).
+pub fn newest_go() -> (&'static str, PathBuf) {
+    let ver = GO_VERSIONS[GO_VERSIONS.len() - 1];
+    let root = crate::workspace_root()
+        .join("target/go")
+        .join(ver)
+        .join("go");
+    (ver, root)
+}
+
+/// What building and running leaktrace needs (demo).
 pub fn run_build() -> Result<()> {
     install_missing(PACKAGES)?;
     install_bpf_linker()

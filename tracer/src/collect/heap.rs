@@ -350,25 +350,15 @@ impl Collector<HeapMaps> {
     /// thread killed inside malloc never returns).
     pub fn prune_dead_threads(&mut self, pid: u32) {
         let alive = |tid: u32| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
-        let dead: Vec<_> = self
-            .maps
-            .pending
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !alive(k.tid))
-            .collect();
-        for k in dead {
-            let _ = self.maps.pending.remove(&k);
-        }
         let dead: Vec<u32> = self
             .maps
-            .inflight
+            .pending
             .keys()
             .filter_map(Result::ok)
             .filter(|t| !alive(*t))
             .collect();
         for t in dead {
-            let _ = self.maps.inflight.remove(&t);
+            let _ = self.maps.pending.remove(&t);
         }
     }
 }

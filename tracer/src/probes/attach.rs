@@ -149,8 +149,12 @@ impl Probes {
         self.set_config("GO_CONFIG", plan.config)?;
         let scope = one_process(pid)?;
         for point in plan.points {
+            let program = match self.mode {
+                ProbeMode::Full => point.program,
+                ProbeMode::Empty => "empty_entry",
+            };
             self.attach_entry(
-                point.program,
+                program,
                 &point.function,
                 &go.display,
                 &go.path,

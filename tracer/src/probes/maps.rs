@@ -3,8 +3,7 @@
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use tracer_common::{
-    Config, GoroutineRecord, InFlight, Pending, PendingKey, SiteKey, SiteTotals, SpawnPending,
-    TaskRecord,
+    Config, GoroutineRecord, Pending, SiteKey, SiteTotals, SpawnPending, TaskRecord,
 };
 
 use super::{ProbeError, Probes};
@@ -35,8 +34,7 @@ pub struct HeapMaps {
     pub sites: HashMap<MapData, SiteKey, SiteTotals>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
-    pub pending: HashMap<MapData, PendingKey, Pending>,
-    pub inflight: HashMap<MapData, u32, InFlight>,
+    pub pending: HashMap<MapData, u32, Pending>,
 }
 
 /// Thread and child-process tables.
@@ -63,14 +61,13 @@ impl Probes {
                 config: take!("CONFIG"),
                 counters: take!("COUNTERS"),
                 pending: take!("PENDING"),
-                inflight: take!("INFLIGHT"),
             },
             tasks: TaskMaps {
                 tasks: take!("TASKS"),
                 spawn_pending: take!("SPAWN_PENDING"),
             },
             stacks: take!("STACKS"),
-            goroutines: if self.go {
+            goroutines: if self.go && self.mode == crate::cli::ProbeMode::Full {
                 Some(take!("GOROUTINES"))
             } else {
                 None

@@ -137,7 +137,6 @@ impl Probes {
             .map_max_entries("SITES", sizes.sites.max(1))
             .map_max_entries("STACKS", sizes.stacks.max(1))
             .map_max_entries("PENDING", sizes.threads.max(1))
-            .map_max_entries("INFLIGHT", sizes.threads.max(1))
             .map_max_entries("SPAWN_PENDING", sizes.threads.max(1))
             .map_max_entries("TASKS", sizes.tasks.max(1))
             .map_max_entries("GOROUTINES", if go { sizes.goroutines.max(1) } else { 1 })
@@ -149,7 +148,7 @@ impl Probes {
             return_links: Vec::new(),
             tracepoint_links: Vec::new(),
             mode,
-            go: go && mode == ProbeMode::Full,
+            go,
         };
         let mut names: Vec<&'static str> = match mode {
             ProbeMode::Full => vec![
@@ -165,7 +164,7 @@ impl Probes {
             ],
             ProbeMode::Empty => vec!["empty_entry", "empty_return"],
         };
-        if probes.go {
+        if probes.go && mode == ProbeMode::Full {
             names.extend(golang::PROBE_PROGRAMS);
         }
         for name in names {
