@@ -156,6 +156,11 @@ const FIXTURES: &[FixtureSpec] = &[
         source: "nolibc.c",
         compile: nolibc,
     },
+    FixtureSpec {
+        name: "sigstksz",
+        source: "sigstksz.c",
+        compile: c,
+    },
 ];
 
 /// Builds every fixture into target/fixtures once per run: a file lock

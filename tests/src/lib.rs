@@ -22,6 +22,7 @@ mod kernel;
 mod leaktrace;
 mod process;
 mod report;
+mod valgrind;
 
 pub use c_heap::*;
 pub use container::*;
@@ -32,6 +33,7 @@ pub use kernel::*;
 pub use leaktrace::*;
 pub use process::*;
 pub use report::*;
+pub use valgrind::*;
 
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -37,13 +37,22 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// Debian packages only the tests need: allocators that replace the C
-/// library's, to trace targets that use them, and make, which building
-/// jemalloc for the Rust fixture on tikv-jemallocator runs.
+/// library's, to trace targets that use them; make, which building
+/// jemalloc for the Rust fixture on tikv-jemallocator runs; valgrind, the
+/// oracle the final report is checked against, and the programs it is
+/// checked on (tests/tests/oracle.rs; perl and apt-cache are in every
+/// Debian, llvm-config-22 comes with llvm-22-dev).
 const TEST_PACKAGES: &[&str] = &[
     "libjemalloc2",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",
     "make",
+    "valgrind",
+    "gdb",
+    "python3-minimal",
+    "sqlite3",
+    "curl",
+    "git",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
