@@ -318,3 +318,76 @@ fn cgo_service_heap_and_goroutine_leaks() {
     assert!(status.success());
     assert_eq!(http_get(service.port, "/ok").trim(), "ok");
 }
+
+/// Where the goroutine probes sit, on every version: creation where
+/// `newproc.func1` hands the new g to `runqput` in RBX, exit past
+/// gdestroy's (goexit0's) stack check, both on instructions the kernel
+/// emulates; and no caller of `newproc1` is left without a probe (every
+/// direct call to it in the binary is followed by one).
+#[test]
+fn goroutine_probes_sit_on_emulated_instructions() {
+    use leaktrace::{golang::binary::NewG, probes::placement};
+    for version in GO_VERSIONS {
+        let path = go_fixture(version, GoBuild::Static);
+        let data = std::fs::read(&path).expect("fixture");
+        let bin = leaktrace::golang::binary::inspect(&data)
+            .expect("analysable")
+            .expect("a Go binary");
+        let at = |vaddr: u64| {
+            let off = bin.vaddr_to_file_offset(vaddr).expect("in the file");
+            placement::at(&data, off)
+        };
+        let hot: Vec<_> = bin
+            .creation_probes
+            .iter()
+            .filter(|p| p.function.starts_with("runtime.newproc.func1 "))
+            .collect();
+        assert_eq!(hot.len(), 1, "go{version}: {:?}", bin.creation_probes);
+        assert_eq!(hot[0].new_g, NewG::Rbx, "go{version}");
+        let p = at(hot[0].at);
+        assert!(p.emulated, "go{version}: {p:?}");
+        let exit = placement::at(&data, bin.exit_probe);
+        assert!(exit.emulated, "go{version}: exit on {exit:?}");
+        assert!(
+            bin.exit_probe > bin.vaddr_to_file_offset(bin.exit_function.1).expect("entry"),
+            "go{version}: the exit probe moved past the stack check"
+        );
+        // Every `call runtime.newproc1` in the whole text is probed right
+        // after it (RAX) or, in newproc.func1, at the hand-off.
+        let (entry, _) = bin.function("runtime.newproc1").expect("newproc1");
+        let callers = objdump_calls_to(&path, entry);
+        assert!(!callers.is_empty(), "go{version}");
+        for caller in &callers {
+            assert!(
+                bin.creation_probes
+                    .iter()
+                    .any(|p| p.function.starts_with(&format!("{caller} "))),
+                "go{version}: {caller} calls newproc1 but has no probe: {:?}",
+                bin.creation_probes
+            );
+        }
+        assert_eq!(bin.creation_probes.len(), callers.len(), "go{version}");
+    }
+}
+
+/// Functions containing a direct call to `target`, by binutils' objdump
+/// (an independent disassembler).
+fn objdump_calls_to(path: &std::path::Path, target: u64) -> Vec<String> {
+    let out = std::process::Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(path)
+        .output()
+        .expect("objdump (binutils) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut current = String::new();
+    let mut callers = Vec::new();
+    let call = format!("call   {target:x} ");
+    for line in text.lines() {
+        if let Some(name) = line.strip_suffix(">:").and_then(|l| l.split_once(" <")) {
+            current = name.1.to_string();
+        } else if line.contains(&call) && !callers.contains(&current) {
+            callers.push(current.clone());
+        }
+    }
+    callers
+}
