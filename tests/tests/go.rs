@@ -349,7 +349,10 @@ fn goroutine_probes_sit_on_emulated_instructions() {
         let exit = placement::at(&data, bin.exit_probe);
         assert!(exit.emulated, "go{version}: exit on {exit:?}");
         assert!(
-            bin.exit_probe > bin.vaddr_to_file_offset(bin.exit_function.1).expect("entry"),
+            bin.exit_probe
+                > bin
+                    .vaddr_to_file_offset(bin.exit_function.1)
+                    .expect("entry"),
             "go{version}: the exit probe moved past the stack check"
         );
         // Every `call runtime.newproc1` in the whole text is probed right

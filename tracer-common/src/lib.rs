@@ -143,6 +143,9 @@ pub const fn cookie_stack_delta(cookie: u64) -> u64 {
     (cookie >> 8) & 0xff
 }
 
+/// Capacity of the Go probes' cache of creating stacks by creation site.
+pub const DEFAULT_MAX_GO_SITES: u32 = 16384;
+
 /// Attach cookie of a goroutine-creation probe where the new `g` is in RBX
 /// (handed to `runqput`); 0 means RAX (`newproc1`'s result).
 pub const GO_NEW_G_IN_RBX: u64 = 1;
@@ -332,7 +335,8 @@ pub struct GoroutineRecord {
     pub parent_goid: u64,
     /// bpf_ktime_get_ns() at creation (CLOCK_MONOTONIC).
     pub created_ns: u64,
-    /// Creating stack (frame-pointer walk from newproc1's return).
+    /// Creating stack (frame-pointer walk from the creation probe); the
+    /// same for every goroutine of one creation site (gopc, startpc).
     pub stack_id: u32,
     pub _pad: u32,
 }

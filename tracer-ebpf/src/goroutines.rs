@@ -22,7 +22,10 @@ use aya_ebpf::{
     programs::ProbeContext,
     EbpfContext,
 };
-use tracer_common::{Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES, GO_NEW_G_IN_RBX};
+use tracer_common::{
+    Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_GO_SITES,
+    GO_NEW_G_IN_RBX, STACK_UNKNOWN,
+};
 
 use crate::{heap::count, stacks::user_stack_id};
 
@@ -32,6 +35,15 @@ static GOROUTINES: HashMap<u64, GoroutineRecord> =
 
 #[map]
 static GO_CONFIG: Array<GoConfig> = Array::with_max_entries(1, 0);
+
+/// Creating stack by (gopc, startpc): reports show one stack per creation
+/// site (`go` statement and function), so a site's first stack serves for
+/// every goroutine it creates after it, and the walk (the bulk of this
+/// probe's cost: Go stacks run deep) is done once per site. A full cache
+/// only means walking again.
+#[map]
+static SITE_STACKS: HashMap<[u64; 2], u32> =
+    HashMap::with_max_entries(DEFAULT_MAX_GO_SITES, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 fn read_u64(base: u64, offset: u32) -> Option<u64> {
@@ -66,7 +78,18 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
         count(Counter::GoroutineUnreadable);
         return 0;
     };
-    let stack_id = user_stack_id(&ctx);
+    let site = [gopc, startpc];
+    // SAFETY: plain data copied out of the map.
+    let stack_id = match unsafe { SITE_STACKS.get(&site) } {
+        Some(&id) => id,
+        None => {
+            let id = user_stack_id(&ctx);
+            if id != STACK_UNKNOWN {
+                let _ = SITE_STACKS.insert(&site, &id, 0);
+            }
+            id
+        }
+    };
     let rec = GoroutineRecord {
         gopc,
         startpc,
