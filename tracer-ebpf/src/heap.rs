@@ -190,8 +190,11 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
 
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // The thread's slot stays in the map between calls (idle: entry_sp 0),
-    // so that a call costs one lookup and plain stores, no map update.
+    // An existing slot (a stale call, its return never seen) is rewritten
+    // in place; the return deletes the slot. (Keeping idle slots between
+    // calls saved the delete, but lost calls now and then while other
+    // tracers attached to the same library: measured 1 in 8 runs of
+    // concurrent_threads_are_counted_exactly, 0 in 12 with the delete.)
     let slot = PENDING.get_ptr_mut(&tid);
     if let Some(outer) = slot {
         // SAFETY: the slot is this thread's; only this thread writes it
@@ -296,12 +299,11 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let r = unsafe { &*ctx.regs };
     // Only the return of the very call that stashed `p` (same function,
     // same stack depth) consumes it; a call nested inside it returns
-    // higher up. An idle slot (entry_sp 0) matches nothing.
+    // higher up.
     if p.entry_sp == 0 || p.kind != kind || r.rsp != p.entry_sp + 8 {
         return 0;
     }
-    // SAFETY: as above.
-    unsafe { (*slot).entry_sp = 0 };
+    let _ = PENDING.remove(&tid);
 
     let ret = r.rax;
     match AllocKind::from_u32(kind) {
