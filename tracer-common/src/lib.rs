@@ -6,6 +6,9 @@
 //! and no uninitialised padding is ever hashed as part of a map key.
 #![no_std]
 
+mod unwind;
+pub use unwind::*;
+
 /// Allocation functions leaktrace probes. The discriminant travels to the
 /// eBPF programs in the low byte of the attach cookie, so one program can
 /// serve every function with the same argument layout.
@@ -250,9 +253,16 @@ pub enum Counter {
     GoroutineMapFull = 7,
     /// A new goroutine whose `g` could not be read at newproc1's return.
     GoroutineUnreadable = 8,
+    /// Distinct stacks cut short, by why (see [`StackEnd`]); not drops: the
+    /// frames recorded are right, only the outer ones are missing.
+    StackDepthLimit = 9,
+    StackNoTable = 10,
+    StackNoMapping = 11,
+    StackUnreadable = 12,
+    StackUnsupported = 13,
 }
 
-pub const COUNTER_COUNT: u32 = 9;
+pub const COUNTER_COUNT: u32 = 14;
 
 /// Spawn functions probed at entry to learn where a thread or child process
 /// comes from (the frame chain is intact at their public entry, unlike at
@@ -345,12 +355,15 @@ pub struct GoroutineRecord {
 /// derived from `hash`. The kernel's own stack map loses a stack whenever two
 /// stacks share a bucket (-EEXIST); this table resolves such collisions by
 /// comparing the full 64-bit hash and moving on to the next id.
-/// 8 + 127×8 = 1024 bytes, no padding.
+/// 8 + 4 + 4 + 127×8 = 1032 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StackRecord {
     /// 64-bit hash of the frames.
     pub hash: u64,
+    /// Why the walk ended: a [`StackEnd`].
+    pub end: u32,
+    pub _pad: u32,
     /// Return addresses, innermost (the probed instruction) first, ended by
     /// a zero slot unless all are used; slots after that are unspecified.
     pub ips: [u64; MAX_STACK_DEPTH],
@@ -368,8 +381,7 @@ pub const DEFAULT_MAX_THREADS: u32 = 1 << 14;
 pub const DEFAULT_MAX_TASKS: u32 = 1 << 16;
 pub const DEFAULT_MAX_GOROUTINES: u32 = 1 << 18;
 
-/// Frame-pointer walk depth stored per stack (the kernel's default
-/// `perf_event_max_stack`).
+/// Frames stored per stack (the kernel's default `perf_event_max_stack`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
 #[cfg(feature = "user")]
@@ -398,6 +410,12 @@ mod pod {
     unsafe impl aya::Pod for super::GoroutineRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StackRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UnwindRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessMappings {}
 }
 
 #[cfg(test)]
@@ -417,7 +435,11 @@ mod tests {
         assert_eq!(size_of::<TaskConfig>(), 12);
         assert_eq!(size_of::<GoConfig>(), 16);
         assert_eq!(size_of::<GoroutineRecord>(), 40);
-        assert_eq!(size_of::<StackRecord>(), 1024);
+        assert_eq!(size_of::<StackRecord>(), 1032);
+        assert_eq!(size_of::<UnwindRow>(), 8);
+        assert_eq!(size_of::<UnwindRule>(), 16);
+        assert_eq!(size_of::<UnwindMapping>(), 40);
+        assert_eq!(size_of::<ProcessMappings>(), 8 + 40 * MAX_UNWIND_MAPPINGS);
     }
 
     #[test]

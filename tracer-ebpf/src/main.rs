@@ -18,6 +18,8 @@ mod heap;
 mod stacks;
 #[cfg(target_arch = "bpf")]
 mod tasks;
+#[cfg(target_arch = "bpf")]
+mod unwind;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

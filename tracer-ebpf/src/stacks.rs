@@ -8,7 +8,9 @@
 //! hash; an id held by a different stack (told apart by the full hash)
 //! moves the new one to the next id.
 //!
-//! The frame-pointer walk is our own rather than `bpf_get_stack`'s: the
+//! A process userspace gave unwind tables is walked by them (`unwind`);
+//! otherwise (`--unwind fp`) by frame pointers. That walk is our own
+//! rather than `bpf_get_stack`'s: the
 //! kernel's walk ends by reading the frame record at the outermost frame
 //! pointer, which is 0 (`_start` and Go's goroutine entry clear it), and
 //! that read page-faults. Measured here, the fault made `bpf_get_stack`
@@ -17,16 +19,20 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
 };
 use tracer_common::{
-    Counter, StackRecord, DEFAULT_MAX_STACKS, MAX_STACK_DEPTH, STACK_ID_PROBES, STACK_UNKNOWN,
+    Counter, StackEnd, StackRecord, DEFAULT_MAX_STACKS, MAX_STACK_DEPTH, STACK_ID_PROBES,
+    STACK_UNKNOWN,
 };
 
-use crate::heap::{count, EEXIST};
+use crate::{
+    heap::{count, EEXIST},
+    unwind::{slot_of, walk_by_tables},
+};
 
 /// Recorded stacks; never updated or deleted once written, so a reader may
 /// keep a reference. Allocated on demand (about 1 KiB per distinct stack)
@@ -37,9 +43,10 @@ static STACKS: HashMap<u32, StackRecord> =
 
 /// Per-CPU room to assemble a record: 1 KiB does not fit the BPF stack.
 #[map]
-static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// The user stack of the probed thread (frame-pointer walk), as an id into
+/// The user stack of the probed thread (by unwind tables, or frame
+/// pointers), as an id into
 /// `STACKS`; a stack that could not be recorded is counted as lost.
 #[inline(always)]
 pub(crate) fn user_stack_id(ctx: &ProbeContext) -> u32 {
@@ -55,46 +62,78 @@ pub(crate) fn user_stack_id(ctx: &ProbeContext) -> u32 {
 /// A frame record as `push %rbp; mov %rsp,%rbp` leaves it.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct FrameRecord {
-    next: u64,
-    ret: u64,
+pub(crate) struct FrameRecord {
+    pub(crate) next: u64,
+    pub(crate) ret: u64,
+}
+
+/// FNV-style word hash, one step per frame (computed during the walk: one
+/// loop keeps verification linear); collisions of the full 64 bits between
+/// real stacks are not a practical concern.
+#[inline(always)]
+pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
+    let h = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    h ^ (h >> 29)
+}
+
+const HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The frame-pointer walk (`--unwind fp`): frame records from rbp. Why it
+/// ended goes straight into the record: a value per loop exit held in a
+/// register would multiply the states the verifier explores after the loop.
+#[inline(always)]
+fn walk_by_frame_pointers(scratch: *mut StackRecord, ip: u64, mut fp: u64) -> (u32, u64) {
+    let mut hash = mix(HASH_SEED, ip);
+    let mut frames = 1;
+    // SAFETY (for every access to `scratch`): the per-CPU slot is ours;
+    // i < MAX_STACK_DEPTH.
+    unsafe { (*scratch).end = StackEnd::DepthLimit as u32 };
+    for i in 1..MAX_STACK_DEPTH {
+        if fp == 0 {
+            unsafe { (*scratch).end = StackEnd::FramePointers as u32 };
+            break;
+        }
+        if fp & 7 != 0 {
+            unsafe { (*scratch).end = StackEnd::Unreadable as u32 };
+            break;
+        }
+        // SAFETY: bpf_probe_read_user copes with any address.
+        let Ok(rec) = (unsafe { bpf_probe_read_user(fp as *const FrameRecord) }) else {
+            unsafe { (*scratch).end = StackEnd::Unreadable as u32 };
+            break;
+        };
+        if rec.ret == 0 {
+            unsafe { (*scratch).end = StackEnd::FramePointers as u32 };
+            break;
+        }
+        unsafe { (*scratch).ips[i] = rec.ret };
+        hash = mix(hash, rec.ret);
+        frames = i + 1;
+        fp = rec.next;
+    }
+    (frames as u32, hash)
 }
 
 #[inline(always)]
 fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
     let scratch = STACK_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the context of a uprobe program is the task's pt_regs.
-    let (ip, mut fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rbp) };
+    let (ip, sp, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
     // SAFETY (for every access to `scratch` below): the per-CPU slot is
     // ours for the duration of this program, and indices stay below
     // MAX_STACK_DEPTH.
     unsafe { (*scratch).ips[0] = ip };
-    // FNV-style word hash with a final avalanche, computed during the walk
-    // (one loop keeps verification linear); collisions of the full 64 bits
-    // between real stacks are not a practical concern.
-    let mix = |hash: u64, ip: u64| {
-        let h = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
-        h ^ (h >> 29)
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let (frames, mut hash) = match slot_of(tgid) {
+        Some(slot) => {
+            let (frames, hash, end) = walk_by_tables(slot, ip, sp, fp, HASH_SEED);
+            // SAFETY: as above.
+            unsafe { (*scratch).end = end };
+            (frames, hash)
+        }
+        None => walk_by_frame_pointers(scratch, ip, fp),
     };
-    let mut hash = mix(0xcbf2_9ce4_8422_2325, ip);
-    let mut frames = 1;
-    for i in 1..MAX_STACK_DEPTH {
-        if fp == 0 || fp & 7 != 0 {
-            break;
-        }
-        // SAFETY: bpf_probe_read_user copes with any address.
-        let Ok(rec) = (unsafe { bpf_probe_read_user(fp as *const FrameRecord) }) else {
-            break;
-        };
-        if rec.ret == 0 {
-            break;
-        }
-        // SAFETY: as above.
-        unsafe { (*scratch).ips[i] = rec.ret };
-        hash = mix(hash, rec.ret);
-        frames = i + 1;
-        fp = rec.next;
-    }
+    let frames = frames as usize;
     if frames < MAX_STACK_DEPTH {
         // Readers stop at the first empty slot; the slots after it may
         // still hold an earlier stack's frames.
@@ -105,6 +144,8 @@ fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
     hash ^= hash >> 32;
     // SAFETY: as above.
     unsafe { (*scratch).hash = hash };
+    // SAFETY: as above.
+    let end = unsafe { core::ptr::read_volatile(&(*scratch).end) };
 
     let mut id = hash as u32;
     for _ in 0..STACK_ID_PROBES {
@@ -116,7 +157,10 @@ fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
         }
         // SAFETY: `scratch` points at a whole, initialised record.
         match STACKS.insert(&id, unsafe { &*scratch }, BPF_NOEXIST as u64) {
-            Ok(()) => return Some(id),
+            Ok(()) => {
+                count_cut_short(end);
+                return Some(id);
+            }
             // Another CPU stored a stack at this id just now: maybe ours.
             Err(e) if e == -EEXIST => {
                 if holds(id, hash) {
@@ -129,6 +173,20 @@ fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
         id = id.wrapping_add(1);
     }
     None
+}
+
+/// Counts a new stack that ends early, by why.
+#[inline(always)]
+fn count_cut_short(end: u32) {
+    let counter = match end {
+        e if e == StackEnd::DepthLimit as u32 => Counter::StackDepthLimit,
+        e if e == StackEnd::NoTable as u32 => Counter::StackNoTable,
+        e if e == StackEnd::NoMapping as u32 => Counter::StackNoMapping,
+        e if e == StackEnd::Unreadable as u32 => Counter::StackUnreadable,
+        e if e == StackEnd::Unsupported as u32 => Counter::StackUnsupported,
+        _ => return,
+    };
+    count(counter);
 }
 
 /// Whether `id` already holds the stack with this hash.

@@ -6,7 +6,7 @@ use std::{ffi::OsString, time::Duration};
 use clap::{Parser, ValueEnum};
 use tracer_common::{
     DEFAULT_MAX_ALLOCS, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
-    DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
+    DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS, DEFAULT_MAX_UNWIND_ROWS,
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -90,6 +90,19 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GOROUTINES)]
     pub max_goroutines: u32,
 
+    /// How user stacks are walked: `auto` by the unwind tables leaktrace
+    /// builds from each object's `.eh_frame` (or `.debug_frame`) and by
+    /// frame pointers in Go code; `dwarf` by tables only; `fp` by frame
+    /// pointers only (cheapest, but wrong in code built without them).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
+
+    /// Capacity of the kernel's unwind-row table (8 bytes a row; Debian's
+    /// libc needs about 23,000, a 50 MB binary about 600,000); objects that
+    /// no longer fit are walked no further, and flagged.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UNWIND_ROWS)]
+    pub max_unwind_rows: u32,
+
     /// Print where each probe would go in the target (function, object,
     /// offset from its entry, the instruction there and whether the kernel
     /// emulates it or single-steps it, which sets the cost of each hit),
@@ -117,6 +130,13 @@ pub enum ColorChoice {
     Auto,
     Always,
     Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnwindMode {
+    Auto,
+    Dwarf,
+    Fp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -28,3 +28,4 @@ pub mod process;
 pub mod report;
 pub mod session;
 pub mod symbolize;
+pub mod unwind;

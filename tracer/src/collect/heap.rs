@@ -60,6 +60,28 @@ pub struct Dropped {
     pub task_map_full: u64,
     pub goroutine_map_full: u64,
     pub goroutine_unreadable: u64,
+    /// Not drops: stacks recorded with their outer frames missing.
+    pub cut_short: CutShort,
+}
+
+/// Distinct stacks whose walk ended early, by why (since attach).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CutShort {
+    pub depth_limit: u64,
+    pub no_unwind_table: u64,
+    pub unknown_mapping: u64,
+    pub unreadable_stack: u64,
+    pub unsupported_rule: u64,
+}
+
+impl CutShort {
+    pub fn total(&self) -> u64 {
+        self.depth_limit
+            + self.no_unwind_table
+            + self.unknown_mapping
+            + self.unreadable_stack
+            + self.unsupported_rule
+    }
 }
 
 impl Dropped {
@@ -343,6 +365,13 @@ impl Collector<HeapMaps> {
             task_map_full: at(Counter::TaskMapFull),
             goroutine_map_full: at(Counter::GoroutineMapFull),
             goroutine_unreadable: at(Counter::GoroutineUnreadable),
+            cut_short: CutShort {
+                depth_limit: at(Counter::StackDepthLimit),
+                no_unwind_table: at(Counter::StackNoTable),
+                unknown_mapping: at(Counter::StackNoMapping),
+                unreadable_stack: at(Counter::StackUnreadable),
+                unsupported_rule: at(Counter::StackUnsupported),
+            },
         })
     }
 

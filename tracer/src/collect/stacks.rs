@@ -1,10 +1,11 @@
 //! Call stacks recorded by the probes: the immediate caller (read by the
-//! probe from the user stack) followed by the kernel's frame-pointer walk.
+//! probe from the user stack) followed by the probes' walk (by unwind
+//! tables or frame pointers), and why that walk ended.
 
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use tracer_common::{StackRecord, STACK_UNKNOWN};
+use tracer_common::{StackEnd, StackRecord, STACK_UNKNOWN};
 
 /// The probes' stack table: stack id → frames.
 pub type StackTable = BpfHashMap<MapData, u32, StackRecord>;
@@ -13,7 +14,7 @@ pub type StackTable = BpfHashMap<MapData, u32, StackRecord>;
 /// recorded stack never changes).
 pub struct Stacks {
     map: StackTable,
-    cache: HashMap<u32, Vec<u64>>,
+    cache: HashMap<u32, (Vec<u64>, StackEnd)>,
 }
 
 impl Stacks {
@@ -24,17 +25,32 @@ impl Stacks {
         }
     }
 
-    fn walk(&mut self, stack_id: u32) -> &[u64] {
+    fn record(&mut self, stack_id: u32) -> &(Vec<u64>, StackEnd) {
         let map = &self.map;
         self.cache.entry(stack_id).or_insert_with(|| {
             map.get(&stack_id, 0)
-                .map(|r| frames_of(&r).to_vec())
-                .unwrap_or_default()
+                .map(|r| {
+                    let end = StackEnd::from_u32(r.end).unwrap_or(StackEnd::Unsupported);
+                    (frames_of(&r).to_vec(), end)
+                })
+                .unwrap_or((Vec::new(), StackEnd::Complete))
         })
     }
 
-    /// Return addresses, innermost first: `caller`, then the frame-pointer
-    /// walk (whose frame 0, the probed instruction, is dropped).
+    fn walk(&mut self, stack_id: u32) -> &[u64] {
+        &self.record(stack_id).0
+    }
+
+    /// Why a stack's walk ended; `None` for a stack not recorded.
+    pub fn end(&mut self, stack_id: u32) -> Option<StackEnd> {
+        if stack_id == STACK_UNKNOWN {
+            return None;
+        }
+        Some(self.record(stack_id).1)
+    }
+
+    /// Return addresses, innermost first: `caller`, then the walk (whose
+    /// frame 0, the probed instruction, is dropped).
     pub fn frames(&mut self, caller: u64, stack_id: u32) -> Vec<u64> {
         let mut frames = Vec::new();
         if caller != 0 {

@@ -22,7 +22,7 @@ pub mod symbols;
 pub mod tracker;
 
 pub use executable::{of_process, of_program, ExecutableError, GoTarget};
-pub use probes::{is_go_code, PROBE_PROGRAMS};
+pub use probes::{is_go_code, is_go_object, PROBE_PROGRAMS};
 pub use section::{
     CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport,
 };

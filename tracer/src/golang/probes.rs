@@ -70,10 +70,12 @@ impl GoTarget {
 /// Whether an object file holds Go code: the Go linker always emits its
 /// build info and function table, and stripping keeps both.
 pub fn is_go_code(data: &[u8]) -> bool {
+    object::File::parse(data).is_ok_and(|file| is_go_object(&file))
+}
+
+/// [`is_go_code`] of a parsed object.
+pub fn is_go_object(file: &object::File<'_>) -> bool {
     use object::{Object, ObjectSection};
-    let Ok(file) = object::File::parse(data) else {
-        return false;
-    };
     let found = file.sections().any(|s| {
         matches!(
             s.name(),

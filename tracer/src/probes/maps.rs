@@ -18,6 +18,7 @@ pub struct MapSizes {
     pub threads: u32,
     pub tasks: u32,
     pub goroutines: u32,
+    pub unwind_rows: u32,
 }
 
 /// The maps userspace reads while tracing.
@@ -44,6 +45,18 @@ pub struct TaskMaps {
 }
 
 impl Probes {
+    /// Moves the unwind maps (rows, rules, processes, slots) out of the
+    /// loaded object, for [`crate::unwind::UnwindTables`].
+    pub fn take_unwind_maps(&mut self) -> Result<[aya::maps::Map; 4], ProbeError> {
+        let mut take = |name: &'static str| self.ebpf.take_map(name).ok_or(ProbeError::Missing(name));
+        Ok([
+            take("UNWIND_ROWS")?,
+            take("UNWIND_RULES")?,
+            take("UNWIND_PROCESSES")?,
+            take("UNWIND_SLOTS")?,
+        ])
+    }
+
     /// Moves the maps userspace reads out of the loaded object.
     pub fn take_maps(&mut self) -> Result<Maps, ProbeError> {
         macro_rules! take {

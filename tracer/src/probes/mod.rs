@@ -140,6 +140,7 @@ impl Probes {
             .map_max_entries("SPAWN_PENDING", sizes.threads.max(1))
             .map_max_entries("TASKS", sizes.tasks.max(1))
             .map_max_entries("GOROUTINES", if go { sizes.goroutines.max(1) } else { 1 })
+            .map_max_entries("UNWIND_ROWS", sizes.unwind_rows.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         let mut probes = Self {

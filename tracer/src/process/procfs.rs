@@ -10,6 +10,8 @@ pub struct Mapping {
     pub executable: bool,
     /// Offset into the mapped file.
     pub file_offset: u64,
+    /// Device of the mapped file, as /proc prints it (`fd:01`).
+    pub dev: String,
     pub inode: u64,
     /// Path as the target sees it (inside its mount namespace), if file-backed.
     pub path: Option<String>,
@@ -47,7 +49,7 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     let range = fields.next()?;
     let perms = fields.next()?;
     let offset = fields.next()?;
-    let _dev = fields.next()?;
+    let dev = fields.next()?;
     let inode = fields.next()?;
     let path = fields.next().map(str::trim_start).unwrap_or("");
     let (start, end) = range.split_once('-')?;
@@ -61,6 +63,7 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(end, 16).ok()?,
         executable: perms.as_bytes().get(2) == Some(&b'x'),
         file_offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: dev.to_string(),
         inode: inode.parse().ok()?,
         path,
     })

@@ -53,6 +53,7 @@ pub fn merge_identical(sites: Vec<SiteReport>) -> Vec<SiteReport> {
                 m.blocks += s.blocks;
                 m.oldest = m.oldest.max(s.oldest);
                 m.stack_lost |= s.stack_lost;
+                m.cut_short = m.cut_short.or(s.cut_short);
                 if m.allocator.is_none() {
                     m.allocator = s.allocator;
                 } else if let (Some(a), Some(b)) = (&mut m.allocator, s.allocator) {
@@ -255,6 +256,7 @@ mod tests {
             trend: Trend::New,
             allocator: Some(alloc.into()),
             stack_lost: false,
+            cut_short: None,
             frames,
         }
     }

@@ -141,6 +141,7 @@ impl ReportBuilder {
                 trend: Trend::New,
                 allocator: called(*ip, &alloc_names),
                 stack_lost: s.site.stack_id == STACK_UNKNOWN,
+                cut_short: self.stacks.end(s.site.stack_id).filter(|e| e.is_cut_short()),
                 frames: symbolized(stack),
             })
             .collect();
@@ -166,6 +167,7 @@ impl ReportBuilder {
                 stack_bytes: g.stack_bytes,
                 spawned_by: called(*ip, &spawn_names),
                 frames: symbolized(stack),
+                cut_short: self.stacks.end(g.stack_id).filter(|e| e.is_cut_short()),
             })
             .collect();
         let mut threads = aggregate::merge_thread_sites(threads);

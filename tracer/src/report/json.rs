@@ -1,6 +1,7 @@
 //! JSON lines: one object per report. The schema is documented in the
 //! README ("JSON output"); keep the two in step.
 
+use tracer_common::StackEnd;
 use std::{
     io::{self, Write},
     time::UNIX_EPOCH,
@@ -45,6 +46,13 @@ fn to_value(r: &Report) -> Value {
             "task_map_full": r.dropped.task_map_full,
             "goroutine_map_full": r.dropped.goroutine_map_full,
             "goroutine_unreadable": r.dropped.goroutine_unreadable,
+        },
+        "stacks_cut_short": {
+            "depth_limit": r.dropped.cut_short.depth_limit,
+            "no_unwind_table": r.dropped.cut_short.no_unwind_table,
+            "unknown_mapping": r.dropped.cut_short.unknown_mapping,
+            "unreadable_stack": r.dropped.cut_short.unreadable_stack,
+            "unsupported_rule": r.dropped.cut_short.unsupported_rule,
         },
         "stacks": r.sites.iter().map(site).collect::<Vec<_>>(),
         "threads": r.threads.iter().map(thread_site).collect::<Vec<_>>(),
@@ -101,6 +109,7 @@ fn thread_site(t: &ThreadSiteReport) -> Value {
         "trend": t.trend.name(),
         "stack_bytes": t.stack_bytes,
         "spawned_by": t.spawned_by,
+        "cut_short": t.cut_short.map(StackEnd::name),
         "frames": t.frames.iter().map(frame).collect::<Vec<_>>(),
     })
 }
@@ -114,6 +123,7 @@ fn site(s: &SiteReport) -> Value {
         "trend": s.trend.name(),
         "allocator": s.allocator,
         "stack_lost": s.stack_lost,
+        "cut_short": s.cut_short.map(StackEnd::name),
         "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
     })
 }
@@ -161,6 +171,7 @@ mod tests {
                 trend: Trend::Growing,
                 allocator: Some("calloc".into()),
                 stack_lost: false,
+                cut_short: Some(StackEnd::DepthLimit),
                 frames: vec![Frame {
                     address: 0x401000,
                     symbol: Some("leak".into()),
@@ -183,6 +194,7 @@ mod tests {
                 trend: Trend::New,
                 stack_bytes: 4 << 23,
                 spawned_by: Some("pthread_create".into()),
+                cut_short: None,
                 frames: vec![],
             }],
             threads_before_attach: vec![super::super::ExistingThreadReport {
@@ -209,6 +221,8 @@ mod tests {
         assert_eq!(v["stacks"][0]["trend"], "growing");
         assert_eq!(v["threads"][0]["trend"], "new");
         assert_eq!(v["stacks"][0]["frames"][0]["address"], "0x401000");
+        assert_eq!(v["stacks"][0]["cut_short"], "depth-limit");
+        assert_eq!(v["threads"][0]["cut_short"], Value::Null);
         assert_eq!(v["stacks"][0]["frames"][0]["line"], 7);
         assert_eq!(v["threads"][0]["count"], 4);
         assert_eq!(v["threads"][0]["stack_bytes"], 4u64 << 23);

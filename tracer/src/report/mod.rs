@@ -7,6 +7,7 @@ pub mod builder;
 mod json;
 mod text;
 
+use tracer_common::StackEnd;
 use std::{
     io::{self, Write},
     time::{Duration, SystemTime},
@@ -33,6 +34,8 @@ pub struct SiteReport {
     /// This site's stack could not be stored: only the immediate caller is
     /// known.
     pub stack_lost: bool,
+    /// Why the stack's walk ended early (`None`: it is whole).
+    pub cut_short: Option<StackEnd>,
     pub frames: Vec<Frame>,
 }
 
@@ -54,6 +57,8 @@ pub struct ThreadSiteReport {
     /// Spawn stack, innermost first; empty when the task was created
     /// without a probed spawn function (a raw clone).
     pub frames: Vec<Frame>,
+    /// Why the spawn stack's walk ended early (`None`: it is whole).
+    pub cut_short: Option<StackEnd>,
 }
 
 /// A thread that existed before attach (its spawn site is unknown).

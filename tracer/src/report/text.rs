@@ -1,5 +1,6 @@
 //! Human-readable reports.
 
+use tracer_common::StackEnd;
 use std::{
     io::{self, Write},
     time::Duration,
@@ -122,6 +123,19 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         writeln!(out, "{}", style.paint("33", &line))?;
     } else {
         writeln!(out, "{line}")?;
+    }
+    let c = &d.cut_short;
+    if c.total() > 0 {
+        writeln!(
+            out,
+            "   stacks cut short: {} (too deep {}, no unwind table {}, unknown mapping {}, unreadable {}, unsupported rule {})",
+            c.total(),
+            c.depth_limit,
+            c.no_unwind_table,
+            c.unknown_mapping,
+            c.unreadable_stack,
+            c.unsupported_rule
+        )?;
     }
     writeln!(out)
 }
@@ -314,7 +328,24 @@ fn thread_site(
             "        (spawn site unknown: not created through a probed spawn function)"
         )?;
     }
-    frames(out, &t.frames, style)
+    frames(out, &t.frames, style)?;
+    cut_short(out, t.cut_short, style)
+}
+
+/// The line under a stack whose walk ended early.
+fn cut_short(out: &mut impl Write, end: Option<StackEnd>, style: Style) -> io::Result<()> {
+    let Some(end) = end else {
+        return Ok(());
+    };
+    let why = match end {
+        StackEnd::DepthLimit => "deeper than the 127 frames kept",
+        StackEnd::NoTable => "next frame in code without unwind information",
+        StackEnd::NoMapping => "next frame in memory leaktrace has no table for (JIT code, or mapped just now)",
+        StackEnd::Unreadable => "stack memory unreadable",
+        StackEnd::Unsupported => "an unwind rule leaktrace does not follow",
+        StackEnd::Complete | StackEnd::FramePointers => return Ok(()),
+    };
+    writeln!(out, "        {}", style.paint("33", &format!("(stack cut short: {why})")))
 }
 
 fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Result<()> {
@@ -332,6 +363,7 @@ fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Res
         growth_text(s.growth, s.trend, bytes, style),
     )?;
     frames(out, &s.frames, style)?;
+    cut_short(out, s.cut_short, style)?;
     if s.stack_lost {
         writeln!(
             out,

@@ -14,7 +14,7 @@ use tokio::{
 
 use super::exit_watch::ExitWatcher;
 use crate::{
-    cli::{Cli, ColorChoice},
+    cli::{Cli, ColorChoice, ProbeMode, UnwindMode},
     collect::{self, stacks::Stacks, tasks::TaskCollector, Collector},
     golang::{self, GoTarget, GoTracker},
     probes::{self, MapSizes, Probes},
@@ -28,6 +28,7 @@ use crate::{
         human_duration, Report, Reporter, Style,
     },
     symbolize::Symbolizer,
+    unwind::{UnwindSummary, UnwindTables},
 };
 
 /// Ticks during which the symbolizer re-reads the target's mappings every
@@ -44,6 +45,7 @@ pub struct Prepared {
     go: Option<GoTarget>,
     probes: Probes,
     maps: probes::Maps,
+    unwind: Option<UnwindTables>,
 }
 
 /// Inspects the running process `pid` and attaches to it.
@@ -71,8 +73,11 @@ pub(super) fn attach(
         threads: cli.max_threads,
         tasks: cli.max_tasks,
         goroutines: cli.max_goroutines,
+        unwind_rows: cli.max_unwind_rows,
     };
     let mut probes = Probes::load(sizes, cli.probe_mode, go.is_some())?;
+    // Tables before probes: the first stacks recorded are walked whole.
+    let unwind = unwind_tables(cli, pid, paused.is_some(), &mut probes)?;
     // A target under seccomp may be killed by return probes on some kernels:
     // find out on a throwaway process first. (A launched command has no
     // filter yet; one it installs later is not checked.)
@@ -96,7 +101,64 @@ pub(super) fn attach(
         go,
         probes,
         maps,
+        unwind,
     })
+}
+
+/// The unwind tables for `pid`'s objects, unless stacks are walked by frame
+/// pointers only (or not recorded at all, in the empty probe mode).
+fn unwind_tables(
+    cli: &Cli,
+    pid: u32,
+    launched: bool,
+    probes: &mut Probes,
+) -> anyhow::Result<Option<UnwindTables>> {
+    if cli.unwind == UnwindMode::Fp || cli.probe_mode != ProbeMode::Full {
+        return Ok(None);
+    }
+    let maps = probes.take_unwind_maps()?;
+    let mut tables = UnwindTables::new(pid, cli.unwind, maps, cli.max_unwind_rows)
+        .context("cannot set up the unwind tables")?;
+    // A command held before its exec still maps leaktrace's own objects:
+    // its tables are built once it runs (until then stacks are walked by
+    // frame pointers), never from mappings about to be replaced.
+    if !launched {
+        tables
+            .refresh()
+            .context("cannot build the unwind tables")?;
+        eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
+    }
+    Ok(Some(tables))
+}
+
+/// The start banner's line on unwind tables.
+fn describe_unwind(s: &UnwindSummary) -> String {
+    let mut line = format!(
+        "unwind tables: {} objects, {} rows, {} rules ({:.1} KiB in the kernel)",
+        s.objects,
+        s.rows,
+        s.rules,
+        s.bytes as f64 / 1024.0
+    );
+    if !s.frame_pointer_objects.is_empty() {
+        line += &format!("; by frame pointers (Go): {}", s.frame_pointer_objects.join(", "));
+    }
+    if !s.without_tables.is_empty() {
+        line += &format!(
+            "; no unwind information (stacks end there): {}",
+            s.without_tables.join(", ")
+        );
+    }
+    if !s.no_room.is_empty() {
+        line += &format!(
+            "; not loaded, --max-unwind-rows too small: {}",
+            s.no_room.join(", ")
+        );
+    }
+    if s.mappings_dropped > 0 {
+        line += &format!("; {} executable mappings beyond the table's room", s.mappings_dropped);
+    }
+    line
 }
 
 /// The allocator to probe among `candidates`: a pure Go program has none,
@@ -120,6 +182,7 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
         go,
         probes,
         maps,
+        mut unwind,
     } = prepared;
     let start = Instant::now();
     let launched = paused.is_some();
@@ -202,10 +265,21 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
                 ticks += 1;
                 if ticks <= EARLY_MAP_REFRESH_TICKS {
                     symbolizer.refresh();
+                    if let Some(tables) = unwind.as_mut() {
+                        let first = tables.summary.rows == 0;
+                        tables.refresh().context("updating the unwind tables")?;
+                        if first && tables.summary.rows > 0 {
+                            eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
+                        }
+                    }
                 }
             }
             _ = report_timer.tick() => {
                 symbolizer.refresh();
+                if let Some(tables) = unwind.as_mut() {
+                    // Objects mapped since (dlopen) get their tables.
+                    tables.refresh().context("updating the unwind tables")?;
+                }
                 collector.prune_dead_threads(pid);
                 let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
                 let last = cli.count.is_some_and(|n| builder.seq() + 1 >= n);

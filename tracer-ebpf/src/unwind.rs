@@ -1,0 +1,348 @@
+//! Walking a user stack by the unwind tables userspace built from each
+//! mapped object's `.eh_frame` (see `tracer-common`'s unwind types), for
+//! code without frame pointers; frame pointers where a mapping is Go code.
+//!
+//! One frame per `bpf_loop` iteration: the callback is verified once, so the
+//! two bounded binary searches inside it (mapping, then row) do not multiply
+//! the verifier's work by the depth.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use tracer_common::{
+    cfa, rbp, walk, ProcessMappings, StackEnd, UnwindRow, UnwindRule,
+    MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
+};
+
+use crate::stacks::{mix, FrameRecord, STACK_SCRATCH};
+
+/// Every object's rows, back to back; userspace sizes it and fills it
+/// through a memory mapping before a process's mappings point into it.
+#[map]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+#[map]
+static UNWIND_RULES: Array<UnwindRule> = Array::with_max_entries(MAX_UNWIND_RULES, 0);
+
+#[map]
+static UNWIND_PROCESSES: Array<ProcessMappings> =
+    Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+
+/// tgid → its slot in `UNWIND_PROCESSES`. A process without a slot is
+/// walked by frame pointers (`--unwind fp`).
+#[map]
+static UNWIND_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+
+/// A binary search's bounds, kept in map memory rather than registers: the
+/// verifier does not track values it reloads from there, so both halves
+/// of each step leave the same state behind and its work stays linear in
+/// the steps (in registers, their ranges multiplied it until a program
+/// took seconds to load).
+#[map]
+static SEARCH: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn set_range(range: *mut [u32; 2], lo: u32, hi: u32) {
+    // SAFETY: a per-CPU map value of this program's CPU.
+    unsafe { core::ptr::write_volatile(range, [lo, hi]) };
+}
+
+#[inline(always)]
+fn get_range(range: *mut [u32; 2]) -> (u32, u32) {
+    // SAFETY: as in `set_range`.
+    let [lo, hi] = unsafe { core::ptr::read_volatile(range) };
+    (lo, hi)
+}
+
+/// The next frame's pc is exact (after a signal frame): look it up as is,
+/// not as a return address (which points after its call).
+const EXACT_PC: u32 = 1;
+/// rbp's value is unknown from this frame on.
+const RBP_LOST: u32 = 2;
+
+/// The walk's state between frames.
+#[repr(C)]
+struct Walk {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    hash: u64,
+    slot: u32,
+    frames: u32,
+    end: u32,
+    flags: u32,
+}
+
+/// The slot of the probed process's mappings, if its stacks are walked by
+/// tables.
+#[inline(always)]
+pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
+    // SAFETY: plain data copied out of the map.
+    unsafe { UNWIND_SLOTS.get(&tgid) }.copied()
+}
+
+/// Walks the stack from `(pc, sp, bp)` into the per-CPU scratch record:
+/// frames, their hash seed folded in, and why the walk ended.
+#[inline(always)]
+pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) -> (u32, u64, u32) {
+    let mut w = Walk {
+        pc,
+        sp,
+        bp,
+        hash: seed,
+        slot,
+        frames: 0,
+        end: StackEnd::DepthLimit as u32,
+        flags: 0,
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects and `w`
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_STACK_DEPTH as u32 + 1,
+            step as *mut c_void,
+            &mut w as *mut Walk as *mut c_void,
+            0,
+        )
+    };
+    (w.frames, w.hash, w.end)
+}
+
+#[inline(always)]
+fn stop(w: &mut Walk, end: StackEnd) -> i64 {
+    w.end = end as u32;
+    1
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copes with any address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// One frame: record `w.pc`, then find the caller's registers.
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `Walk` handed to it.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return stop(w, StackEnd::Unreadable);
+    };
+    let n = w.frames as usize;
+    if n >= MAX_STACK_DEPTH {
+        return stop(w, StackEnd::DepthLimit);
+    }
+    // SAFETY: the per-CPU record is ours while this program runs; n is in
+    // bounds.
+    unsafe { (*scratch).ips[n] = w.pc };
+    w.hash = mix(w.hash, w.pc);
+    w.frames = n as u32 + 1;
+
+    // A return address points after its call, possibly past the end of the
+    // caller's last row: look up the call instruction itself.
+    let look = if n == 0 || w.flags & EXACT_PC != 0 {
+        w.pc
+    } else {
+        w.pc.wrapping_sub(1)
+    };
+    w.flags &= !EXACT_PC;
+
+    let Some(procs) = UNWIND_PROCESSES.get_ptr(w.slot) else {
+        return stop(w, StackEnd::NoMapping);
+    };
+    // SAFETY: map value pointer; `count` is clamped below.
+    let count = unsafe { (*procs).count }.min(MAX_UNWIND_MAPPINGS as u32);
+    // The last mapping starting at or below `look`.
+    let Some(range) = SEARCH.get_ptr_mut(0) else {
+        return stop(w, StackEnd::NoMapping);
+    };
+    set_range(range, 0, count);
+    for _ in 0..9 {
+        let (lo, hi) = get_range(range);
+        if lo >= hi {
+            break;
+        }
+        let mid = (lo + hi) / 2;
+        if mid as usize >= MAX_UNWIND_MAPPINGS {
+            break;
+        }
+        // SAFETY: index checked above.
+        if unsafe { (*procs).mappings[mid as usize].start } <= look {
+            set_range(range, mid + 1, hi);
+        } else {
+            set_range(range, lo, mid);
+        }
+    }
+    let lo = get_range(range).0;
+    let i = lo.wrapping_sub(1) as usize;
+    if i >= MAX_UNWIND_MAPPINGS {
+        return stop(w, StackEnd::NoMapping);
+    }
+    // SAFETY: index checked above.
+    let m = unsafe { (*procs).mappings[i] };
+    if look >= m.end {
+        return stop(w, StackEnd::NoMapping);
+    }
+    match m.walk {
+        walk::TABLE => table_step(w, look - m.bias, m.row_base, m.row_count),
+        walk::FRAME_POINTER => frame_pointer_step(w),
+        _ => stop(w, StackEnd::NoTable),
+    }
+}
+
+/// Unwinds one frame by the row covering `offset` (an ELF address).
+#[inline(always)]
+fn table_step(w: &mut Walk, offset: u64, base: u32, count: u32) -> i64 {
+    if offset > u32::MAX as u64 {
+        return stop(w, StackEnd::NoTable);
+    }
+    let offset = offset as u32;
+    // The last row starting at or below `offset`: 24 halvings cover 2^24 rows.
+    let Some(range) = SEARCH.get_ptr_mut(0) else {
+        return stop(w, StackEnd::NoTable);
+    };
+    set_range(range, 0, count);
+    for _ in 0..24 {
+        let (lo, hi) = get_range(range);
+        if lo >= hi {
+            break;
+        }
+        let mid = (lo + hi) / 2;
+        let Some(row) = UNWIND_ROWS.get(base.wrapping_add(mid)) else {
+            return stop(w, StackEnd::NoTable);
+        };
+        if row.pc <= offset {
+            set_range(range, mid + 1, hi);
+        } else {
+            set_range(range, lo, mid);
+        }
+    }
+    let lo = get_range(range).0;
+    if lo == 0 {
+        return stop(w, StackEnd::NoTable);
+    }
+    let Some(row) = UNWIND_ROWS.get(base.wrapping_add(lo - 1)) else {
+        return stop(w, StackEnd::NoTable);
+    };
+    let Some(rule) = UNWIND_RULES.get(row.rule as u32) else {
+        return stop(w, StackEnd::NoTable);
+    };
+    let rule = *rule;
+    let off = rule.cfa_offset as i64 as u64;
+    let bp_known = w.flags & RBP_LOST == 0;
+    let cfa = match rule.cfa {
+        cfa::RSP => w.sp.wrapping_add(off),
+        cfa::RBP if bp_known => w.bp.wrapping_add(off),
+        cfa::PLT => {
+            let past = if (w.pc & 15) as i32 >= rule.extra { 8 } else { 0 };
+            w.sp.wrapping_add(off).wrapping_add(past)
+        }
+        cfa::DEREF_RSP => match read_u64(w.sp.wrapping_add(off)) {
+            Some(v) => v.wrapping_add(rule.extra as i64 as u64),
+            None => return stop(w, StackEnd::Unreadable),
+        },
+        cfa::DEREF_RBP if bp_known => match read_u64(w.bp.wrapping_add(off)) {
+            Some(v) => v.wrapping_add(rule.extra as i64 as u64),
+            None => return stop(w, StackEnd::Unreadable),
+        },
+        cfa::SIGNAL => return signal_step(w),
+        cfa::ROOT => return stop(w, StackEnd::Complete),
+        cfa::NONE => return stop(w, StackEnd::NoTable),
+        _ => return stop(w, StackEnd::Unsupported),
+    };
+    if cfa <= w.sp {
+        return stop(w, StackEnd::Unsupported);
+    }
+    let ra = if rule.rbp == rbp::AT_CFA && rule.rbp_offset == -16 {
+        // The usual `push %rbp` frame: rbp and the return address side by
+        // side, one read.
+        // SAFETY: bpf_probe_read_user copes with any address.
+        match unsafe { bpf_probe_read_user((cfa - 16) as *const FrameRecord) } {
+            Ok(rec) => {
+                w.bp = rec.next;
+                w.flags &= !RBP_LOST;
+                rec.ret
+            }
+            Err(_) => return stop(w, StackEnd::Unreadable),
+        }
+    } else {
+        let Some(ra) = read_u64(cfa - 8) else {
+            return stop(w, StackEnd::Unreadable);
+        };
+        match rule.rbp {
+            rbp::AT_CFA => match read_u64(cfa.wrapping_add(rule.rbp_offset as i64 as u64)) {
+                Some(bp) => {
+                    w.bp = bp;
+                    w.flags &= !RBP_LOST;
+                }
+                None => return stop(w, StackEnd::Unreadable),
+            },
+            rbp::LOST => w.flags |= RBP_LOST,
+            _ => {}
+        }
+        ra
+    };
+    if ra == 0 {
+        return stop(w, StackEnd::Complete);
+    }
+    w.sp = cfa;
+    w.pc = ra;
+    0
+}
+
+/// Offsets in the `ucontext_t` a signal handler's frame starts with:
+/// `uc_mcontext.gregs` at 40, rbp, rsp and rip its 11th, 16th and 17th.
+const UC_GREGS: u64 = 40;
+const REG_RBP: u64 = 10;
+const REG_RSP: u64 = 15;
+const REG_RIP: u64 = 16;
+
+/// Continues into the code a signal interrupted (the frame is the kernel's
+/// signal trampoline, `__restore_rt`).
+#[inline(always)]
+fn signal_step(w: &mut Walk) -> i64 {
+    let gregs = w.sp + UC_GREGS;
+    let (Some(bp), Some(sp), Some(pc)) = (
+        read_u64(gregs + REG_RBP * 8),
+        read_u64(gregs + REG_RSP * 8),
+        read_u64(gregs + REG_RIP * 8),
+    ) else {
+        return stop(w, StackEnd::Unreadable);
+    };
+    w.bp = bp;
+    w.sp = sp;
+    w.pc = pc;
+    w.flags = EXACT_PC;
+    0
+}
+
+/// One frame by its frame record (Go code).
+#[inline(always)]
+fn frame_pointer_step(w: &mut Walk) -> i64 {
+    let fp = w.bp;
+    if w.flags & RBP_LOST != 0 {
+        return stop(w, StackEnd::Unsupported);
+    }
+    if fp == 0 {
+        return stop(w, StackEnd::FramePointers);
+    }
+    if fp & 7 != 0 {
+        return stop(w, StackEnd::Unreadable);
+    }
+    // SAFETY: bpf_probe_read_user copes with any address.
+    let Ok(rec) = (unsafe { bpf_probe_read_user(fp as *const FrameRecord) }) else {
+        return stop(w, StackEnd::Unreadable);
+    };
+    if rec.ret == 0 {
+        return stop(w, StackEnd::FramePointers);
+    }
+    w.pc = rec.ret;
+    w.sp = fp + 16;
+    w.bp = rec.next;
+    0
+}
+

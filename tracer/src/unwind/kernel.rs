@@ -1,0 +1,315 @@
+//! The probes' unwind maps, filled for one traced process: its objects'
+//! rows (written once per object through a memory mapping of the row
+//! array), the rules they name, and the process's executable mappings.
+
+use std::{collections::HashMap, fs, os::fd::AsRawFd, ptr::NonNull};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
+use object::{Object, ObjectSegment, SegmentFlags};
+use tracer_common::{
+    walk, ProcessMappings, UnwindMapping, UnwindRow, UnwindRule, MAX_UNWIND_MAPPINGS,
+    MAX_UNWIND_RULES,
+};
+
+use super::{object_unwind, ObjectKey, ObjectUnwind, UnwindError};
+use crate::{cli::UnwindMode, process::procfs};
+
+/// `UNWIND_ROWS`, mapped into our memory (the kernel's own pages: a write
+/// here is what the probes read).
+struct RowTable {
+    ptr: NonNull<UnwindRow>,
+    capacity: u32,
+    len: usize,
+    _map: MapData,
+}
+
+impl RowTable {
+    fn new(map: MapData, capacity: u32) -> Result<Self, UnwindError> {
+        let len = capacity as usize * size_of::<UnwindRow>();
+        // SAFETY: mapping a BPF_F_MMAPABLE array map's fd, whose size is
+        // `capacity` rows (set at load); the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd_raw(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(UnwindError::Mmap(std::io::Error::last_os_error()));
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| {
+            UnwindError::Mmap(std::io::Error::other("mmap returned null"))
+        })?;
+        Ok(RowTable {
+            ptr,
+            capacity,
+            len,
+            _map: map,
+        })
+    }
+
+    fn rows_mut(&mut self) -> &mut [UnwindRow] {
+        // SAFETY: `ptr` maps `capacity` rows for as long as `self` lives,
+        // and only this (single-threaded) owner writes through it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity as usize) }
+    }
+}
+
+impl Drop for RowTable {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+trait AsFdRaw {
+    fn as_fd_raw(&self) -> i32;
+}
+
+impl AsFdRaw for aya::maps::MapFd {
+    fn as_fd_raw(&self) -> i32 {
+        use std::os::fd::AsFd;
+        self.as_fd().as_raw_fd()
+    }
+}
+
+/// What the tables hold, for the start banner and the reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnwindSummary {
+    /// Objects walked by their tables.
+    pub objects: usize,
+    pub rows: u64,
+    pub rules: usize,
+    /// Kernel memory the tables take.
+    pub bytes: u64,
+    /// Objects walked by frame pointers (Go).
+    pub frame_pointer_objects: Vec<String>,
+    /// Objects with no unwind information (their frames end a stack).
+    pub without_tables: Vec<String>,
+    /// Objects that did not fit `--max-unwind-rows`.
+    pub no_room: Vec<String>,
+    /// Executable mappings beyond what the kernel table holds per process.
+    pub mappings_dropped: usize,
+}
+
+/// One process's unwind maps.
+pub struct UnwindTables {
+    pid: u32,
+    mode: UnwindMode,
+    rows: RowTable,
+    used_rows: u32,
+    rules: Array<MapData, UnwindRule>,
+    rule_ids: HashMap<UnwindRule, u16>,
+    processes: Array<MapData, ProcessMappings>,
+    slots: BpfHashMap<MapData, u32, u32>,
+    /// Where each object's rows are: (base, count); `None` when it has none.
+    placed: HashMap<ObjectKey, Option<(u32, u32)>>,
+    /// The executable mappings last written, to notice dlopen and munmap.
+    last_maps: Vec<(u64, u64, u64, u64)>,
+    /// Which of the two process slots is live (the other is rewritten and
+    /// then published, so a walk never sees a half-written table).
+    live_slot: u32,
+    pub summary: UnwindSummary,
+}
+
+fn array_of(map: Map, name: &'static str) -> Result<MapData, UnwindError> {
+    match map {
+        Map::Array(m) => Ok(m),
+        _ => Err(UnwindError::Map(format!("{name} is not an array"))),
+    }
+}
+
+impl UnwindTables {
+    /// Takes the unwind maps out of the loaded object; `row_capacity` is the
+    /// size `UNWIND_ROWS` was loaded with.
+    pub fn new(
+        pid: u32,
+        mode: UnwindMode,
+        maps: [Map; 4],
+        row_capacity: u32,
+    ) -> Result<Self, UnwindError> {
+        let [rows, rules, processes, slots] = maps;
+        let map_err = |e: aya::maps::MapError| UnwindError::Map(e.to_string());
+        Ok(UnwindTables {
+            pid,
+            mode,
+            rows: RowTable::new(array_of(rows, "UNWIND_ROWS")?, row_capacity)?,
+            used_rows: 0,
+            rules: Array::try_from(rules).map_err(map_err)?,
+            rule_ids: HashMap::new(),
+            processes: Array::try_from(processes).map_err(map_err)?,
+            slots: BpfHashMap::try_from(slots).map_err(map_err)?,
+            placed: HashMap::new(),
+            last_maps: Vec::new(),
+            live_slot: 1,
+            summary: UnwindSummary::default(),
+        })
+    }
+
+    /// Rereads the process's mappings and, if they changed (at attach, after
+    /// a dlopen), builds tables for new objects and publishes the mappings.
+    pub fn refresh(&mut self) -> Result<(), UnwindError> {
+        let Ok(maps) = procfs::read_maps(self.pid) else {
+            return Ok(()); // the process is gone: nothing left to walk
+        };
+        let exec: Vec<&procfs::Mapping> = maps
+            .iter()
+            .filter(|m| m.executable && m.path.is_some() && m.inode != 0)
+            .collect();
+        let fingerprint: Vec<_> = exec
+            .iter()
+            .map(|m| (m.start, m.end, m.file_offset, m.inode))
+            .collect();
+        if fingerprint == self.last_maps {
+            return Ok(());
+        }
+        let mut table = Box::<ProcessMappings>::default();
+        let mut entries = Vec::new();
+        for m in &exec {
+            if let Some(entry) = self.mapping_entry(m) {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by_key(|e| e.start);
+        self.summary.mappings_dropped = entries.len().saturating_sub(MAX_UNWIND_MAPPINGS);
+        entries.truncate(MAX_UNWIND_MAPPINGS);
+        table.count = entries.len() as u32;
+        table.mappings[..entries.len()].copy_from_slice(&entries);
+
+        let slot = 1 - self.live_slot;
+        self.processes
+            .set(slot, *table, 0)
+            .map_err(|e| UnwindError::Map(e.to_string()))?;
+        self.slots
+            .insert(self.pid, slot, 0)
+            .map_err(|e| UnwindError::Map(e.to_string()))?;
+        self.live_slot = slot;
+        self.last_maps = fingerprint;
+        self.summary.objects = self.placed.values().filter(|p| p.is_some()).count();
+        self.summary.rules = self.rule_ids.len();
+        self.summary.rows = u64::from(self.used_rows);
+        self.summary.bytes = u64::from(self.used_rows) * size_of::<UnwindRow>() as u64
+            + (self.rule_ids.len() * size_of::<UnwindRule>()) as u64
+            + 2 * size_of::<ProcessMappings>() as u64;
+        Ok(())
+    }
+
+    /// The kernel's view of one executable mapping.
+    fn mapping_entry(&mut self, m: &procfs::Mapping) -> Option<UnwindMapping> {
+        let open = m.open_path(self.pid);
+        let size = fs::metadata(&open).map(|md| md.len()).unwrap_or(0);
+        let key = ObjectKey {
+            dev: m.dev.clone(),
+            inode: m.inode,
+            size,
+        };
+        let name = m.path.clone().unwrap_or_default();
+        let data = fs::read(&open).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let bias = bias_of(&file, m)?;
+        let (walk_kind, row_base, row_count) = match object_unwind(&key, &data) {
+            ObjectUnwind::FramePointers if self.mode == UnwindMode::Auto => {
+                push_once(&mut self.summary.frame_pointer_objects, &name);
+                (walk::FRAME_POINTER, 0, 0)
+            }
+            ObjectUnwind::FramePointers | ObjectUnwind::Nothing => {
+                push_once(&mut self.summary.without_tables, &name);
+                (walk::NONE, 0, 0)
+            }
+            ObjectUnwind::Table(rows) => match self.place(&key, &rows) {
+                Some((base, count)) => (walk::TABLE, base, count),
+                None => {
+                    push_once(&mut self.summary.no_room, &name);
+                    (walk::NONE, 0, 0)
+                }
+            },
+        };
+        Some(UnwindMapping {
+            start: m.start,
+            end: m.end,
+            bias,
+            row_base,
+            row_count,
+            walk: walk_kind,
+            _pad: 0,
+        })
+    }
+
+    /// Writes an object's rows into the kernel table once; where they are.
+    fn place(&mut self, key: &ObjectKey, rows: &[(u32, UnwindRule)]) -> Option<(u32, u32)> {
+        if let Some(p) = self.placed.get(key) {
+            return *p;
+        }
+        let count = u32::try_from(rows.len()).ok()?;
+        let base = self.used_rows;
+        let fits = base
+            .checked_add(count)
+            .is_some_and(|end| end <= self.rows.capacity);
+        let placed = if fits {
+            let mut ids = Vec::with_capacity(rows.len());
+            for (_, rule) in rows {
+                ids.push(self.rule_id(rule)?);
+            }
+            let table = self.rows.rows_mut();
+            for (i, ((pc, _), rule)) in rows.iter().zip(ids).enumerate() {
+                table[base as usize + i] = UnwindRow {
+                    pc: *pc,
+                    rule,
+                    _reserved: 0,
+                };
+            }
+            self.used_rows += count;
+            Some((base, count))
+        } else {
+            None
+        };
+        self.placed.insert(key.clone(), placed);
+        placed
+    }
+
+    /// A rule's id in the kernel's rule table, adding it if new.
+    fn rule_id(&mut self, rule: &UnwindRule) -> Option<u16> {
+        if let Some(&id) = self.rule_ids.get(rule) {
+            return Some(id);
+        }
+        let id = u16::try_from(self.rule_ids.len()).ok()?;
+        if u32::from(id) >= MAX_UNWIND_RULES {
+            return None;
+        }
+        self.rules.set(u32::from(id), *rule, 0).ok()?;
+        self.rule_ids.insert(*rule, id);
+        Some(id)
+    }
+}
+
+fn push_once(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|n| n == name) {
+        list.push(name.to_string());
+    }
+}
+
+/// Runtime address minus ELF address for the executable segment a mapping
+/// shows: the mapping's start holds its file offset.
+fn bias_of(file: &object::File<'_>, m: &procfs::Mapping) -> Option<u64> {
+    let len = m.end - m.start;
+    file.segments()
+        .filter(|s| match s.flags() {
+            SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+            _ => true,
+        })
+        .find(|s| {
+            let (off, size) = s.file_range();
+            off < m.file_offset + len && m.file_offset < off + size
+        })
+        .map(|s| {
+            let (off, _) = s.file_range();
+            m.start
+                .wrapping_sub(m.file_offset)
+                .wrapping_add(off)
+                .wrapping_sub(s.address())
+        })
+}
