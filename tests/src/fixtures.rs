@@ -57,27 +57,85 @@ fn cpp(src: &Path, out: &Path) -> Command {
     cmd
 }
 
-/// tests/fixtures/rust_heap, a Cargo project with its own locked
-/// dependencies, on the allocator `feature` selects (none: the system's):
-/// built with frame pointers into a target directory of its own, then
-/// copied to `out`.
-fn rust_heap(src: &Path, out: &Path, feature: &str) -> Command {
+/// The flags distributions build C with: -O2, no frame pointers, unwind
+/// tables (the default), so stacks unwind only through DWARF CFI.
+fn c_o2(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("cc");
+    cmd.args(["-O2", "-g", "-pthread", "-Wall", "-o"])
+        .arg(out)
+        .arg(src);
+    cmd
+}
+
+/// As [`c_o2`] without unwind tables: no .eh_frame for the program's own
+/// code, only the .debug_frame that -g emits.
+fn c_o2_notables(src: &Path, out: &Path) -> Command {
+    let mut cmd = c_o2(src, out);
+    cmd.args(["-fno-asynchronous-unwind-tables", "-fno-unwind-tables"]);
+    cmd
+}
+
+fn cpp_o2(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("g++");
+    cmd.args(["-O2", "-g", "-Wall", "-o"]).arg(out).arg(src);
+    cmd
+}
+
+/// Cargo project `name` under tests/fixtures (`src` is its src/main.rs),
+/// with its own locked dependencies and features: built in release into a
+/// target directory of its own, then copied to `out`. Rust flags come from
+/// `rustflags` only, never from the environment.
+fn cargo_fixture(
+    src: &Path,
+    out: &Path,
+    name: &str,
+    features: &str,
+    rustflags: Option<&str>,
+) -> Command {
     let project = src
         .parent()
         .and_then(Path::parent)
-        .expect("fixture at rust_heap/src/main.rs");
+        .expect("fixture at PROJECT/src/main.rs");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(
-            r#""${CARGO:-cargo}" build --quiet --release --locked --manifest-path "$1/Cargo.toml" --target-dir "$2" --features "$3" && cp "$2/release/rust_heap" "$4""#,
+            r#""${CARGO:-cargo}" build --quiet --release --locked --manifest-path "$1/Cargo.toml" --target-dir "$2" --features "$3" && cp "$2/release/$4" "$5""#,
         )
         .arg("sh")
         .arg(project)
-        .arg(out.with_file_name("rust_heap.build"))
-        .arg(feature)
-        .arg(out)
-        .env("RUSTFLAGS", "-C force-frame-pointers=yes");
+        .arg(out.with_file_name(format!("{name}.build")))
+        .arg(features)
+        .arg(name)
+        .arg(out);
+    // RUSTFLAGS, CARGO_ENCODED_RUSTFLAGS, CARGO_BUILD_RUSTFLAGS,
+    // CARGO_TARGET_<triple>_RUSTFLAGS: any would change the code built.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| k.ends_with("RUSTFLAGS")) {
+            cmd.env_remove(key);
+        }
+    }
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
     cmd
+}
+
+/// tests/fixtures/rust_heap on the allocator `feature` selects (none: the
+/// system's), built with frame pointers.
+fn rust_heap(src: &Path, out: &Path, feature: &str) -> Command {
+    cargo_fixture(
+        src,
+        out,
+        "rust_heap",
+        feature,
+        Some("-C force-frame-pointers=yes"),
+    )
+}
+
+/// tests/fixtures/unwind_rust, built as Rust programs ship: release,
+/// default profile, no frame pointers.
+fn rust_unwind(src: &Path, out: &Path) -> Command {
+    cargo_fixture(src, out, "unwind_rust", "", None)
 }
 
 fn rust_system(src: &Path, out: &Path) -> Command {
@@ -160,6 +218,26 @@ const FIXTURES: &[FixtureSpec] = &[
         name: "sigstksz",
         source: "sigstksz.c",
         compile: c,
+    },
+    FixtureSpec {
+        name: "unwind_c",
+        source: "unwind_c.c",
+        compile: c_o2,
+    },
+    FixtureSpec {
+        name: "unwind_c_notables",
+        source: "unwind_c.c",
+        compile: c_o2_notables,
+    },
+    FixtureSpec {
+        name: "unwind_cpp",
+        source: "unwind_cpp.cpp",
+        compile: cpp_o2,
+    },
+    FixtureSpec {
+        name: "unwind_rust",
+        source: "unwind_rust/src/main.rs",
+        compile: rust_unwind,
     },
 ];
 

@@ -48,7 +48,8 @@ impl Probes {
     /// Moves the unwind maps (rows, rules, processes, slots) out of the
     /// loaded object, for [`crate::unwind::UnwindTables`].
     pub fn take_unwind_maps(&mut self) -> Result<[aya::maps::Map; 4], ProbeError> {
-        let mut take = |name: &'static str| self.ebpf.take_map(name).ok_or(ProbeError::Missing(name));
+        let mut take =
+            |name: &'static str| self.ebpf.take_map(name).ok_or(ProbeError::Missing(name));
         Ok([
             take("UNWIND_ROWS")?,
             take("UNWIND_RULES")?,

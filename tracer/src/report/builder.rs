@@ -141,7 +141,10 @@ impl ReportBuilder {
                 trend: Trend::New,
                 allocator: called(*ip, &alloc_names),
                 stack_lost: s.site.stack_id == STACK_UNKNOWN,
-                cut_short: self.stacks.end(s.site.stack_id).filter(|e| e.is_cut_short()),
+                cut_short: self
+                    .stacks
+                    .end(s.site.stack_id)
+                    .filter(|e| e.is_cut_short()),
                 frames: symbolized(stack),
             })
             .collect();

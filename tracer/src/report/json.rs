@@ -1,11 +1,11 @@
 //! JSON lines: one object per report. The schema is documented in the
 //! README ("JSON output"); keep the two in step.
 
-use tracer_common::StackEnd;
 use std::{
     io::{self, Write},
     time::UNIX_EPOCH,
 };
+use tracer_common::StackEnd;
 
 use serde_json::{json, Value};
 

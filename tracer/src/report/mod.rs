@@ -7,11 +7,11 @@ pub mod builder;
 mod json;
 mod text;
 
-use tracer_common::StackEnd;
 use std::{
     io::{self, Write},
     time::{Duration, SystemTime},
 };
+use tracer_common::StackEnd;
 
 use crate::{cli::Format, collect::Dropped, golang::GoReport, symbolize::Frame};
 

@@ -1,10 +1,10 @@
 //! Human-readable reports.
 
-use tracer_common::StackEnd;
 use std::{
     io::{self, Write},
     time::Duration,
 };
+use tracer_common::StackEnd;
 
 use super::{
     aggregate::{Trend, TREND_WINDOW},
@@ -340,12 +340,18 @@ fn cut_short(out: &mut impl Write, end: Option<StackEnd>, style: Style) -> io::R
     let why = match end {
         StackEnd::DepthLimit => "deeper than the 127 frames kept",
         StackEnd::NoTable => "next frame in code without unwind information",
-        StackEnd::NoMapping => "next frame in memory leaktrace has no table for (JIT code, or mapped just now)",
+        StackEnd::NoMapping => {
+            "next frame in memory leaktrace has no table for (JIT code, or mapped just now)"
+        }
         StackEnd::Unreadable => "stack memory unreadable",
         StackEnd::Unsupported => "an unwind rule leaktrace does not follow",
         StackEnd::Complete | StackEnd::FramePointers => return Ok(()),
     };
-    writeln!(out, "        {}", style.paint("33", &format!("(stack cut short: {why})")))
+    writeln!(
+        out,
+        "        {}",
+        style.paint("33", &format!("(stack cut short: {why})"))
+    )
 }
 
 fn site(out: &mut impl Write, n: usize, s: &SiteReport, style: Style) -> io::Result<()> {

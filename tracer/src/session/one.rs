@@ -123,9 +123,7 @@ fn unwind_tables(
     // its tables are built once it runs (until then stacks are walked by
     // frame pointers), never from mappings about to be replaced.
     if !launched {
-        tables
-            .refresh()
-            .context("cannot build the unwind tables")?;
+        tables.refresh().context("cannot build the unwind tables")?;
         eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
     }
     Ok(Some(tables))
@@ -141,7 +139,10 @@ fn describe_unwind(s: &UnwindSummary) -> String {
         s.bytes as f64 / 1024.0
     );
     if !s.frame_pointer_objects.is_empty() {
-        line += &format!("; by frame pointers (Go): {}", s.frame_pointer_objects.join(", "));
+        line += &format!(
+            "; by frame pointers (Go): {}",
+            s.frame_pointer_objects.join(", ")
+        );
     }
     if !s.without_tables.is_empty() {
         line += &format!(
@@ -156,7 +157,10 @@ fn describe_unwind(s: &UnwindSummary) -> String {
         );
     }
     if s.mappings_dropped > 0 {
-        line += &format!("; {} executable mappings beyond the table's room", s.mappings_dropped);
+        line += &format!(
+            "; {} executable mappings beyond the table's room",
+            s.mappings_dropped
+        );
     }
     line
 }
@@ -206,6 +210,14 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
     });
     if let Some(p) = paused {
         p.release();
+        if let Some(tables) = unwind.as_mut() {
+            // Tables for the command's own mappings as soon as it has
+            // exec'd (until then its stacks are walked by frame pointers);
+            // objects its loader maps next come in with the early ticks.
+            wait_for_exec(pid);
+            tables.refresh().context("building the unwind tables")?;
+            eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
+        }
     }
 
     let style = match cli.color {
@@ -266,11 +278,7 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
                 if ticks <= EARLY_MAP_REFRESH_TICKS {
                     symbolizer.refresh();
                     if let Some(tables) = unwind.as_mut() {
-                        let first = tables.summary.rows == 0;
                         tables.refresh().context("updating the unwind tables")?;
-                        if first && tables.summary.rows > 0 {
-                            eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
-                        }
                     }
                 }
             }
@@ -326,6 +334,19 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
             status = exit.exited() => return Ok(status.unwrap_or(0)),
             _ = sigint.recv() => { signal_child(pid, libc::SIGINT); }
             _ = sigterm.recv() => { signal_child(pid, libc::SIGTERM); }
+        }
+    }
+}
+
+/// Waits (briefly) until a released command has replaced leaktrace's
+/// image with its own.
+fn wait_for_exec(pid: u32) {
+    let ours = std::fs::read_link("/proc/self/exe").ok();
+    for _ in 0..200 {
+        match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(exe) if Some(&exe) != ours.as_ref() => return,
+            Err(_) => return,
+            _ => std::thread::sleep(std::time::Duration::from_millis(1)),
         }
     }
 }

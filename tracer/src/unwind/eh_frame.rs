@@ -49,7 +49,11 @@ fn bad(e: impl std::fmt::Display) -> UnwindError {
 /// of a function (a real row at the same address wins over it).
 type RawRow = (u64, bool, UnwindRule);
 
-fn collect<'a, S>(section: &S, bases: &BaseAddresses, out: &mut Vec<RawRow>) -> Result<(), UnwindError>
+fn collect<'a, S>(
+    section: &S,
+    bases: &BaseAddresses,
+    out: &mut Vec<RawRow>,
+) -> Result<(), UnwindError>
 where
     S: UnwindSection<R<'a>>,
 {
@@ -159,10 +163,20 @@ fn expression_rule(expr: R<'_>) -> Option<(u8, i64, i32)> {
     }
     use Operation as O;
     match ops.as_slice() {
-        [O::RegisterOffset { register: X86_64::RSP, offset: n, .. }, O::RegisterOffset { register: X86_64::RA, offset: 0, .. }, O::UnsignedConstant { value: 15 }, O::And, O::UnsignedConstant { value: k }, O::Ge, O::UnsignedConstant { value: 3 }, O::Shl, O::Plus] => {
+        [O::RegisterOffset {
+            register: X86_64::RSP,
+            offset: n,
+            ..
+        }, O::RegisterOffset {
+            register: X86_64::RA,
+            offset: 0,
+            ..
+        }, O::UnsignedConstant { value: 15 }, O::And, O::UnsignedConstant { value: k }, O::Ge, O::UnsignedConstant { value: 3 }, O::Shl, O::Plus] => {
             Some((cfa::PLT, *n, i32::try_from(*k).ok()?))
         }
-        [O::RegisterOffset { register, offset, .. }, O::Deref { .. }, rest @ ..] => {
+        [O::RegisterOffset {
+            register, offset, ..
+        }, O::Deref { .. }, rest @ ..] => {
             let kind = match *register {
                 X86_64::RSP => cfa::DEREF_RSP,
                 X86_64::RBP => cfa::DEREF_RBP,
@@ -252,7 +266,10 @@ mod tests {
         // are `CFA = rsp + N`.
         assert!(count(cfa::RSP) * 100 / (rows.len() - count(cfa::NONE)) >= 95);
         assert!(count(cfa::RBP) > 0);
-        assert!(count(cfa::ROOT) > 0, "_start / clone's child mark the outermost frame");
+        assert!(
+            count(cfa::ROOT) > 0,
+            "_start / clone's child mark the outermost frame"
+        );
         assert!(count(cfa::SIGNAL) > 0, "__restore_rt");
         assert!(count(cfa::PLT) > 0, ".plt");
         assert!(count(cfa::UNSUPPORTED) * 1000 / rows.len() < 5);

@@ -41,9 +41,8 @@ impl RowTable {
         if ptr == libc::MAP_FAILED {
             return Err(UnwindError::Mmap(std::io::Error::last_os_error()));
         }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| {
-            UnwindError::Mmap(std::io::Error::other("mmap returned null"))
-        })?;
+        let ptr = NonNull::new(ptr.cast())
+            .ok_or_else(|| UnwindError::Mmap(std::io::Error::other("mmap returned null")))?;
         Ok(RowTable {
             ptr,
             capacity,

@@ -6,12 +6,14 @@
 //! the traps alone cost) and under leaktrace; redis also under a
 //! memleak-style bpftrace script. Ratios are printed, with the BPF time per
 //! program run (`kernel.bpf_stats_enabled`) and every probe point with the
-//! instruction under it. Timing stays out of the tests.
+//! instruction under it; and what walking stacks by unwind tables costs
+//! against frame pointers (`unwind`). Timing stays out of the tests.
 
 mod http;
 mod measure;
 mod micro;
 mod redis;
+mod unwind;
 
 use std::{fs, io::Write, path::Path, process::Command};
 
@@ -53,6 +55,9 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()>
         }
     }
     rows.push(row("malloc(64)+free", micro::SETUPS, rates, "pairs/s"));
+
+    // Stack walking: ten frames deep, by tables and by frame pointers.
+    let deep = unwind::measure(root, seconds, rounds)?;
 
     // redis.
     let mut set = vec![Vec::new(); redis::SETUPS.len()];
@@ -106,6 +111,8 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()>
         "{rounds} rounds of {seconds}s (redis: 100000 requests per test), medians, kernel {kernel}\n\n"
     );
     out.push_str(&results_table(&rows));
+    out.push_str("\nStack walking, malloc(64)+free ten calls below main:\n\n");
+    out.push_str(&unwind::table(&deep));
     for (workload, s) in &stats {
         out.push_str(&format!(
             "\nBPF time per program run, {workload} (last round):\n\n"
