@@ -15,8 +15,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use tracer_common::{
-    cfa, rbp, walk, ProcessMappings, StackEnd, UnwindRow, UnwindRule,
-    MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
+    cfa, rbp, walk, ProcessMappings, StackEnd, UnwindRow, UnwindRule, MAX_STACK_DEPTH,
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
 };
 
 use crate::stacks::{mix, FrameRecord, STACK_SCRATCH};
@@ -30,8 +30,7 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, BPF_F_MMAPABLE
 static UNWIND_RULES: Array<UnwindRule> = Array::with_max_entries(MAX_UNWIND_RULES, 0);
 
 #[map]
-static UNWIND_PROCESSES: Array<ProcessMappings> =
-    Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+static UNWIND_PROCESSES: Array<ProcessMappings> = Array::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
 /// tgid → its slot in `UNWIND_PROCESSES`. A process without a slot is
 /// walked by frame pointers (`--unwind fp`).
@@ -238,7 +237,11 @@ fn table_step(w: &mut Walk, offset: u64, base: u32, count: u32) -> i64 {
         cfa::RSP => w.sp.wrapping_add(off),
         cfa::RBP if bp_known => w.bp.wrapping_add(off),
         cfa::PLT => {
-            let past = if (w.pc & 15) as i32 >= rule.extra { 8 } else { 0 };
+            let past = if (w.pc & 15) as i32 >= rule.extra {
+                8
+            } else {
+                0
+            };
             w.sp.wrapping_add(off).wrapping_add(past)
         }
         cfa::DEREF_RSP => match read_u64(w.sp.wrapping_add(off)) {
@@ -345,4 +348,3 @@ fn frame_pointer_step(w: &mut Walk) -> i64 {
     w.bp = rec.next;
     0
 }
-
