@@ -224,6 +224,14 @@ const FIXTURES: &[FixtureSpec] = &[
         source: "unwind_c.c",
         compile: c_o2,
     },
+    // The same program as a file of its own: a return probe another tracer
+    // puts on it (tests/tests/unwind.rs) then cannot reach the other tests'
+    // processes, as uprobes go by file.
+    FixtureSpec {
+        name: "unwind_c_retprobed",
+        source: "unwind_c.c",
+        compile: c_o2,
+    },
     FixtureSpec {
         name: "unwind_c_notables",
         source: "unwind_c.c",

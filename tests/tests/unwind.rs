@@ -298,3 +298,40 @@ fn rust_release_leaks_four_frames_deep_have_their_whole_stack() {
         "{report}"
     );
 }
+
+#[test]
+fn another_tracers_pending_return_probe_is_seen_through() {
+    // bpftrace's uretprobe on parse_message replaces its return address
+    // (into handle_request) with the kernel's trampoline while it runs;
+    // the stack must show the real one.
+    // A copy of unwind_c: uprobes go by file, and bpftrace's would reach
+    // the other tests' processes.
+    let mut fixture = Fixture::start("unwind_c_retprobed", &[]);
+    fixture.send("wrapper 1");
+    let oracle = oracle_addresses(&fixture.expect_line("oracle wrapper"));
+    fixture.expect_line("done wrapper");
+    let binary = fixtures().path("unwind_c_retprobed");
+    let script = format!(
+        "uretprobe:{}:parse_message {{ @returns = count(); }}",
+        binary.display()
+    );
+    let mut bpftrace = std::process::Command::new("bpftrace")
+        .args(["-p", &fixture.pid.to_string(), "-e", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("bpftrace (installed by xtask setup)");
+    let out = bpftrace.stdout.take().expect("piped");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.starts_with("Attaching"))),
+        "bpftrace did not attach"
+    );
+    let mut lt = Leaktrace::attach(fixture.pid, FLAGS);
+    fixture.command("wrapper 5", "done wrapper");
+    let report = lt.report_where(|r| !stacks_at(r, "xmalloc").is_empty());
+    let _ = bpftrace.kill();
+    let _ = bpftrace.wait();
+    assert_site(&report, "xmalloc", 500, 5, "malloc");
+    assert_above_matches(stacks_at(&report, "xmalloc")[0], "xmalloc", &oracle);
+}

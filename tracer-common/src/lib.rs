@@ -439,7 +439,7 @@ mod tests {
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<UnwindRule>(), 16);
         assert_eq!(size_of::<UnwindMapping>(), 40);
-        assert_eq!(size_of::<ProcessMappings>(), 8 + 40 * MAX_UNWIND_MAPPINGS);
+        assert_eq!(size_of::<ProcessMappings>(), 40 + 40 * MAX_UNWIND_MAPPINGS);
     }
 
     #[test]

@@ -100,12 +100,38 @@ pub struct UnwindMapping {
 /// Executable mappings per traced process, sorted by start.
 pub const MAX_UNWIND_MAPPINGS: usize = 256;
 
-/// A traced process's executable mappings. 8 + 256×40 bytes, no padding.
+/// Offsets in the running kernel's structs (from its BTF) that lead from
+/// the current task to its return-probe trampoline (the address that
+/// stands in for a real return address on the user stack while a return
+/// probe is pending) and to the real addresses. 32 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReturnProbeOffsets {
+    /// `task_struct.mm`.
+    pub mm: u32,
+    /// `mm_struct.uprobes_state.xol_area`.
+    pub xol_area: u32,
+    /// `xol_area.vaddr`: the trampoline.
+    pub xol_vaddr: u32,
+    pub _pad: u32,
+    /// `task_struct.utask`.
+    pub utask: u32,
+    /// `uprobe_task.return_instances`.
+    pub instances: u32,
+    /// `return_instance.orig_ret_vaddr`.
+    pub orig_ret: u32,
+    /// `return_instance.next`.
+    pub next: u32,
+}
+
+/// A traced process's executable mappings. 8 + 32 + 256×40 bytes, no
+/// padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessMappings {
     pub count: u32,
     pub _pad: u32,
+    pub offsets: ReturnProbeOffsets,
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
 
@@ -114,6 +140,7 @@ impl Default for ProcessMappings {
         ProcessMappings {
             count: 0,
             _pad: 0,
+            offsets: ReturnProbeOffsets::default(),
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         }
     }

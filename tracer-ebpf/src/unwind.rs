@@ -10,13 +10,16 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task, bpf_loop},
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
 use tracer_common::{
-    cfa, rbp, walk, ProcessMappings, StackEnd, UnwindRow, UnwindRule, MAX_STACK_DEPTH,
-    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
+    cfa, rbp, walk, ProcessMappings, ReturnProbeOffsets, StackEnd, UnwindRow, UnwindRule,
+    MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
 };
 
 use crate::stacks::{mix, FrameRecord, STACK_SCRATCH};
@@ -71,6 +74,9 @@ struct Walk {
     sp: u64,
     bp: u64,
     hash: u64,
+    /// The next pending return probe's `return_instance` (kernel
+    /// address), once the walk has met the trampoline.
+    instance: u64,
     slot: u32,
     frames: u32,
     end: u32,
@@ -94,6 +100,7 @@ pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) ->
         sp,
         bp,
         hash: seed,
+        instance: 0,
         slot,
         frames: 0,
         end: StackEnd::DepthLimit as u32,
@@ -103,7 +110,9 @@ pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) ->
     // outlives the call.
     unsafe {
         bpf_loop(
-            MAX_STACK_DEPTH as u32 + 1,
+            // One more than the depth, to tell a stack that ends there from
+            // a deeper one, and room for trampolines seen through.
+            MAX_STACK_DEPTH as u32 + 9,
             step as *mut c_void,
             &mut w as *mut Walk as *mut c_void,
             0,
@@ -124,7 +133,8 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
-/// One frame: record `w.pc`, then find the caller's registers.
+/// One frame: find `w.pc`'s mapping, record it, then find the caller's
+/// registers.
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `Walk` handed to it.
     let w = unsafe { &mut *(ctx as *mut Walk) };
@@ -135,12 +145,6 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     if n >= MAX_STACK_DEPTH {
         return stop(w, StackEnd::DepthLimit);
     }
-    // SAFETY: the per-CPU record is ours while this program runs; n is in
-    // bounds.
-    unsafe { (*scratch).ips[n] = w.pc };
-    w.hash = mix(w.hash, w.pc);
-    w.frames = n as u32 + 1;
-
     // A return address points after its call, possibly past the end of the
     // caller's last row: look up the call instruction itself.
     let look = if n == 0 || w.flags & EXACT_PC != 0 {
@@ -148,8 +152,6 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     } else {
         w.pc.wrapping_sub(1)
     };
-    w.flags &= !EXACT_PC;
-
     let Some(procs) = UNWIND_PROCESSES.get_ptr(w.slot) else {
         return stop(w, StackEnd::NoMapping);
     };
@@ -176,21 +178,65 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
             set_range(range, lo, mid);
         }
     }
-    let lo = get_range(range).0;
-    let i = lo.wrapping_sub(1) as usize;
-    if i >= MAX_UNWIND_MAPPINGS {
-        return stop(w, StackEnd::NoMapping);
+    let i = get_range(range).0.wrapping_sub(1) as usize;
+    // SAFETY: index checked first.
+    if i >= MAX_UNWIND_MAPPINGS || look >= unsafe { (*procs).mappings[i].end } {
+        // In no mapping: maybe the trampoline a pending return probe put in
+        // place of this return address; the kernel keeps the real one
+        // (innermost first). The next iteration walks on from there.
+        // SAFETY: map value pointer.
+        let offsets = unsafe { (*procs).offsets };
+        return match original_return(w, offsets) {
+            Some(ra) => {
+                w.pc = ra;
+                0
+            }
+            None => stop(w, StackEnd::NoMapping),
+        };
     }
     // SAFETY: index checked above.
     let m = unsafe { (*procs).mappings[i] };
-    if look >= m.end {
-        return stop(w, StackEnd::NoMapping);
-    }
+    w.flags &= !EXACT_PC;
+    // SAFETY: the per-CPU record is ours while this program runs; n is in
+    // bounds.
+    unsafe { (*scratch).ips[n] = w.pc };
+    w.hash = mix(w.hash, w.pc);
+    w.frames = n as u32 + 1;
     match m.walk {
         walk::TABLE => table_step(w, look - m.bias, m.row_base, m.row_count),
         walk::FRAME_POINTER => frame_pointer_step(w),
         _ => stop(w, StackEnd::NoTable),
     }
+}
+
+/// If `w.pc` is this task's return-probe trampoline, the return address
+/// the next pending return probe replaced.
+#[inline(always)]
+fn original_return(w: &mut Walk, o: ReturnProbeOffsets) -> Option<u64> {
+    let read = |addr: u64| -> Option<u64> {
+        // SAFETY: bpf_probe_read_kernel copes with any address.
+        unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+    };
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let mm = read(task + o.mm as u64)?;
+    let area = read(mm + o.xol_area as u64)?;
+    if area == 0 || read(area + o.xol_vaddr as u64)? != w.pc {
+        return None;
+    }
+    if w.instance == 0 {
+        let utask = read(task + o.utask as u64)?;
+        if utask == 0 {
+            return None;
+        }
+        w.instance = read(utask + o.instances as u64)?;
+    }
+    if w.instance == 0 {
+        return None;
+    }
+    let ra = read(w.instance + o.orig_ret as u64)?;
+    w.instance = read(w.instance + o.next as u64)?;
+    Some(ra)
 }
 
 /// Unwinds one frame by the row covering `offset` (an ELF address).

@@ -41,8 +41,10 @@ const PACKAGES: &[&str] = &[
 /// jemalloc for the Rust fixture on tikv-jemallocator runs; valgrind, the
 /// oracle the final report is checked against, and the programs it is
 /// checked on (tests/tests/oracle.rs; perl and apt-cache are in every
-/// Debian, llvm-config-22 comes with llvm-22-dev).
+/// Debian, llvm-config-22 comes with llvm-22-dev); bpftrace, another
+/// tracer's return probe pending in a traced stack (tests/tests/unwind.rs).
 const TEST_PACKAGES: &[&str] = &[
+    "bpftrace",
     "libjemalloc2",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",

@@ -11,6 +11,7 @@ pub mod placement;
 mod seccomp_check;
 pub mod table;
 
+pub use btf::Btf;
 pub use error::ProbeError;
 pub use maps::{HeapMaps, MapSizes, Maps, TaskMaps};
 pub use seccomp_check::has_seccomp_filter;

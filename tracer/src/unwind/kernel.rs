@@ -7,8 +7,8 @@ use std::{collections::HashMap, fs, os::fd::AsRawFd, ptr::NonNull};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use object::{Object, ObjectSegment, SegmentFlags};
 use tracer_common::{
-    walk, ProcessMappings, UnwindMapping, UnwindRow, UnwindRule, MAX_UNWIND_MAPPINGS,
-    MAX_UNWIND_RULES,
+    walk, ProcessMappings, ReturnProbeOffsets, UnwindMapping, UnwindRow, UnwindRule,
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_RULES,
 };
 
 use super::{object_unwind, ObjectKey, ObjectUnwind, UnwindError};
@@ -112,6 +112,8 @@ pub struct UnwindTables {
     /// Which of the two process slots is live (the other is rewritten and
     /// then published, so a walk never sees a half-written table).
     live_slot: u32,
+    /// Where the kernel keeps pending return probes' real return addresses.
+    offsets: ReturnProbeOffsets,
     pub summary: UnwindSummary,
 }
 
@@ -145,6 +147,7 @@ impl UnwindTables {
             placed: HashMap::new(),
             last_maps: Vec::new(),
             live_slot: 1,
+            offsets: return_probe_offsets()?,
             summary: UnwindSummary::default(),
         })
     }
@@ -177,6 +180,7 @@ impl UnwindTables {
         self.summary.mappings_dropped = entries.len().saturating_sub(MAX_UNWIND_MAPPINGS);
         entries.truncate(MAX_UNWIND_MAPPINGS);
         table.count = entries.len() as u32;
+        table.offsets = self.offsets;
         table.mappings[..entries.len()].copy_from_slice(&entries);
 
         let slot = 1 - self.live_slot;
@@ -283,6 +287,29 @@ impl UnwindTables {
         self.rule_ids.insert(*rule, id);
         Some(id)
     }
+}
+
+/// Read from the kernel's BTF once per leaktrace.
+fn return_probe_offsets() -> Result<ReturnProbeOffsets, UnwindError> {
+    static OFFSETS: std::sync::OnceLock<Result<ReturnProbeOffsets, String>> =
+        std::sync::OnceLock::new();
+    OFFSETS
+        .get_or_init(|| {
+            let btf = crate::probes::Btf::from_kernel().map_err(|e| e.to_string())?;
+            let at = |s: &str, f: &str| btf.member_offset(s, f).map_err(|e| e.to_string());
+            Ok(ReturnProbeOffsets {
+                mm: at("task_struct", "mm")?,
+                xol_area: at("mm_struct", "uprobes_state")? + at("uprobes_state", "xol_area")?,
+                xol_vaddr: at("xol_area", "vaddr")?,
+                _pad: 0,
+                utask: at("task_struct", "utask")?,
+                instances: at("uprobe_task", "return_instances")?,
+                orig_ret: at("return_instance", "orig_ret_vaddr")?,
+                next: at("return_instance", "next")?,
+            })
+        })
+        .clone()
+        .map_err(UnwindError::Map)
 }
 
 fn push_once(list: &mut Vec<String>, name: &str) {
