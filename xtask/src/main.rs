@@ -47,6 +47,9 @@ enum Cmd {
         /// Append the result to bench/RESULTS.md.
         #[arg(long)]
         record: bool,
+        /// Run only these workloads (default: all).
+        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http"])]
+        only: Vec<String>,
     },
 }
 
@@ -73,10 +76,11 @@ fn main() -> Result<()> {
             seconds,
             rounds,
             record,
+            only,
         } => {
             setup::run_bench()?;
             build(&root)?;
-            bench::run(&root, seconds, rounds, record)
+            bench::run(&root, seconds, rounds, record, &only)
         }
     }
 }

@@ -35,14 +35,15 @@ impl Row {
     }
 }
 
-pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()> {
+pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[String]) -> Result<()> {
     let rounds = rounds.max(1);
+    let want = |w: &str| only.is_empty() || only.iter().any(|o| o == w);
     let mut rows = Vec::new();
     let mut stats: Vec<(String, BpfStats)> = Vec::new();
 
     // Microbenchmark.
     let mut rates = vec![Vec::new(); micro::SETUPS.len()];
-    for round in 0..rounds {
+    for round in 0..if want("micro") { rounds } else { 0 } {
         for (i, &setup) in micro::SETUPS.iter().enumerate() {
             let (r, s) = micro::run(root, setup, seconds)?;
             eprintln!(
@@ -54,15 +55,21 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()>
             keep_last(&mut stats, "malloc/free microbenchmark", s);
         }
     }
-    rows.push(row("malloc(64)+free", micro::SETUPS, rates, "pairs/s"));
+    if want("micro") {
+        rows.push(row("malloc(64)+free", micro::SETUPS, rates, "pairs/s"));
+    }
 
     // Stack walking: ten frames deep, by tables and by frame pointers.
-    let deep = unwind::measure(root, seconds, rounds)?;
+    let deep = if want("unwind") {
+        unwind::measure(root, seconds, rounds)?
+    } else {
+        Vec::new()
+    };
 
     // redis.
     let mut set = vec![Vec::new(); redis::SETUPS.len()];
     let mut get = vec![Vec::new(); redis::SETUPS.len()];
-    for round in 0..rounds {
+    for round in 0..if want("redis") { rounds } else { 0 } {
         for (i, &setup) in redis::SETUPS.iter().enumerate() {
             let ((s, g), st) = redis::run(root, setup)?;
             eprintln!(
@@ -75,14 +82,16 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()>
             keep_last(&mut stats, "redis SET+GET", st);
         }
     }
-    rows.push(row("redis SET", redis::SETUPS, set, "req/s"));
-    rows.push(row("redis GET", redis::SETUPS, get, "req/s"));
+    if want("redis") {
+        rows.push(row("redis SET", redis::SETUPS, set, "req/s"));
+        rows.push(row("redis GET", redis::SETUPS, get, "req/s"));
+    }
 
     // Go HTTP service.
     let service = http::build(root)?;
     let mut alive = vec![Vec::new(); http::SETUPS.len()];
     let mut close = vec![Vec::new(); http::SETUPS.len()];
-    for round in 0..rounds {
+    for round in 0..if want("http") { rounds } else { 0 } {
         for (i, &setup) in http::SETUPS.iter().enumerate() {
             let ((a, c), st) = http::run(root, &service, setup, seconds)?;
             eprintln!(
@@ -95,13 +104,15 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()>
             keep_last(&mut stats, "Go net/http, keep-alive", st);
         }
     }
-    rows.push(row("Go net/http, keep-alive", http::SETUPS, alive, "req/s"));
-    rows.push(row(
-        "Go net/http, new connection per request",
-        http::SETUPS,
-        close,
-        "req/s",
-    ));
+    if want("http") {
+        rows.push(row("Go net/http, keep-alive", http::SETUPS, alive, "req/s"));
+        rows.push(row(
+            "Go net/http, new connection per request",
+            http::SETUPS,
+            close,
+            "req/s",
+        ));
+    }
 
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
@@ -110,9 +121,13 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool) -> Result<()>
     let mut out = format!(
         "{rounds} rounds of {seconds}s (redis: 100000 requests per test), medians, kernel {kernel}\n\n"
     );
-    out.push_str(&results_table(&rows));
-    out.push_str("\nStack walking, malloc(64)+free ten calls below main:\n\n");
-    out.push_str(&unwind::table(&deep));
+    if !rows.is_empty() {
+        out.push_str(&results_table(&rows));
+    }
+    if !deep.is_empty() {
+        out.push_str("\nStack walking, malloc(64)+free ten calls below main:\n\n");
+        out.push_str(&unwind::table(&deep));
+    }
     for (workload, s) in &stats {
         out.push_str(&format!(
             "\nBPF time per program run, {workload} (last round):\n\n"
