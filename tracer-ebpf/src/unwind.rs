@@ -67,6 +67,13 @@ const EXACT_PC: u32 = 1;
 /// rbp's value is unknown from this frame on.
 const RBP_LOST: u32 = 2;
 
+/// The walk's state between frames, in map memory for the same reason as
+/// [`SEARCH`]: on the BPF stack its values were tracked across iterations,
+/// and the verifier simulated the callback frame by frame (0.3 s per
+/// program at load).
+#[map]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
 /// The walk's state between frames.
 #[repr(C)]
 struct Walk {
@@ -95,29 +102,36 @@ pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
 /// frames, their hash seed folded in, and why the walk ended.
 #[inline(always)]
 pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) -> (u32, u64, u32) {
-    let mut w = Walk {
-        pc,
-        sp,
-        bp,
-        hash: seed,
-        instance: 0,
-        slot,
-        frames: 0,
-        end: StackEnd::DepthLimit as u32,
-        flags: 0,
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return (0, seed, StackEnd::Unreadable as u32);
     };
-    // SAFETY: `step` has the callback signature bpf_loop expects and `w`
-    // outlives the call.
+    // SAFETY: this CPU's slot, ours while the program runs.
+    unsafe {
+        w.write(Walk {
+            pc,
+            sp,
+            bp,
+            hash: seed,
+            instance: 0,
+            slot,
+            frames: 0,
+            end: StackEnd::DepthLimit as u32,
+            flags: 0,
+        })
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects.
     unsafe {
         bpf_loop(
             // One more than the depth, to tell a stack that ends there from
             // a deeper one, and room for trampolines seen through.
             MAX_STACK_DEPTH as u32 + 9,
             step as *mut c_void,
-            &mut w as *mut Walk as *mut c_void,
+            core::ptr::null_mut(),
             0,
         )
     };
+    // SAFETY: as above.
+    let w = unsafe { &*w };
     (w.frames, w.hash, w.end)
 }
 
@@ -135,9 +149,12 @@ fn read_u64(addr: u64) -> Option<u64> {
 
 /// One frame: find `w.pc`'s mapping, record it, then find the caller's
 /// registers.
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the `Walk` handed to it.
-    let w = unsafe { &mut *(ctx as *mut Walk) };
+extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's walk state, ours while the program runs.
+    let w = unsafe { &mut *w };
     let Some(scratch) = STACK_SCRATCH.get_ptr_mut(0) else {
         return stop(w, StackEnd::Unreadable);
     };
