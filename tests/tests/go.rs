@@ -394,3 +394,80 @@ fn objdump_calls_to(path: &std::path::Path, target: u64) -> Vec<String> {
     }
     callers
 }
+
+/// Goroutines created at any moment around attach are each counted exactly
+/// once, in the census of goroutines from before attach or among those
+/// created since: the fixture leaks goroutines at a steady rate from before
+/// leaktrace attaches (during its attach, its census, its first report)
+/// until a while after, then stops and says how many it leaked. The two
+/// counts add up to exactly that. Twice, on two services: how many
+/// goroutines fall in the short windows of attach varies from run to run.
+fn goroutines_around_attach_are_counted_once(version: &str) {
+    for _ in 0..2 {
+        counted_once_around_one_attach(version);
+    }
+}
+
+fn counted_once_around_one_attach(version: &str) {
+    /// One goroutine every 500 µs: a few land in every window of attach.
+    const RATE: u64 = 2000;
+    const SITE: &str = "main.leakSteadily";
+    let bin = go_fixture(version, GoBuild::Static);
+    let service = GoService::start(&bin, &["-steady", &RATE.to_string()]);
+    let count = |path: &str| -> u64 {
+        http_get(service.port, path)
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{path}: not a count: {e}"))
+    };
+    while count("/steadied") < 200 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let older_than = Duration::from_millis(500);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "500ms"]);
+    let at_attach = count("/steadied");
+    thread::sleep(Duration::from_millis(1500));
+    let leaked = count("/stopleak");
+    let stopped_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    assert!(
+        leaked >= at_attach + RATE / 2,
+        "the leak went on after attach: {at_attach} at attach, {leaked} in all"
+    );
+    // A report read well after the stop: every leaked goroutine is older
+    // than --older-than there.
+    let report = lt.report_where(|r| {
+        r["timestamp_ms"]
+            .as_u64()
+            .is_some_and(|t| t >= stopped_ms + older_than.as_millis() as u64 + 500)
+    });
+    let census = census_at(&report, SITE).map_or(0, |c| c["count"].as_u64().unwrap_or(0));
+    let since = goroutines_at(&report, SITE);
+    assert!(
+        census >= 200 && since >= RATE / 2,
+        "goroutines on both sides of attach: {census} before, {since} since: {report}"
+    );
+    assert_eq!(
+        census + since,
+        leaked,
+        "{census} from before attach + {since} created since != {leaked} leaked: {report}"
+    );
+    assert_eq!(report["go"]["notes"], serde_json::json!([]), "{report}");
+    assert_eq!(report["dropped"]["goroutine_map_full"], 0, "{report}");
+    assert_eq!(report["dropped"]["goroutine_unreadable"], 0, "{report}");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn goroutines_around_attach_are_counted_once_go1_21() {
+    goroutines_around_attach_are_counted_once(GO_VERSIONS[0]);
+}
+
+#[test]
+fn goroutines_around_attach_are_counted_once_newest_go() {
+    goroutines_around_attach_are_counted_once(newest_go());
+}

@@ -1,7 +1,10 @@
 //! Goroutines of a Go target created after attach and still alive: read
 //! from the kernel's goroutine table, grouped by creation site.
 
-use std::{collections::HashMap as StdHashMap, time::Duration};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    time::Duration,
+};
 
 use aya::maps::{HashMap, MapData, MapError};
 use tracer_common::GoroutineRecord;
@@ -26,6 +29,14 @@ pub struct GoroutineSnapshot {
     pub groups: Vec<GoroutineGroup>,
     /// Every goroutine created since attach and still alive, young ones too.
     pub live: u64,
+    /// Their goids: the census of goroutines from before attach leaves
+    /// these out.
+    pub goids: HashSet<u64>,
+    /// Whether the walk reached the end of the table. A complete walk holds
+    /// every goroutine recorded before it began and alive until it ended
+    /// (a vanished key only makes the kernel start the walk over); a walk
+    /// cut short by its bound may have missed some.
+    pub complete: bool,
 }
 
 pub struct GoroutineCollector {
@@ -52,15 +63,31 @@ impl GoroutineCollector {
         // Goroutines come and go while we iterate, and a vanished key makes
         // the kernel restart the walk: dedupe by goid and bound the walk.
         let mut records: StdHashMap<u64, GoroutineRecord> = StdHashMap::new();
-        for entry in self
-            .map
-            .iter()
-            .take(self.capacity.saturating_mul(2).max(1024))
-        {
+        let mut walk = self.map.iter();
+        let bound = self.capacity.saturating_mul(2).max(1024);
+        let mut complete = false;
+        for _ in 0..bound {
+            let Some(entry) = walk.next() else {
+                complete = true;
+                break;
+            };
             let (goid, rec) = entry?;
             records.insert(goid, rec);
         }
-        Ok(group(records.into_values(), now, self.older_than))
+        let goids = records.keys().copied().collect();
+        let mut snap = group(records.into_values(), now, self.older_than);
+        snap.goids = goids;
+        snap.complete = complete;
+        Ok(snap)
+    }
+
+    /// Whether the probes recorded goroutine `goid` (and it has not exited).
+    pub fn contains(&self, goid: u64) -> Result<bool, MapError> {
+        match self.map.get(&goid, 0) {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -99,7 +126,11 @@ fn group(
             .then(b.oldest.cmp(&a.oldest))
             .then(a.gopc.cmp(&b.gopc))
     });
-    GoroutineSnapshot { groups, live }
+    GoroutineSnapshot {
+        groups,
+        live,
+        ..GoroutineSnapshot::default()
+    }
 }
 
 #[cfg(test)]

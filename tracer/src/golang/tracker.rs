@@ -34,7 +34,12 @@ pub struct GoTracker {
     target: GoTarget,
     runtime: Option<GoRuntime>,
     collector: Option<GoroutineCollector>,
-    /// Goids of the goroutines alive at attach (None: no census possible).
+    /// Whether the runtime's goroutine list can be found at all.
+    census_possible: bool,
+    /// Goids of the goroutines alive when the census was taken, once the
+    /// probes were in (None: not taken yet). Goroutines created between the
+    /// probes going in and the census are in it too: each report leaves out
+    /// those the probes recorded.
     before_attach: Option<HashSet<u64>>,
     last_census: Option<Vec<CensusSiteReport>>,
     heap: HeapTrend,
@@ -48,7 +53,9 @@ pub struct GoTracker {
 
 impl GoTracker {
     /// Call once the goroutine probes are attached: takes the census of the
-    /// goroutines that already exist (none for a command we start).
+    /// goroutines that already exist (none for a command we start). Taken
+    /// after attach, never before: a goroutine created in between would be
+    /// in neither the census nor the probes' table.
     /// `goroutines` is the probes' goroutine table (absent when the
     /// goroutine probes are not loaded).
     pub fn new(
@@ -66,6 +73,7 @@ impl GoTracker {
             target,
             runtime: None,
             collector,
+            census_possible: false,
             before_attach: None,
             last_census: None,
             heap: HeapTrend::default(),
@@ -87,9 +95,12 @@ impl GoTracker {
                     .into(),
             );
         } else if launched {
+            t.census_possible = true;
             t.before_attach = Some(HashSet::new());
         } else {
-            t.before_attach = t.census_goids();
+            t.census_possible = true;
+            // On failure, retried at each report (and said there).
+            t.before_attach = t.census_goids().ok();
         }
         if !heap {
             t.notes.push(
@@ -109,17 +120,68 @@ impl GoTracker {
     }
 
     /// Opens the target's memory once its executable is mapped.
-    fn runtime(&mut self) -> Option<&mut GoRuntime> {
+    fn open_runtime(&mut self) -> Result<&mut GoRuntime, String> {
         if self.runtime.is_none() {
-            let bias = load_bias(self.pid, &self.target)?;
-            self.runtime = GoRuntime::open(self.pid, self.target.binary.clone(), bias).ok();
+            let bias = load_bias(self.pid, &self.target).ok_or_else(|| {
+                format!(
+                    "the executable {} is not in /proc/{}/maps",
+                    self.target.display, self.pid
+                )
+            })?;
+            let runtime = GoRuntime::open(self.pid, self.target.binary.clone(), bias)
+                .map_err(|e| format!("cannot open /proc/{}/mem: {e}", self.pid))?;
+            self.runtime = Some(runtime);
         }
-        self.runtime.as_mut()
+        Ok(self.runtime.as_mut().expect("just opened"))
     }
 
-    fn census_goids(&mut self) -> Option<HashSet<u64>> {
-        let all = self.runtime()?.goroutines().ok()?;
-        Some(all.into_iter().map(|g| g.goid).collect())
+    fn runtime(&mut self) -> Option<&mut GoRuntime> {
+        self.open_runtime().ok()
+    }
+
+    fn census_goids(&mut self) -> Result<HashSet<u64>, String> {
+        let all = self
+            .open_runtime()?
+            .goroutines()
+            .map_err(|e| e.to_string())?;
+        Ok(all.into_iter().map(|g| g.goid).collect())
+    }
+
+    /// Which of `goids` (census goroutines still alive) the probes recorded:
+    /// created after the probes went in, so reported as created since
+    /// attach. Looked up one by one only when the table walk may have
+    /// missed some.
+    fn recorded_by_probes(
+        &self,
+        goids: impl Iterator<Item = u64>,
+        snap: &GoroutineSnapshot,
+        notes: &mut Vec<String>,
+    ) -> HashSet<u64> {
+        let Some(collector) = &self.collector else {
+            return HashSet::new();
+        };
+        let mut failed = None;
+        let recorded = goids
+            .filter(|goid| {
+                if snap.goids.contains(goid) {
+                    return true;
+                }
+                if snap.complete || failed.is_some() {
+                    return false;
+                }
+                collector.contains(*goid).unwrap_or_else(|e| {
+                    failed = Some(e);
+                    false
+                })
+            })
+            .collect();
+        if let Some(e) = failed {
+            notes.push(format!(
+                "goroutines from before attach may include some created just after: the \
+                 goroutine table could not be read ({e})"
+            ));
+        }
+        recorded
     }
 
     /// Whether a goroutine's function belongs to the runtime itself (GC
@@ -171,10 +233,22 @@ impl GoTracker {
         let mut notes = self.notes.clone();
         let bias = self.bias();
         let snap = match &self.collector {
-            Some(c) => c.snapshot().unwrap_or_else(|e| {
-                notes.push(format!("cannot read the goroutine table: {e}"));
-                GoroutineSnapshot::default()
-            }),
+            Some(c) => match c.snapshot() {
+                Ok(snap) => {
+                    if !snap.complete {
+                        notes.push(
+                            "the goroutine table changed too fast to be walked to its end: \
+                             goroutines created since attach may be undercounted"
+                                .into(),
+                        );
+                    }
+                    snap
+                }
+                Err(e) => {
+                    notes.push(format!("cannot read the goroutine table: {e}"));
+                    GoroutineSnapshot::default()
+                }
+            },
             None => GoroutineSnapshot::default(),
         };
         let groups: Vec<_> = snap
@@ -234,7 +308,7 @@ impl GoTracker {
         self.growth.apply(&mut goroutines);
         goroutines.truncate(self.top);
 
-        let before_attach = self.census(&mut notes, symbolizer).await?;
+        let before_attach = self.census(&mut notes, symbolizer, &snap).await?;
         let heap = self.heap_reading(&mut notes);
         let heap_profile = self.heap_profile(&mut notes, symbolizer).await?;
         Ok(GoReport {
@@ -322,24 +396,50 @@ impl GoTracker {
         &mut self,
         notes: &mut Vec<String>,
         symbolizer: &Symbolizer,
+        snap: &GoroutineSnapshot,
     ) -> Result<Option<Vec<CensusSiteReport>>, SymbolizerGone> {
-        let Some(goids) = self.before_attach.clone() else {
-            return Ok(None);
-        };
+        if !self.census_possible {
+            return Ok(None); // said once, at start
+        }
+        if self.before_attach.is_none() {
+            // Not taken at attach: taking it now is as good, since what the
+            // probes recorded is left out below.
+            match self.census_goids() {
+                Ok(goids) => self.before_attach = Some(goids),
+                Err(e) => {
+                    notes.push(format!(
+                        "no census of goroutines from before attach yet: {e}"
+                    ));
+                    return Ok(None);
+                }
+            }
+        }
         let bias = self.bias();
-        let listed = match self.runtime().map(|r| r.goroutines()) {
-            Some(Ok(list)) => list,
-            Some(Err(e)) => {
+        let listed = match self
+            .open_runtime()
+            .and_then(|r| r.goroutines().map_err(|e| e.to_string()))
+        {
+            Ok(list) => list,
+            Err(e) => {
                 notes.push(format!("goroutine census not refreshed: {e}"));
                 return Ok(self.last_census.clone());
             }
-            None => return Ok(self.last_census.clone()),
         };
-        let alive: Vec<GoroutineInfo> = listed
+        let goids = self.before_attach.as_ref().expect("taken above");
+        let mut alive: Vec<GoroutineInfo> = listed
             .into_iter()
             .filter(|g| goids.contains(&g.goid))
-            .filter(|g| !self.is_system(g.startpc.wrapping_sub(bias)))
             .collect();
+        // Created after the probes went in, before the census was read: in
+        // the probes' table, so counted among those created since attach.
+        let recorded = self.recorded_by_probes(alive.iter().map(|g| g.goid), snap, notes);
+        if !recorded.is_empty() {
+            alive.retain(|g| !recorded.contains(&g.goid));
+            if let Some(goids) = &mut self.before_attach {
+                goids.retain(|goid| !recorded.contains(goid));
+            }
+        }
+        alive.retain(|g| !self.is_system(g.startpc.wrapping_sub(bias)));
         let mut groups: HashMap<(u64, u64), (u64, HashMap<String, u64>)> = HashMap::new();
         for g in &alive {
             let e = groups.entry((g.gopc, g.startpc)).or_default();
