@@ -230,3 +230,44 @@ pub fn http_get(port: u16, path: &str) -> String {
     assert_eq!(status, Some("200"), "GET {path} from {addr}: {head}");
     body.to_string()
 }
+
+/// The Gin service (tests/fixtures/gin_service.go) built by Go `version` in
+/// GOPATH mode against Debian's Gin sources (/usr/share/gocode, installed by
+/// `cargo xtask setup`), into target/fixtures/gin-<version>.
+pub fn gin_fixture(version: &str) -> PathBuf {
+    let root = workspace_root();
+    let dir = root.join("target/fixtures");
+    let name = format!("gin-{version}");
+    let src = root.join("tests/fixtures/gin_service.go");
+    let out = dir.join(&name);
+    fs::create_dir_all(&dir).expect("create target/fixtures");
+    let lock = fs::File::create(dir.join(format!(".{name}.lock"))).expect("lock file");
+    // SAFETY: flock on a file descriptor we own; released when `lock` closes.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let go = go_root(version).join("bin/go");
+    let fresh = mtime(&out).is_some_and(|o| {
+        [&src, &go]
+            .iter()
+            .all(|input| mtime(input).is_some_and(|i| o >= i))
+    });
+    if !fresh {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let built = go_command(version)
+            .env("GOPATH", "/usr/share/gocode")
+            .env("CGO_ENABLED", "0")
+            .args(["build", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .expect("run go build");
+        assert!(
+            built.status.success(),
+            "building {name} failed (Gin from golang-github-gin-gonic-gin-dev): {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        fs::rename(&tmp, &out).expect("move the built fixture into place");
+    }
+    drop(lock);
+    out
+}

@@ -115,7 +115,7 @@ impl Leaktrace {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    fn drain_stderr(&mut self) -> Vec<String> {
+    pub fn drain_stderr(&mut self) -> Vec<String> {
         while let Ok(l) = self.stderr.recv_timeout(Duration::from_millis(200)) {
             self.stderr_seen.push(l);
         }

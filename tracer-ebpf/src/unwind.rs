@@ -208,7 +208,14 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
                 w.pc = ra;
                 0
             }
-            None => stop(w, StackEnd::NoMapping),
+            None => {
+                // The address itself is right, only its caller unknown.
+                // SAFETY: as below.
+                unsafe { (*scratch).ips[n] = w.pc };
+                w.hash = mix(w.hash, w.pc);
+                w.frames = n as u32 + 1;
+                stop(w, StackEnd::NoMapping)
+            }
         };
     }
     // SAFETY: index checked above.

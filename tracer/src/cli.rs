@@ -90,6 +90,15 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GOROUTINES)]
     pub max_goroutines: u32,
 
+    /// Go targets whose heap profiling the Go linker switched off (programs
+    /// that never import runtime/pprof): turn it on by writing Go's default
+    /// rate (512 KiB) into `runtime.MemProfileRate`, once, through
+    /// /proc/PID/mem, so that reports show the Go heap by allocation stack.
+    /// The only write leaktrace makes into a target; refused for Go versions
+    /// it was not checked on (1.21–1.27) and for stripped binaries.
+    #[arg(long)]
+    pub go_memprofile: bool,
+
     /// How user stacks are walked: `auto` by the unwind tables leaktrace
     /// builds from each object's `.eh_frame` (or `.debug_frame`) and by
     /// frame pointers in Go code; `dwarf` by tables only; `fp` by frame

@@ -42,9 +42,13 @@ const PACKAGES: &[&str] = &[
 /// oracle the final report is checked against, and the programs it is
 /// checked on (tests/tests/oracle.rs; perl and apt-cache are in every
 /// Debian, llvm-config-22 comes with llvm-22-dev); bpftrace, another
-/// tracer's return probe pending in a traced stack (tests/tests/unwind.rs).
+/// tracer's return probe pending in a traced stack (tests/tests/unwind.rs);
+/// Debian's Gin and gRPC sources (under /usr/share/gocode), which the real
+/// Go service fixtures are built against.
 const TEST_PACKAGES: &[&str] = &[
     "bpftrace",
+    "golang-github-gin-gonic-gin-dev",
+    "golang-google-grpc-dev",
     "libjemalloc2",
     "libtcmalloc-minimal4",
     "libmimalloc2.0",

@@ -7,6 +7,8 @@
 //! way an unbounded cache grows; a service whose live set is stable
 //! wobbles up and down and is "steady".
 
+use std::{collections::HashMap, hash::Hash};
+
 use super::{runtime::HeapReading, section::GoHeapReport};
 
 /// Consecutive post-GC rises (or falls) that make a trend.
@@ -68,6 +70,84 @@ impl HeapTrend {
         } else {
             "steady"
         }
+    }
+}
+
+/// Per-site trends of the runtime's heap profile. The profile changes only
+/// at GCs (it is published by each GC), so a site's in-use bytes are taken
+/// once per report that followed a GC: "growing" when they rose at each of
+/// the last [`TREND_STEPS`] such readings (an unbounded map), "shrinking"
+/// when they fell at each, "steady" otherwise (a bounded cache), "new"
+/// until there are that many readings.
+#[derive(Debug)]
+pub struct SiteTrends<K> {
+    last_gc: Option<u32>,
+    history: HashMap<K, Vec<u64>>,
+}
+
+impl<K> Default for SiteTrends<K> {
+    fn default() -> Self {
+        SiteTrends {
+            last_gc: None,
+            history: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> SiteTrends<K> {
+    /// Takes this report's sites (key, bytes) after `gc_count` GCs; returns
+    /// each site's change since its previous reading and its trend.
+    pub fn observe(
+        &mut self,
+        gc_count: u32,
+        sites: &[(K, u64)],
+    ) -> Vec<(Option<i64>, &'static str)> {
+        if self.last_gc != Some(gc_count) {
+            self.last_gc = Some(gc_count);
+            let keep = TREND_STEPS + 1;
+            // Sites gone from the profile read as 0.
+            for h in self.history.values_mut() {
+                h.push(0);
+            }
+            for (k, bytes) in sites {
+                match self.history.get_mut(k).and_then(|h| h.last_mut()) {
+                    Some(last) => *last = *bytes,
+                    None => {
+                        self.history.insert(k.clone(), vec![*bytes]);
+                    }
+                }
+            }
+            for h in self.history.values_mut() {
+                if h.len() > keep {
+                    h.drain(..h.len() - keep);
+                }
+            }
+            self.history.retain(|_, h| h.iter().any(|&b| b > 0));
+        }
+        sites
+            .iter()
+            .map(|(k, _)| match self.history.get(k) {
+                Some(h) => (
+                    (h.len() >= 2).then(|| h[h.len() - 1] as i64 - h[h.len() - 2] as i64),
+                    site_trend(h),
+                ),
+                None => (None, "new"),
+            })
+            .collect()
+    }
+}
+
+fn site_trend(h: &[u64]) -> &'static str {
+    if h.len() < TREND_STEPS + 1 {
+        return "new";
+    }
+    let steps = h.windows(2);
+    if steps.clone().all(|w| w[1] > w[0]) {
+        "growing"
+    } else if steps.clone().all(|w| w[1] < w[0]) {
+        "shrinking"
+    } else {
+        "steady"
     }
 }
 
@@ -133,6 +213,26 @@ mod tests {
         ]);
         assert_eq!(r[4].trend, "unknown");
         assert_eq!(r[3].gcs_since_last, Some(0));
+    }
+
+    #[test]
+    fn a_site_rising_at_every_gc_is_growing_and_a_flat_one_steady() {
+        let mut t = SiteTrends::default();
+        let mut last = Vec::new();
+        for (gc, map) in [(1, 100), (2, 200), (2, 200), (3, 300), (4, 450)] {
+            last = t.observe(gc, &[("map", map), ("cache", 64)]);
+        }
+        assert_eq!(last[0], (Some(150), "growing"));
+        assert_eq!(last[1], (Some(0), "steady"));
+    }
+
+    #[test]
+    fn a_site_seen_at_fewer_gcs_is_new() {
+        let mut t = SiteTrends::default();
+        t.observe(1, &[("a", 10)]);
+        let r = t.observe(2, &[("a", 20), ("b", 5)]);
+        assert_eq!(r[0], (Some(10), "new"));
+        assert_eq!(r[1], (None, "new"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod binary;
 pub mod executable;
 pub mod goroutines;
 pub mod heap;
+pub mod memprofile;
 pub mod probes;
 pub mod runtime;
 pub mod section;

@@ -56,6 +56,11 @@ pub struct GoHeapReport {
 pub struct GoHeapSiteReport {
     pub bytes: u64,
     pub objects: u64,
+    /// Change in `bytes` since the reading after the previous GC (`None`:
+    /// first seen).
+    pub growth: Option<i64>,
+    /// Across the last GCs: "growing", "steady", "shrinking", or "new".
+    pub trend: &'static str,
     /// Allocation stack, innermost first, from the allocating function
     /// (the runtime's own allocation frames are left out).
     pub frames: Vec<Frame>,

@@ -12,6 +12,8 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use tracer_common::GoroutineRecord;
 
+use super::heap::SiteTrends;
+use super::memprofile::{Outcome, Switch, GO_DEFAULT_RATE};
 use super::{
     goroutines::{GoroutineCollector, GoroutineSnapshot},
     heap::HeapTrend,
@@ -49,6 +51,13 @@ pub struct GoTracker {
     /// The executable, kept open to read wrapper code even after exit.
     exe: Option<File>,
     start_names: HashMap<u64, Option<String>>,
+    /// `--go-memprofile`: the switch, until it has been thrown (or found
+    /// not to need it).
+    memprofile: Option<Switch>,
+    /// What `--go-memprofile` did, for the notes.
+    memprofile_outcome: Option<Outcome>,
+    /// Trends of the heap profile's sites across GCs.
+    site_trends: SiteTrends<Vec<SourceLine>>,
 }
 
 impl GoTracker {
@@ -82,6 +91,9 @@ impl GoTracker {
             top,
             exe: None,
             start_names: HashMap::new(),
+            memprofile: None,
+            memprofile_outcome: None,
+            site_trends: SiteTrends::default(),
         };
         t.exe = File::open(&t.target.path).ok();
         let vars = &t.target.binary.vars;
@@ -117,6 +129,50 @@ impl GoTracker {
             );
         }
         t
+    }
+
+    /// `--go-memprofile`: turns the runtime's heap profiling on if the
+    /// linker had it off, now if the runtime is up, else at a later report.
+    pub fn with_memprofile(mut self, switch: Switch) -> Self {
+        self.memprofile = Some(switch);
+        self.try_memprofile();
+        self
+    }
+
+    fn try_memprofile(&mut self) {
+        let Some(switch) = self.memprofile else {
+            return;
+        };
+        let Some(bias) = load_bias(self.pid, &self.target) else {
+            return; // not exec'd yet
+        };
+        match switch.turn_on(self.pid, bias) {
+            Ok(Outcome::NotStarted) => {}
+            Ok(outcome) => {
+                self.memprofile = None;
+                self.memprofile_outcome = Some(outcome);
+                let pid = self.pid;
+                match outcome {
+                    Outcome::TurnedOn => eprintln!(
+                        "leaktrace: --go-memprofile: wrote runtime.MemProfileRate = {GO_DEFAULT_RATE}                          (Go's default) into pid {pid}, where the linker had turned heap profiling                          off; heap by allocation stack builds up from now on, over objects                          allocated from now on"
+                    ),
+                    Outcome::AlreadyOn(rate) => eprintln!(
+                        "leaktrace: --go-memprofile: pid {pid} already profiles its heap                          (runtime.MemProfileRate = {rate}); nothing written"
+                    ),
+                    Outcome::OffByChoice => eprintln!(
+                        "leaktrace: --go-memprofile: pid {pid} set runtime.MemProfileRate to 0                          itself; left alone"
+                    ),
+                    Outcome::NotStarted => {}
+                }
+            }
+            Err(e) => {
+                self.memprofile = None;
+                eprintln!(
+                    "leaktrace: --go-memprofile: cannot write into pid {}: {e}",
+                    self.pid
+                );
+            }
+        }
     }
 
     /// Opens the target's memory once its executable is mapped.
@@ -230,6 +286,7 @@ impl GoTracker {
         symbolizer: &Symbolizer,
         stacks: &mut Stacks,
     ) -> Result<GoReport, SymbolizerGone> {
+        self.try_memprofile();
         let mut notes = self.notes.clone();
         let bias = self.bias();
         let snap = match &self.collector {
@@ -336,12 +393,17 @@ impl GoTracker {
         };
         let buckets = match runtime.mem_profile_rate() {
             Ok(0) => {
-                notes.push(
-                    "no Go heap by allocation stack: the runtime's memory profiling is off \
-                     (runtime.MemProfileRate is 0; the Go linker turns it off in programs that \
-                     never use runtime/pprof)"
+                notes.push(match self.memprofile_outcome {
+                    Some(Outcome::OffByChoice) => {
+                        "no Go heap by allocation stack: the program set runtime.MemProfileRate \
+                         to 0 itself (--go-memprofile left it alone)"
+                            .into()
+                    }
+                    _ => "no Go heap by allocation stack: the runtime's memory profiling is off \
+                          (runtime.MemProfileRate is 0; the Go linker turns it off in programs \
+                          that never use runtime/pprof); --go-memprofile turns it on"
                         .into(),
-                );
+                });
                 return Ok(None);
             }
             Ok(rate) => match runtime.heap_profile(rate) {
@@ -381,13 +443,32 @@ impl GoTracker {
             let e = merged.entry(key).or_insert(GoHeapSiteReport {
                 bytes: 0,
                 objects: 0,
+                growth: None,
+                trend: "new",
                 frames,
             });
             e.bytes += b.inuse_bytes;
             e.objects += b.inuse_objects;
         }
-        let mut sites: Vec<GoHeapSiteReport> = merged.into_values().collect();
-        sites.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+        let mut sites: Vec<(Vec<SourceLine>, GoHeapSiteReport)> = merged.into_iter().collect();
+        sites.sort_by_key(|(_, s)| std::cmp::Reverse(s.bytes));
+        if let Some(gc_count) = self
+            .runtime()
+            .and_then(|r| r.heap().ok())
+            .map(|h| h.gc_count)
+        {
+            let amounts: Vec<_> = sites.iter().map(|(k, s)| (k.clone(), s.bytes)).collect();
+            for ((growth, trend), (_, s)) in self
+                .site_trends
+                .observe(gc_count, &amounts)
+                .into_iter()
+                .zip(sites.iter_mut())
+            {
+                s.growth = growth;
+                s.trend = trend;
+            }
+        }
+        let mut sites: Vec<GoHeapSiteReport> = sites.into_iter().map(|(_, s)| s).collect();
         sites.truncate(self.top);
         Ok(Some(sites))
     }

@@ -94,6 +94,8 @@ fn go(g: &GoReport) -> Value {
         "heap_profile": g.heap_profile.as_ref().map(|sites| sites.iter().map(|s| json!({
             "bytes": s.bytes,
             "objects": s.objects,
+            "growth_bytes": s.growth,
+            "trend": s.trend,
             "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
         })).collect::<Vec<_>>()),
         "notes": g.notes,

@@ -232,10 +232,15 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
         for (i, p) in profile.iter().enumerate() {
             writeln!(
                 out,
-                "  [H{}] {} in {} object(s)",
+                "  [H{}] {} in {} object(s) · {}",
                 i + 1,
                 style.paint("1;31", &bytes(p.bytes)),
-                p.objects
+                p.objects,
+                match p.trend {
+                    "growing" => style.paint("1;31", "growing"),
+                    "new" => "new".to_string(),
+                    t => format!("{t} across GCs"),
+                },
             )?;
             frames(out, &p.frames, style)?;
         }

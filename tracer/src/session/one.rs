@@ -46,6 +46,7 @@ pub struct Prepared {
     probes: Probes,
     maps: probes::Maps,
     unwind: Option<UnwindTables>,
+    memprofile: Option<golang::memprofile::Switch>,
 }
 
 /// Inspects the running process `pid` and attaches to it.
@@ -65,6 +66,11 @@ pub(super) fn attach(
     go: Option<GoTarget>,
 ) -> anyhow::Result<Prepared> {
     let allocator = allocator_of(candidates, go.is_some())?;
+    let memprofile = match (&go, cli.go_memprofile) {
+        (Some(go), true) => Some(golang::memprofile::Switch::check(go)?),
+        (None, true) => anyhow::bail!("--go-memprofile: pid {pid} ({comm}) is not a Go program"),
+        (_, false) => None,
+    };
 
     let sizes = MapSizes {
         allocs: cli.max_allocs,
@@ -77,7 +83,7 @@ pub(super) fn attach(
     };
     let mut probes = Probes::load(sizes, cli.probe_mode, go.is_some())?;
     // Tables before probes: the first stacks recorded are walked whole.
-    let unwind = unwind_tables(cli, pid, paused.is_some(), &mut probes)?;
+    let unwind = unwind_tables(cli, pid, paused.is_some(), candidates, &mut probes)?;
     // A target under seccomp may be killed by return probes on some kernels:
     // find out on a throwaway process first. (A launched command has no
     // filter yet; one it installs later is not checked.)
@@ -102,6 +108,7 @@ pub(super) fn attach(
         probes,
         maps,
         unwind,
+        memprofile,
     })
 }
 
@@ -111,6 +118,7 @@ fn unwind_tables(
     cli: &Cli,
     pid: u32,
     launched: bool,
+    candidates: &[Candidate],
     probes: &mut Probes,
 ) -> anyhow::Result<Option<UnwindTables>> {
     if cli.unwind == UnwindMode::Fp || cli.probe_mode != ProbeMode::Full {
@@ -122,7 +130,12 @@ fn unwind_tables(
     // A command held before its exec still maps leaktrace's own objects:
     // its tables are built once it runs (until then stacks are walked by
     // frame pointers), never from mappings about to be replaced.
-    if !launched {
+    if launched {
+        // Rows of the command and its libraries now, so that its mappings
+        // can be published the moment it has them.
+        let paths: Vec<&std::path::Path> = candidates.iter().map(|c| c.path.as_path()).collect();
+        tables.preload(&paths);
+    } else {
         tables.refresh().context("cannot build the unwind tables")?;
         eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
     }
@@ -187,6 +200,7 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
         probes,
         maps,
         mut unwind,
+        memprofile,
     } = prepared;
     let start = Instant::now();
     let launched = paused.is_some();
@@ -208,13 +222,22 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
             cli.top,
         )
     });
+    let go = match (go, memprofile) {
+        (Some(t), Some(switch)) => Some(t.with_memprofile(switch)),
+        (go, _) => go,
+    };
     if let Some(p) = paused {
         p.release();
         if let Some(tables) = unwind.as_mut() {
             // Tables for the command's own mappings as soon as it has
             // exec'd (until then its stacks are walked by frame pointers);
             // objects its loader maps next come in with the early ticks.
-            wait_for_exec(pid);
+            let objects: Vec<&str> = allocator
+                .objects
+                .iter()
+                .filter_map(|o| o.path.file_name().and_then(|n| n.to_str()))
+                .collect();
+            wait_for_exec(pid, &objects);
             tables.refresh().context("building the unwind tables")?;
             eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
         }
@@ -339,15 +362,22 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
 }
 
 /// Waits (briefly) until a released command has replaced leaktrace's
-/// image with its own.
-fn wait_for_exec(pid: u32) {
+/// image with its own and its loader has mapped `objects` (the allocator's:
+/// nothing is probed before they are there).
+fn wait_for_exec(pid: u32, objects: &[&str]) {
     let ours = std::fs::read_link("/proc/self/exe").ok();
-    for _ in 0..200 {
-        match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            Ok(exe) if Some(&exe) != ours.as_ref() => return,
-            Err(_) => return,
-            _ => std::thread::sleep(std::time::Duration::from_millis(1)),
+    for _ in 0..2000 {
+        let exec_done = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(exe) => Some(&exe) != ours.as_ref(),
+            Err(_) => return, // gone
+        };
+        if exec_done {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            if objects.iter().all(|o| maps.contains(o)) {
+                return;
+            }
         }
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
 }
 

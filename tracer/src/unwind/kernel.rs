@@ -5,13 +5,12 @@
 use std::{collections::HashMap, fs, os::fd::AsRawFd, ptr::NonNull};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
-use object::{Object, ObjectSegment, SegmentFlags};
 use tracer_common::{
     walk, ProcessMappings, ReturnProbeOffsets, UnwindMapping, UnwindRow, UnwindRule,
     MAX_UNWIND_MAPPINGS, MAX_UNWIND_RULES,
 };
 
-use super::{object_unwind, ObjectKey, ObjectUnwind, UnwindError};
+use super::{key_of, object_info, ObjectKey, ObjectUnwind, UnwindError};
 use crate::{cli::UnwindMode, process::procfs};
 
 /// `UNWIND_ROWS`, mapped into our memory (the kernel's own pages: a write
@@ -201,6 +200,21 @@ impl UnwindTables {
         Ok(())
     }
 
+    /// Parses `paths` and writes their rows now, before the process maps
+    /// them (a command about to exec: its mappings are then published in
+    /// the moment it has them).
+    pub fn preload(&mut self, paths: &[&std::path::Path]) {
+        for path in paths {
+            if let Some(key) = key_of(path) {
+                if let Some(info) = object_info(&key, path) {
+                    if let ObjectUnwind::Table(rows) = &info.unwind {
+                        let _ = self.place(&key, rows);
+                    }
+                }
+            }
+        }
+    }
+
     /// The kernel's view of one executable mapping.
     fn mapping_entry(&mut self, m: &procfs::Mapping) -> Option<UnwindMapping> {
         let open = m.open_path(self.pid);
@@ -211,10 +225,9 @@ impl UnwindTables {
             size,
         };
         let name = m.path.clone().unwrap_or_default();
-        let data = fs::read(&open).ok()?;
-        let file = object::File::parse(&*data).ok()?;
-        let bias = bias_of(&file, m)?;
-        let (walk_kind, row_base, row_count) = match object_unwind(&key, &data) {
+        let info = object_info(&key, &open)?;
+        let bias = info.bias(m.start, m.file_offset, m.end - m.start)?;
+        let (walk_kind, row_base, row_count) = match &info.unwind {
             ObjectUnwind::FramePointers if self.mode == UnwindMode::Auto => {
                 push_once(&mut self.summary.frame_pointer_objects, &name);
                 (walk::FRAME_POINTER, 0, 0)
@@ -223,7 +236,7 @@ impl UnwindTables {
                 push_once(&mut self.summary.without_tables, &name);
                 (walk::NONE, 0, 0)
             }
-            ObjectUnwind::Table(rows) => match self.place(&key, &rows) {
+            ObjectUnwind::Table(rows) => match self.place(&key, rows) {
                 Some((base, count)) => (walk::TABLE, base, count),
                 None => {
                     push_once(&mut self.summary.no_room, &name);
@@ -316,26 +329,4 @@ fn push_once(list: &mut Vec<String>, name: &str) {
     if !list.iter().any(|n| n == name) {
         list.push(name.to_string());
     }
-}
-
-/// Runtime address minus ELF address for the executable segment a mapping
-/// shows: the mapping's start holds its file offset.
-fn bias_of(file: &object::File<'_>, m: &procfs::Mapping) -> Option<u64> {
-    let len = m.end - m.start;
-    file.segments()
-        .filter(|s| match s.flags() {
-            SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
-            _ => true,
-        })
-        .find(|s| {
-            let (off, size) = s.file_range();
-            off < m.file_offset + len && m.file_offset < off + size
-        })
-        .map(|s| {
-            let (off, _) = s.file_range();
-            m.start
-                .wrapping_sub(m.file_offset)
-                .wrapping_add(off)
-                .wrapping_sub(s.address())
-        })
 }

@@ -13,6 +13,7 @@ pub(crate) const MEMSTATS: &str = "runtime.memstats";
 pub(crate) const MBUCKETS: &str = "runtime.mbuckets";
 pub(crate) const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
 pub(crate) const WAIT_REASON_STRINGS: &str = "runtime.waitReasonStrings";
+pub(crate) const DISABLE_MEMORY_PROFILING: &str = "runtime.disableMemoryProfiling";
 
 pub(crate) const NAMES: &[&str] = &[
     ALLGPTR,
@@ -22,6 +23,7 @@ pub(crate) const NAMES: &[&str] = &[
     MBUCKETS,
     MEM_PROFILE_RATE,
     WAIT_REASON_STRINGS,
+    DISABLE_MEMORY_PROFILING,
 ];
 
 /// Link-time addresses of runtime variables (`None`: not found).
@@ -43,6 +45,9 @@ pub struct RuntimeVars {
     pub wait_reason_strings: Option<u64>,
     /// Number of entries of waitReasonStrings (its symbol size / 16).
     pub wait_reason_count: Option<u64>,
+    /// `bool`: 1 when the linker found no use of the memory profile and had
+    /// the runtime set `MemProfileRate` to 0 at start.
+    pub disable_memory_profiling: Option<u64>,
 }
 
 impl RuntimeVars {
@@ -58,6 +63,7 @@ impl RuntimeVars {
             mbuckets: addr(MBUCKETS),
             mem_profile_rate: addr(MEM_PROFILE_RATE),
             wait_reason_strings: addr(WAIT_REASON_STRINGS),
+            disable_memory_profiling: addr(DISABLE_MEMORY_PROFILING),
             wait_reason_count: syms
                 .get(WAIT_REASON_STRINGS)
                 .map(|s| s.size / string_size)

@@ -1,0 +1,200 @@
+//! Real Go services as their owners meet them: a Gin service (Debian's Gin
+//! 1.8.1) leaking goroutines from a handler that gives up waiting, and heap
+//! into an unbounded map next to a bounded cache, in a binary that never
+//! imported runtime/pprof (`--go-memprofile`).
+
+use std::time::Duration;
+
+use leaktrace_tests::*;
+use serde_json::Value;
+
+/// Versions the Gin tests run on: the oldest and newest supported, and two
+/// between.
+const GIN_VERSIONS: &[&str] = &["1.21.13", "1.23.9", "1.25.5", "1.27.3"];
+
+fn heap_sites(report: &Value) -> Vec<&Value> {
+    report["go"]["heap_profile"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+fn first_function(site: &Value) -> &str {
+    site["frames"][0]["symbol"].as_str().unwrap_or("?")
+}
+
+/// A handler that `select`s on its worker's result with a timeout: each
+/// request leaves its worker blocked forever on the send. Exactly those
+/// are reported, at the `go` statement, with their start function; the
+/// healthy `/ping` requests (served on goroutines of their own) are not.
+fn select_timeout_leak_is_exact(version: &str) {
+    let bin = gin_fixture(version);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "1s"]);
+    for _ in 0..30 {
+        assert_eq!(http_get(service.port, "/ping"), "pong");
+    }
+    assert_eq!(http_get(service.port, "/search?n=12"), "ok");
+    assert_eq!(http_get(service.port, "/searched"), "12");
+    let report = lt.report_where(|r| {
+        r["go"]["goroutines"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|s| s["start_function"] == "main.searchWorker"))
+    });
+    let sites: Vec<&Value> = report["go"]["goroutines"]
+        .as_array()
+        .expect("goroutines")
+        .iter()
+        .collect();
+    let leak: Vec<&&Value> = sites
+        .iter()
+        .filter(|s| s["start_function"] == "main.searchWorker")
+        .collect();
+    assert_eq!(leak.len(), 1, "go{version}: {report}");
+    assert_eq!(leak[0]["count"], 12, "go{version}: {report}");
+    assert_eq!(
+        leak[0]["created_by"]["symbol"], "main.search",
+        "go{version}: {report}"
+    );
+    // The handler's frames through Gin's router are in the creating stack.
+    let frames: Vec<&str> = leak[0]["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with("github.com/gin-gonic/gin.")),
+        "go{version}: Gin's frames in {frames:?}"
+    );
+    // Nothing else was left behind by the requests.
+    for s in &sites {
+        assert!(
+            s["start_function"] == "main.searchWorker"
+                || s["created_by"]["symbol"]
+                    .as_str()
+                    .is_some_and(|c| !c.starts_with("main.")),
+            "go{version}: unexpected site {s}"
+        );
+    }
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn gin_handler_select_timeout_leak_go1_21() {
+    select_timeout_leak_is_exact("1.21.13");
+}
+
+#[test]
+fn gin_handler_select_timeout_leak_go1_27() {
+    select_timeout_leak_is_exact("1.27.3");
+}
+
+/// `--go-memprofile` on a Gin service built without runtime/pprof: the
+/// unbounded map is the top heap site and `growing`, the bounded cache
+/// beside it `steady`, and the service keeps serving while it allocates.
+fn memprofile_tells_a_leak_from_a_cache(version: &str) {
+    let bin = gin_fixture(version);
+    // Frequent GCs: the profile is published by each GC.
+    let mut service = GoService::start_with_env(&bin, &[], &[("GOGC", "25")]);
+    let mut lt = Leaktrace::attach(
+        service.pid(),
+        &[
+            "--go-memprofile",
+            "-i",
+            "1",
+            "--older-than",
+            "0",
+            "--top",
+            "20",
+        ],
+    );
+    let wrote = lt.wait_stderr("leaktrace: --go-memprofile:");
+    assert!(
+        wrote.contains("wrote runtime.MemProfileRate = 524288"),
+        "go{version}: {wrote}"
+    );
+    // Traffic on a thread of its own while reports are read.
+    let port = service.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for path in ["/remember?n=256", "/cache?n=256", "/churn?n=256"] {
+                    assert_eq!(http_get(port, path), "ok");
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    // Trends need four readings after GCs: allow a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let r = lt.next_report();
+        let sites = heap_sites(&r);
+        let cache = sites
+            .iter()
+            .find(|s| first_function(s) == "main.cacheProfile");
+        if sites.first().is_some_and(|top| top["trend"] == "growing")
+            && cache.is_some_and(|c| c["trend"] == "steady")
+        {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "go{version}: never saw the map growing and the cache steady; last: {r}"
+        );
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.join().expect("traffic thread");
+    let top = heap_sites(&report)[0];
+    assert_eq!(
+        first_function(top),
+        "main.rememberSession",
+        "go{version}: {report}"
+    );
+    assert!(service.is_alive(), "go{version}: the service died");
+    assert_eq!(http_get(service.port, "/ping"), "pong");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn go_memprofile_on_gin_go1_21() {
+    memprofile_tells_a_leak_from_a_cache("1.21.13");
+}
+
+#[test]
+fn go_memprofile_on_gin_go1_23() {
+    memprofile_tells_a_leak_from_a_cache("1.23.9");
+}
+
+#[test]
+fn go_memprofile_on_gin_go1_25() {
+    memprofile_tells_a_leak_from_a_cache("1.25.5");
+}
+
+#[test]
+fn go_memprofile_on_gin_go1_27() {
+    memprofile_tells_a_leak_from_a_cache("1.27.3");
+}
+
+#[test]
+fn without_the_flag_the_note_says_how_to_get_heap_by_stack() {
+    let bin = gin_fixture(GIN_VERSIONS[3]);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1"]);
+    let report = lt.next_report();
+    assert_eq!(report["go"]["heap_profile"], Value::Null, "{report}");
+    let notes = report["go"]["notes"].to_string();
+    assert!(notes.contains("--go-memprofile turns it on"), "{notes}");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+}
