@@ -63,6 +63,15 @@ impl Leaktrace {
         self.child.id()
     }
 
+    /// The first stderr line starting with `prefix`, printed already or
+    /// waited for.
+    pub fn stderr_line(&mut self, prefix: &str) -> String {
+        match self.stderr_seen.iter().find(|l| l.starts_with(prefix)) {
+            Some(l) => l.clone(),
+            None => self.wait_stderr(prefix),
+        }
+    }
+
     pub fn wait_stderr(&mut self, prefix: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -35,7 +35,15 @@ fn select_timeout_leak_is_exact(version: &str) {
         assert_eq!(http_get(service.port, "/ping"), "pong");
     }
     assert_eq!(http_get(service.port, "/search?n=12"), "ok");
-    assert_eq!(http_get(service.port, "/searched"), "12");
+    // The workers block a few milliseconds after their handler gave up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http_get(service.port, "/searched") != "12" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "go{version}: workers not all blocked"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let report = lt.report_where(|r| {
         r["go"]["goroutines"]
             .as_array()
@@ -113,7 +121,7 @@ fn memprofile_tells_a_leak_from_a_cache(version: &str) {
             "20",
         ],
     );
-    let wrote = lt.wait_stderr("leaktrace: --go-memprofile:");
+    let wrote = lt.stderr_line("leaktrace: --go-memprofile:");
     assert!(
         wrote.contains("wrote runtime.MemProfileRate = 524288"),
         "go{version}: {wrote}"

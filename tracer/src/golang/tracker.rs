@@ -154,13 +154,13 @@ impl GoTracker {
                 let pid = self.pid;
                 match outcome {
                     Outcome::TurnedOn => eprintln!(
-                        "leaktrace: --go-memprofile: wrote runtime.MemProfileRate = {GO_DEFAULT_RATE}                          (Go's default) into pid {pid}, where the linker had turned heap profiling                          off; heap by allocation stack builds up from now on, over objects                          allocated from now on"
+                        "leaktrace: --go-memprofile: wrote runtime.MemProfileRate = {GO_DEFAULT_RATE} (Go's default) into pid {pid}, where the linker had turned heap profiling off; heap by allocation stack builds up from now on, over objects allocated from now on"
                     ),
                     Outcome::AlreadyOn(rate) => eprintln!(
-                        "leaktrace: --go-memprofile: pid {pid} already profiles its heap                          (runtime.MemProfileRate = {rate}); nothing written"
+                        "leaktrace: --go-memprofile: pid {pid} already profiles its heap (runtime.MemProfileRate = {rate}); nothing written"
                     ),
                     Outcome::OffByChoice => eprintln!(
-                        "leaktrace: --go-memprofile: pid {pid} set runtime.MemProfileRate to 0                          itself; left alone"
+                        "leaktrace: --go-memprofile: pid {pid} set runtime.MemProfileRate to 0 itself; left alone"
                     ),
                     Outcome::NotStarted => {}
                 }
