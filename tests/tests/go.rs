@@ -57,7 +57,11 @@ const PRELUDE: u64 = 5;
 /// next to goroutines that finish, for one Go version and build.
 fn goroutine_leaks_are_exact(version: &str, build: GoBuild) {
     let bin = go_fixture(version, build);
+    let started = std::time::Instant::now();
     let service = GoService::start(&bin, &["-prelude", &PRELUDE.to_string()]);
+    // A GC notes in each blocked goroutine since when it is blocked.
+    assert_eq!(http_get(service.port, "/gc").trim(), "gc");
+    thread::sleep(Duration::from_millis(500));
     let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "1s"]);
 
     let first = lt.next_report();
@@ -71,6 +75,14 @@ fn goroutine_leaks_are_exact(version: &str, build: GoBuild) {
     assert_eq!(census["start_function"], "main.blockForever", "{census}");
     assert_eq!(census["states"][0]["state"], "chan receive", "{census}");
     assert_eq!(census["states"][0]["count"], PRELUDE, "{census}");
+    // Blocked since before the GC, as a goroutine dump counts it.
+    let blocked = census["longest_blocked_ms"]
+        .as_u64()
+        .expect("longest_blocked_ms");
+    assert!(
+        (500..=started.elapsed().as_millis() as u64).contains(&blocked),
+        "blocked {blocked} ms: {census}"
+    );
     // Heap figures and the runtime's heap profile (the fixture links
     // net/http/pprof, which turns profiling on) are read too.
     assert!(go["heap"]["live_after_gc_bytes"].is_u64(), "{first}");
@@ -470,4 +482,71 @@ fn goroutines_around_attach_are_counted_once_go1_21() {
 #[test]
 fn goroutines_around_attach_are_counted_once_newest_go() {
     goroutines_around_attach_are_counted_once(newest_go());
+}
+
+/// `--go-leak-check`: on Go 1.26 and 1.27 the runtime's own detector,
+/// triggered by leaktrace, marks exactly the goroutines blocked on
+/// channels nothing reachable holds, not those blocked on a channel a
+/// global holds, on a socket read or on a timer.
+fn leak_check_marks_exactly_the_unreachable(version: &str) {
+    let bin = go_fixture(version, GoBuild::Static);
+    let service = GoService::start(&bin, &["-blocked"]);
+    let mut lt = Leaktrace::attach(service.pid(), &["--go-leak-check", "-i", "1"]);
+    let armed = lt.stderr_line("leaktrace: --go-leak-check:");
+    assert!(
+        armed.contains("set runtime.work.goroutineLeak.pending"),
+        "go{version}: {armed}"
+    );
+    // The next GC runs the detection.
+    assert_eq!(http_get(service.port, "/gc").trim(), "gc");
+    let report = lt.report_where(|r| r["go"]["goroutines_proven_leaked"].is_array());
+    let leaked = report["go"]["goroutines_proven_leaked"]
+        .as_array()
+        .expect("array");
+    assert_eq!(
+        leaked.len(),
+        1,
+        "go{version}: one site, nothing else: {report}"
+    );
+    assert_eq!(leaked[0]["count"], 4, "go{version}: {report}");
+    assert_eq!(
+        leaked[0]["created_by"]["symbol"], "main.leakUnreachable",
+        "go{version}"
+    );
+    assert_eq!(leaked[0]["start_function"], "main.waitOn", "go{version}");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+}
+
+#[test]
+fn go_leak_check_go1_26() {
+    leak_check_marks_exactly_the_unreachable("1.26.6");
+}
+
+#[test]
+fn go_leak_check_go1_27() {
+    leak_check_marks_exactly_the_unreachable("1.27.3");
+}
+
+#[test]
+fn go_leak_check_is_unavailable_before_go1_26() {
+    let bin = go_fixture("1.25.5", GoBuild::Static);
+    let service = GoService::start(&bin, &["-blocked"]);
+    let mut lt = Leaktrace::attach(service.pid(), &["--go-leak-check", "-i", "1"]);
+    let said = lt.stderr_line("leaktrace: --go-leak-check:");
+    assert!(said.contains("exists from Go 1.26"), "{said}");
+    let report = lt.next_report();
+    assert_eq!(
+        report["go"]["goroutines_proven_leaked"],
+        Value::Null,
+        "{report}"
+    );
+    assert!(
+        report["go"]["notes"]
+            .to_string()
+            .contains("exists from Go 1.26"),
+        "{report}"
+    );
 }

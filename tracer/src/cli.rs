@@ -99,6 +99,14 @@ pub struct Cli {
     #[arg(long)]
     pub go_memprofile: bool,
 
+    /// Go 1.26+ targets: have the runtime's GC-based goroutine leak detector
+    /// run at the target's next GC (and after each report), and report the
+    /// goroutines it proves leaked (blocked on something nothing runnable
+    /// can reach) by creation site. Sets one flag in the target through
+    /// /proc/PID/mem; on older Go versions a note says it is unavailable.
+    #[arg(long)]
+    pub go_leak_check: bool,
+
     /// How user stacks are walked: `auto` by the unwind tables leaktrace
     /// builds from each object's `.eh_frame` (or `.debug_frame`) and by
     /// frame pointers in Go code; `dwarf` by tables only; `fp` by frame

@@ -15,6 +15,7 @@ pub mod binary;
 pub mod executable;
 pub mod goroutines;
 pub mod heap;
+pub mod leakcheck;
 pub mod memprofile;
 pub mod probes;
 pub mod runtime;
@@ -25,7 +26,7 @@ pub mod tracker;
 pub use executable::{of_process, of_program, ExecutableError, GoTarget};
 pub use probes::{is_go_code, is_go_object, PROBE_PROGRAMS};
 pub use section::{
-    CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport,
+    CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport, ProvenLeakSite,
 };
 pub use symbols::GoSymbols;
 pub use tracker::GoTracker;

@@ -60,6 +60,10 @@ pub struct GoroutineInfo {
     pub startpc: u64,
     /// "chan receive", "select", "running", ... as a goroutine dump says it.
     pub state: String,
+    /// CLOCK_MONOTONIC time it started waiting, once the runtime noted it.
+    pub waiting_since_ns: Option<u64>,
+    /// Found leaked by the runtime's leak detector (Go 1.26+).
+    pub leaked: bool,
 }
 
 /// One stack of the runtime's own heap profile: what is in use (as of the
@@ -150,6 +154,7 @@ impl GoRuntime {
             layout.startpc,
             layout.atomicstatus,
             layout.waitreason,
+            layout.waitsince,
         ]
         .into_iter()
         .max()
@@ -187,11 +192,16 @@ impl GoRuntime {
                 ),
                 other => format!("status {other}"),
             };
+            let waiting = matches!(status, G_WAITING | G_LEAKED);
             out.push(GoroutineInfo {
                 goid: field(&g, layout.goid),
                 gopc: field(&g, layout.gopc),
                 startpc: field(&g, layout.startpc),
                 state,
+                // Set when a GC scans the blocked goroutine (0 before).
+                waiting_since_ns: Some(field(&g, layout.waitsince))
+                    .filter(|&t| waiting && t > 0 && t < i64::MAX as u64),
+                leaked: status == G_LEAKED,
             });
         }
         Ok(out)

@@ -35,6 +35,19 @@ pub struct CensusSiteReport {
     /// Goroutines per state ("chan receive", "select", "runnable", ...),
     /// most common first.
     pub states: Vec<(String, u64)>,
+    /// How long the longest-blocked of them has been blocked (`None`: none
+    /// blocked, or the runtime has not noted when yet: it does so when a GC
+    /// scans a blocked goroutine).
+    pub longest_blocked: Option<std::time::Duration>,
+}
+
+/// Goroutines from one creation site that the runtime's leak detector
+/// proved leaked: blocked on something no runnable goroutine can reach.
+#[derive(Debug, Clone)]
+pub struct ProvenLeakSite {
+    pub count: u64,
+    pub created_by: Frame,
+    pub start: Option<String>,
 }
 
 /// The Go heap: live bytes after the last GC, and their trend.
@@ -80,6 +93,10 @@ pub struct GoReport {
     /// In-use heap by allocation stack, largest first; `None` when the
     /// runtime's memory profiling is off (see `notes`).
     pub heap_profile: Option<Vec<GoHeapSiteReport>>,
+    /// `--go-leak-check`: goroutines the runtime's detector found leaked,
+    /// by creation site, most first; `None` when not asked for, not
+    /// available, or not run yet (see `notes`).
+    pub proven_leaked: Option<Vec<ProvenLeakSite>>,
     /// What could not be read, and why.
     pub notes: Vec<String>,
 }

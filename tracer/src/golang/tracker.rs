@@ -13,12 +13,16 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use tracer_common::GoroutineRecord;
 
 use super::heap::SiteTrends;
+use super::leakcheck::LeakCheck;
 use super::memprofile::{Outcome, Switch, GO_DEFAULT_RATE};
 use super::{
     goroutines::{GoroutineCollector, GoroutineSnapshot},
     heap::HeapTrend,
     runtime::{GoRuntime, GoroutineInfo},
-    section::{CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport},
+    section::{
+        CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport,
+        ProvenLeakSite,
+    },
     GoTarget,
 };
 use crate::{
@@ -58,6 +62,11 @@ pub struct GoTracker {
     memprofile_outcome: Option<Outcome>,
     /// Trends of the heap profile's sites across GCs.
     site_trends: SiteTrends<Vec<SourceLine>>,
+    /// `--go-leak-check`: the detector's trigger (or why there is none),
+    /// and the GC count when it was last armed.
+    leak_check: Option<Result<LeakCheck, String>>,
+    leak_check_armed_at: Option<u32>,
+    leak_check_ran: bool,
 }
 
 impl GoTracker {
@@ -94,6 +103,9 @@ impl GoTracker {
             memprofile: None,
             memprofile_outcome: None,
             site_trends: SiteTrends::default(),
+            leak_check: None,
+            leak_check_armed_at: None,
+            leak_check_ran: false,
         };
         t.exe = File::open(&t.target.path).ok();
         let vars = &t.target.binary.vars;
@@ -137,6 +149,116 @@ impl GoTracker {
         self.memprofile = Some(switch);
         self.try_memprofile();
         self
+    }
+
+    /// `--go-leak-check`: arms the runtime's goroutine leak detector now
+    /// (and again after each run), where the Go version has one.
+    pub fn with_leak_check(mut self) -> Self {
+        self.leak_check = Some(LeakCheck::of(&self.target));
+        self.arm_leak_check();
+        match &self.leak_check {
+            Some(Ok(_)) => eprintln!(
+                "leaktrace: --go-leak-check: set runtime.work.goroutineLeak.pending in pid {}: the \
+                 target's next GC runs the runtime's goroutine leak detector (and again after each \
+                 run)",
+                self.pid
+            ),
+            Some(Err(why)) => eprintln!("leaktrace: {why}"),
+            None => {}
+        }
+        self
+    }
+
+    fn arm_leak_check(&mut self) {
+        let Some(Ok(check)) = self.leak_check else {
+            return;
+        };
+        let Some(bias) = load_bias(self.pid, &self.target) else {
+            return;
+        };
+        let gc = self
+            .runtime()
+            .and_then(|r| r.heap().ok())
+            .map(|h| h.gc_count);
+        match check.arm(self.pid, bias) {
+            Ok(()) => self.leak_check_armed_at = gc,
+            Err(e) => {
+                self.leak_check = Some(Err(format!(
+                    "--go-leak-check: cannot write into pid {}: {e}",
+                    self.pid
+                )))
+            }
+        }
+    }
+
+    /// Goroutines the detector proved leaked, once a GC ran it.
+    async fn proven_leaked(
+        &mut self,
+        notes: &mut Vec<String>,
+        symbolizer: &Symbolizer,
+    ) -> Result<Option<Vec<ProvenLeakSite>>, SymbolizerGone> {
+        match &self.leak_check {
+            None => return Ok(None),
+            Some(Err(why)) => {
+                notes.push(why.clone());
+                return Ok(None);
+            }
+            Some(Ok(_)) => {}
+        }
+        let gc = self
+            .runtime()
+            .and_then(|r| r.heap().ok())
+            .map(|h| h.gc_count);
+        if let (Some(armed), Some(now)) = (self.leak_check_armed_at, gc) {
+            if now != armed {
+                self.leak_check_ran = true;
+                // Leaks since then are found at the next run.
+                self.arm_leak_check();
+            }
+        }
+        if !self.leak_check_ran {
+            notes.push(
+                "--go-leak-check: the runtime's leak detector has not run yet (it runs at the \
+                 target's next GC)"
+                    .into(),
+            );
+            return Ok(None);
+        }
+        let all = match self
+            .open_runtime()
+            .and_then(|r| r.goroutines().map_err(|e| e.to_string()))
+        {
+            Ok(all) => all,
+            Err(e) => {
+                notes.push(format!("--go-leak-check: goroutines not read: {e}"));
+                return Ok(None);
+            }
+        };
+        let bias = self.bias();
+        let mut groups: HashMap<(u64, u64), u64> = HashMap::new();
+        for g in all.iter().filter(|g| g.leaked) {
+            *groups.entry((g.gopc, g.startpc)).or_default() += 1;
+        }
+        let by_addr = symbolizer
+            .symbolize_set(groups.keys().map(|k| k.0), true)
+            .await?;
+        let mut sites: Vec<ProvenLeakSite> = groups
+            .into_iter()
+            .map(|((gopc, startpc), count)| ProvenLeakSite {
+                count,
+                created_by: by_addr
+                    .get(&gopc)
+                    .and_then(|f| f.last().cloned())
+                    .unwrap_or_else(|| Frame::unknown(gopc)),
+                start: self.start_function(startpc, bias),
+            })
+            .collect();
+        sites.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.created_by.symbol.cmp(&b.created_by.symbol))
+        });
+        Ok(Some(sites))
     }
 
     fn try_memprofile(&mut self) {
@@ -368,6 +490,7 @@ impl GoTracker {
         let before_attach = self.census(&mut notes, symbolizer, &snap).await?;
         let heap = self.heap_reading(&mut notes);
         let heap_profile = self.heap_profile(&mut notes, symbolizer).await?;
+        let proven_leaked = self.proven_leaked(&mut notes, symbolizer).await?;
         Ok(GoReport {
             version: self.target.binary.version.clone(),
             goroutines_live: snap.live,
@@ -375,6 +498,7 @@ impl GoTracker {
             before_attach,
             heap,
             heap_profile,
+            proven_leaked,
             notes,
         })
     }
@@ -521,12 +645,17 @@ impl GoTracker {
             }
         }
         alive.retain(|g| !self.is_system(g.startpc.wrapping_sub(bias)));
-        let mut groups: HashMap<(u64, u64), (u64, HashMap<String, u64>)> = HashMap::new();
+        let mut groups: HashMap<(u64, u64), (u64, HashMap<String, u64>, Option<u64>)> =
+            HashMap::new();
         for g in &alive {
             let e = groups.entry((g.gopc, g.startpc)).or_default();
             e.0 += 1;
             *e.1.entry(g.state.clone()).or_default() += 1;
+            if let Some(t) = g.waiting_since_ns {
+                e.2 = Some(e.2.map_or(t, |m: u64| m.min(t)));
+            }
         }
+        let now_ns = crate::collect::monotonic_ns();
         let by_addr = symbolizer
             .symbolize_set(groups.keys().map(|k| k.0), true)
             .await?;
@@ -539,7 +668,7 @@ impl GoTracker {
             .collect();
         let mut out: Vec<CensusSiteReport> = groups
             .into_iter()
-            .map(|((gopc, startpc), (count, states))| {
+            .map(|((gopc, startpc), (count, states, since))| {
                 let mut states: Vec<(String, u64)> = states.into_iter().collect();
                 states.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                 CensusSiteReport {
@@ -550,6 +679,8 @@ impl GoTracker {
                         .unwrap_or_else(|| Frame::unknown(gopc)),
                     start: starts.get(&startpc).cloned().flatten(),
                     states,
+                    longest_blocked: since
+                        .map(|t| std::time::Duration::from_nanos(now_ns.saturating_sub(t))),
                 }
             })
             .collect();

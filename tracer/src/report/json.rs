@@ -83,6 +83,7 @@ fn go(g: &GoReport) -> Value {
             "created_by": frame(&s.created_by),
             "start_function": s.start,
             "states": s.states.iter().map(|(state, n)| json!({"state": state, "count": n})).collect::<Vec<_>>(),
+            "longest_blocked_ms": s.longest_blocked.map(|d| d.as_millis() as u64),
         })).collect::<Vec<_>>()),
         "heap": g.heap.as_ref().map(|h| json!({
             "live_after_gc_bytes": h.live_after_gc,
@@ -97,6 +98,11 @@ fn go(g: &GoReport) -> Value {
             "growth_bytes": s.growth,
             "trend": s.trend,
             "frames": s.frames.iter().map(frame).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()),
+        "goroutines_proven_leaked": g.proven_leaked.as_ref().map(|sites| sites.iter().map(|s| json!({
+            "count": s.count,
+            "created_by": frame(&s.created_by),
+            "start_function": s.start,
         })).collect::<Vec<_>>()),
         "notes": g.notes,
     })

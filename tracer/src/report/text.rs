@@ -193,9 +193,13 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
         )?;
         for (i, g) in before.iter().enumerate() {
             let states: Vec<String> = g.states.iter().map(|(s, n)| format!("{s} ×{n}")).collect();
+            let blocked = g
+                .longest_blocked
+                .map(|d| format!(" · blocked up to {}", human_duration(d)))
+                .unwrap_or_default();
             writeln!(
                 out,
-                "  [B{}] {} goroutine(s) in {} · created by {} · {}",
+                "  [B{}] {} goroutine(s) in {} · created by {} · {}{blocked}",
                 i + 1,
                 style.paint("1;31", &g.count.to_string()),
                 g.start.as_deref().unwrap_or("??"),
@@ -243,6 +247,24 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
                 },
             )?;
             frames(out, &p.frames, style)?;
+        }
+    }
+    if let Some(leaked) = &go.proven_leaked {
+        let total: u64 = leaked.iter().map(|s| s.count).sum();
+        writeln!(
+            out,
+            "   goroutines the runtime proves leaked (its GC-based leak detector): {total} from {} creation site(s)",
+            leaked.len()
+        )?;
+        for (i, s) in leaked.iter().enumerate() {
+            writeln!(
+                out,
+                "  [L{}] {} goroutine(s) in {} · created by {}",
+                i + 1,
+                style.paint("1;31", &s.count.to_string()),
+                s.start.as_deref().unwrap_or("??"),
+                style.paint("36", &created_by(&s.created_by)),
+            )?;
         }
     }
     for note in &go.notes {

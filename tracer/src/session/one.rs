@@ -226,6 +226,10 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
         (Some(t), Some(switch)) => Some(t.with_memprofile(switch)),
         (go, _) => go,
     };
+    let go = match go {
+        Some(t) if cli.go_leak_check => Some(t.with_leak_check()),
+        go => go,
+    };
     if let Some(p) = paused {
         p.release();
         if let Some(tables) = unwind.as_mut() {

@@ -24,6 +24,7 @@ const WANTED: &[(&str, &[&str])] = &[
             "parentGoid",
             "atomicstatus",
             "waitreason",
+            "waitsince",
         ],
     ),
     (GC_CONTROLLER, &["heapMarked"]),
@@ -172,6 +173,7 @@ fn assemble(members: &Members) -> DwarfLayouts {
             parent_goid: off(G, "parentGoid")?,
             atomicstatus: off(G, "atomicstatus")?,
             waitreason: off(G, "waitreason")?,
+            waitsince: off(G, "waitsince")?,
         })
     })();
     let fields = (|| {

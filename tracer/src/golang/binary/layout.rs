@@ -17,6 +17,9 @@ pub struct GLayout {
     pub parent_goid: u32,
     pub atomicstatus: u32,
     pub waitreason: u32,
+    /// `waitsince`: when the goroutine started waiting (runtime nanotime,
+    /// CLOCK_MONOTONIC), as a goroutine dump's "N minutes".
+    pub waitsince: u32,
 }
 
 /// Offsets of `heapMarked` in `runtime.gcControllerState` and of `numgc`
@@ -53,7 +56,7 @@ struct Row {
     fields: RuntimeFields,
 }
 
-const fn row(minor: u32, g: [u32; 6], fields: [u32; 2]) -> Row {
+const fn row(minor: u32, g: [u32; 7], fields: [u32; 2]) -> Row {
     Row {
         minor,
         g: GLayout {
@@ -63,6 +66,7 @@ const fn row(minor: u32, g: [u32; 6], fields: [u32; 2]) -> Row {
             parent_goid: g[3],
             atomicstatus: g[4],
             waitreason: g[5],
+            waitsince: g[6],
         },
         fields: RuntimeFields {
             heap_marked: fields[0],
@@ -72,15 +76,15 @@ const fn row(minor: u32, g: [u32; 6], fields: [u32; 2]) -> Row {
 }
 
 /// linux/amd64. g: goid, gopc, startpc, parentGoid, atomicstatus,
-/// waitreason; then gcControllerState.heapMarked, mstats.numgc.
+/// waitreason, waitsince; then gcControllerState.heapMarked, mstats.numgc.
 const TABLE: &[Row] = &[
-    row(21, [152, 280, 296, 272, 144, 176], [152, 7704]),
-    row(22, [152, 280, 296, 272, 144, 176], [152, 7704]),
-    row(23, [160, 288, 304, 280, 152, 184], [152, 7704]),
-    row(24, [160, 288, 304, 280, 152, 184], [152, 7704]),
-    row(25, [152, 280, 296, 272, 144, 176], [152, 7680]),
-    row(26, [152, 288, 304, 280, 144, 176], [152, 7680]),
-    row(27, [152, 288, 304, 280, 144, 176], [152, 7680]),
+    row(21, [152, 280, 296, 272, 144, 176, 168], [152, 7704]),
+    row(22, [152, 280, 296, 272, 144, 176, 168], [152, 7704]),
+    row(23, [160, 288, 304, 280, 152, 184, 176], [152, 7704]),
+    row(24, [160, 288, 304, 280, 152, 184, 176], [152, 7704]),
+    row(25, [152, 280, 296, 272, 144, 176, 168], [152, 7680]),
+    row(26, [152, 288, 304, 280, 144, 176, 168], [152, 7680]),
+    row(27, [152, 288, 304, 280, 144, 176, 168], [152, 7680]),
 ];
 
 /// The minor release number of a Go version string: 25 for "go1.25.5",

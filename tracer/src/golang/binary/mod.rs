@@ -25,7 +25,7 @@ use object::{Architecture, BinaryFormat, Object, ObjectSection};
 
 pub use buildinfo::BuildInfoError;
 pub use creation::{CreationProbe, NewG};
-pub use layout::{GLayout, LayoutSource, RuntimeFields};
+pub use layout::{go_minor, GLayout, LayoutSource, RuntimeFields};
 pub use pclntab::PclntabError;
 pub use vars::RuntimeVars;
 

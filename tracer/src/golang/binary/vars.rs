@@ -14,6 +14,7 @@ pub(crate) const MBUCKETS: &str = "runtime.mbuckets";
 pub(crate) const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
 pub(crate) const WAIT_REASON_STRINGS: &str = "runtime.waitReasonStrings";
 pub(crate) const DISABLE_MEMORY_PROFILING: &str = "runtime.disableMemoryProfiling";
+pub(crate) const WORK: &str = "runtime.work";
 
 pub(crate) const NAMES: &[&str] = &[
     ALLGPTR,
@@ -24,6 +25,7 @@ pub(crate) const NAMES: &[&str] = &[
     MEM_PROFILE_RATE,
     WAIT_REASON_STRINGS,
     DISABLE_MEMORY_PROFILING,
+    WORK,
 ];
 
 /// Link-time addresses of runtime variables (`None`: not found).
@@ -48,6 +50,9 @@ pub struct RuntimeVars {
     /// `bool`: 1 when the linker found no use of the memory profile and had
     /// the runtime set `MemProfileRate` to 0 at start.
     pub disable_memory_profiling: Option<u64>,
+    /// `runtime.work` (`workType`): the GC's state, where Go 1.26+ keep the
+    /// goroutine leak detector's trigger.
+    pub work: Option<u64>,
 }
 
 impl RuntimeVars {
@@ -64,6 +69,7 @@ impl RuntimeVars {
             mem_profile_rate: addr(MEM_PROFILE_RATE),
             wait_reason_strings: addr(WAIT_REASON_STRINGS),
             disable_memory_profiling: addr(DISABLE_MEMORY_PROFILING),
+            work: addr(WORK),
             wait_reason_count: syms
                 .get(WAIT_REASON_STRINGS)
                 .map(|s| s.size / string_size)
