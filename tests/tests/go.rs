@@ -196,6 +196,19 @@ fn runtime_variables_are_found_without_symbols() {
             .expect("a Go binary")
             .vars;
         assert!(with_symbols.allgptr.is_some() && with_symbols.mbuckets.is_some());
+        // The variables only the two flags that write into a target use
+        // come from the symbol table alone: those flags refuse a stripped
+        // binary rather than write at an address derived from code.
+        assert!(
+            with_symbols.disable_memory_profiling.is_some(),
+            "go{version}"
+        );
+        assert!(with_symbols.work.is_some(), "go{version}");
+        assert_eq!(from_code.disable_memory_profiling, None, "go{version}");
+        assert_eq!(from_code.work, None, "go{version}");
+        let mut with_symbols = with_symbols;
+        with_symbols.disable_memory_profiling = None;
+        with_symbols.work = None;
         assert_eq!(from_code, with_symbols, "go{version}");
     }
 }

@@ -214,7 +214,12 @@ mod tests {
             })
         );
         m.get_mut(G).map(|g| g.insert("waitreason", 176));
+        assert_eq!(assemble(&m).g, None, "waitsince is missing");
+        m.get_mut(G).map(|g| g.insert("waitsince", 168));
         let l = assemble(&m);
-        assert_eq!(l.g.map(|g| (g.goid, g.waitreason)), Some((152, 176)));
+        assert_eq!(
+            l.g.map(|g| (g.goid, g.waitreason, g.waitsince)),
+            Some((152, 176, 168))
+        );
     }
 }
