@@ -94,8 +94,9 @@ pub struct Cli {
     /// that never import runtime/pprof): turn it on by writing Go's default
     /// rate (512 KiB) into `runtime.MemProfileRate`, once, through
     /// /proc/PID/mem, so that reports show the Go heap by allocation stack.
-    /// The only write leaktrace makes into a target; refused for Go versions
-    /// it was not checked on (1.21–1.27) and for stripped binaries.
+    /// With --go-leak-check, the only writes leaktrace makes into a target;
+    /// refused for Go versions it was not checked on (1.21–1.27) and for
+    /// stripped binaries.
     #[arg(long)]
     pub go_memprofile: bool,
 
@@ -115,8 +116,8 @@ pub struct Cli {
     pub unwind: UnwindMode,
 
     /// Capacity of the kernel's unwind-row table (8 bytes a row; Debian's
-    /// libc needs about 23,000, a 50 MB binary about 600,000); objects that
-    /// no longer fit are walked no further, and flagged.
+    /// libc needs about 28,000, a 50 MB binary about 600,000); objects that
+    /// no longer fit end stacks, flagged, and are named at start.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UNWIND_ROWS)]
     pub max_unwind_rows: u32,
 

@@ -76,7 +76,8 @@ pub struct ProfileBucket {
     pub inuse_bytes: u64,
 }
 
-/// pprof's unsampling of a heap profile record: objects of `size` bytes are
+/// pprof's unsampling of a heap profile record (runtime/pprof's
+/// scaleHeapSample, to the same truncation): objects of `size` bytes are
 /// sampled with probability 1 - exp(-size/rate).
 fn unsample(count: u64, size: u64, rate: u64) -> (u64, u64) {
     if count == 0 || size == 0 {
@@ -86,8 +87,9 @@ fn unsample(count: u64, size: u64, rate: u64) -> (u64, u64) {
         return (count, count * size);
     }
     let scale = 1.0 / (1.0 - (-(size as f64) / rate as f64).exp());
-    let objects = (count as f64 * scale).round() as u64;
-    (objects, objects * size)
+    let objects = (count as f64 * scale) as u64;
+    let bytes = ((count * size) as f64 * scale) as u64;
+    (objects, bytes)
 }
 
 /// The live heap after the last completed GC, and how many GCs ran.
@@ -306,10 +308,11 @@ mod tests {
     fn unsampling_matches_pprof() {
         // Large objects are always sampled: no scaling.
         assert_eq!(unsample(3, 1 << 30, 512 * 1024), (3, 3 << 30));
-        // A 4 KiB object is sampled with probability 1-exp(-4096/524288).
+        // A 4 KiB object is sampled with probability 1-exp(-4096/524288):
+        // scale 128.50, truncated like pprof.
         let (objects, bytes) = unsample(10, 4096, 512 * 1024);
         assert_eq!(objects, 1285);
-        assert_eq!(bytes, 1285 * 4096);
+        assert_eq!(bytes, 5_263_386);
         // Rate 1 records every allocation.
         assert_eq!(unsample(10, 64, 1), (10, 640));
         assert_eq!(unsample(0, 64, 512), (0, 0));
