@@ -588,8 +588,17 @@ fn heap_profile_agrees_with_the_targets_own_pprof() {
             .map(|s| s["bytes"].as_u64().unwrap_or(0))
             .sum();
         let out = go_command(version)
-            .args(["tool", "pprof", "-top", "-sample_index=inuse_space", "-unit=B"])
-            .arg(format!("http://127.0.0.1:{}/debug/pprof/heap", service.port))
+            .args([
+                "tool",
+                "pprof",
+                "-top",
+                "-sample_index=inuse_space",
+                "-unit=B",
+            ])
+            .arg(format!(
+                "http://127.0.0.1:{}/debug/pprof/heap",
+                service.port
+            ))
             .output()
             .expect("go tool pprof");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -599,9 +608,17 @@ fn heap_profile_agrees_with_the_targets_own_pprof() {
             .and_then(|l| l.split_whitespace().next())
             .and_then(|flat| flat.trim_end_matches('B').parse().ok())
             .unwrap_or_else(|| panic!("go{version}: no main.growOnce in pprof's top: {text}"));
-        // 300 × 64 KiB kept; sampled objects this large are always recorded.
-        assert!(theirs >= 300 * 65536 * 9 / 10, "go{version}: pprof says {theirs}: {text}");
-        assert_eq!(ours, theirs, "go{version}: leaktrace {ours} B, pprof {theirs} B\n{text}");
+        // 300 × 64 KiB kept, seen through the runtime's sampling (one
+        // 64 KiB object in ~8.5 recorded: ±20 % typical).
+        let kept = 300 * 65536;
+        assert!(
+            (kept / 3..=kept * 3).contains(&theirs),
+            "go{version}: pprof says {theirs} of {kept}: {text}"
+        );
+        assert_eq!(
+            ours, theirs,
+            "go{version}: leaktrace {ours} B, pprof {theirs} B\n{text}"
+        );
         lt.signal(libc::SIGINT);
         let _ = lt.finish();
     }
