@@ -623,3 +623,74 @@ fn heap_profile_agrees_with_the_targets_own_pprof() {
         let _ = lt.finish();
     }
 }
+
+/// MemStats read out of process against the fixture's own
+/// `runtime.ReadMemStats`, on both layouts (1.21–1.24, 1.25+) and the newest:
+/// the figures a quiet process does not move equal, the heap's within what
+/// unflushed per-P caches hold.
+#[test]
+fn memstats_match_the_targets_own_readmemstats() {
+    for version in ["1.21.13", "1.25.5", "1.27.3"] {
+        let bin = go_fixture(version, GoBuild::Static);
+        let service = GoService::start(&bin, &["-prelude", "3"]);
+        assert_eq!(http_get(service.port, "/grow?n=50").trim(), "grown");
+        assert_eq!(http_get(service.port, "/gc").trim(), "gc");
+        let theirs: std::collections::HashMap<String, u64> = http_get(service.port, "/memstats")
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect();
+        let asked = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut lt = Leaktrace::attach(service.pid(), &["-i", "1"]);
+        let report = lt.report_where(|r| r["timestamp_ms"].as_u64() > Some(asked + 500));
+        let ours = &report["go"]["memstats"];
+        let get = |k: &str| {
+            ours[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("go{version}: no {k}: {report}"))
+        };
+        let want = |k: &str| theirs[k];
+        for exact in ["num_gc", "sys", "gomaxprocs"] {
+            assert_eq!(
+                get(exact),
+                want(exact),
+                "go{version}: {exact}: {ours} vs {theirs:?}"
+            );
+        }
+        // Idle, the fixture runs main (serving) and the 3 goroutines it
+        // leaked; while it answered /memstats, that request's goroutines too.
+        assert_eq!(get("goroutines"), 4, "go{version}: {ours}");
+        assert!(
+            want("goroutines") - get("goroutines") <= 3,
+            "go{version}: {ours} vs {theirs:?}"
+        );
+        assert!(
+            get("stack_inuse").abs_diff(want("stack_inuse")) <= 64 << 10,
+            "go{version}: {ours}"
+        );
+        // Per-P caches are flushed by ReadMemStats only: up to a span per
+        // size class per P.
+        let slack = 2 << 20;
+        for near in ["heap_alloc", "heap_inuse", "next_gc"] {
+            assert!(
+                get(near).abs_diff(want(near)) <= slack,
+                "go{version}: {near}: {ours} vs {theirs:?}"
+            );
+        }
+        assert!(
+            get("heap_objects").abs_diff(want("heap_objects")) <= want("heap_objects") / 10 + 200,
+            "go{version}: heap_objects: {ours} vs {theirs:?}"
+        );
+        assert!(
+            get("os_threads") >= 2 && get("rss_bytes") >= want("heap_inuse") / 2,
+            "{ours}"
+        );
+        lt.signal(libc::SIGINT);
+        let _ = lt.finish();
+    }
+}

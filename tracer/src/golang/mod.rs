@@ -17,6 +17,7 @@ pub mod goroutines;
 pub mod heap;
 pub mod leakcheck;
 pub mod memprofile;
+pub mod memstats;
 pub mod probes;
 pub mod runtime;
 pub mod section;

@@ -9,7 +9,16 @@
 
 use std::{collections::HashMap, fs::File, io, os::unix::fs::FileExt, sync::Arc};
 
-use super::binary::GoBinary;
+use super::{
+    binary::GoBinary,
+    memstats::{Addresses, MemStats, MemStatsLayout, Words},
+};
+
+impl Words for GoRuntime {
+    fn word(&self, addr: u64) -> Option<u64> {
+        self.u64_at(addr).ok()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoRuntimeError {
@@ -291,6 +300,25 @@ impl GoRuntime {
             next = allnext;
         }
         Ok(out)
+    }
+
+    /// `ReadMemStats`' figures, read out of process (see [`memstats`]).
+    ///
+    /// [`memstats`]: super::memstats
+    pub fn mem_stats(&mut self) -> Result<MemStats, GoRuntimeError> {
+        let layout = MemStatsLayout::of_version(&self.bin.version).ok_or(
+            GoRuntimeError::Implausible("memstats (Go version not checked)"),
+        )?;
+        let at = Addresses {
+            gc_controller: self.var(self.bin.vars.gc_controller, "gcController")?,
+            memstats: self.var(self.bin.vars.memstats, "memstats")?,
+            gomaxprocs: self.var(self.bin.vars.gomaxprocs, "gomaxprocs")?,
+            sched: self.var(self.bin.vars.sched, "sched")?,
+            numgc_offset: self.bin.fields.numgc as u64,
+        };
+        let alive = self.goroutines()?.len() as u64;
+        super::memstats::read(&*self, &at, layout, alive)
+            .ok_or(GoRuntimeError::Implausible("memstats"))
     }
 
     /// `runtime.MemProfileRate`: 0 when memory profiling is off.

@@ -93,6 +93,9 @@ pub struct GoReport {
     /// In-use heap by allocation stack, largest first; `None` when the
     /// runtime's memory profiling is off (see `notes`).
     pub heap_profile: Option<Vec<GoHeapSiteReport>>,
+    /// `runtime.ReadMemStats`' figures read out of process, with the
+    /// process's OS threads and RSS (`None`: not readable, see `notes`).
+    pub memstats: Option<super::memstats::MemStats>,
     /// `--go-leak-check`: goroutines the runtime's detector found leaked,
     /// by creation site, most first; `None` when not asked for, not
     /// available, or not run yet (see `notes`).

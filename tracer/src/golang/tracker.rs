@@ -15,6 +15,7 @@ use tracer_common::GoroutineRecord;
 use super::heap::SiteTrends;
 use super::leakcheck::LeakCheck;
 use super::memprofile::{Outcome, Switch, GO_DEFAULT_RATE};
+use super::memstats::MemStats;
 use super::{
     goroutines::{GoroutineCollector, GoroutineSnapshot},
     heap::HeapTrend,
@@ -187,6 +188,40 @@ impl GoTracker {
                     "--go-leak-check: cannot write into pid {}: {e}",
                     self.pid
                 )))
+            }
+        }
+    }
+
+    /// MemStats out of process, with the process's threads and RSS.
+    fn mem_stats(&mut self, notes: &mut Vec<String>) -> Option<MemStats> {
+        let pid = self.pid;
+        let runtime = match self.open_runtime() {
+            Ok(r) => r,
+            Err(e) => {
+                notes.push(format!("no MemStats: {e}"));
+                return None;
+            }
+        };
+        match runtime.mem_stats() {
+            Ok(mut m) => {
+                m.os_threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|d| d.count() as u64)
+                    .unwrap_or(0);
+                m.rss_bytes = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| {
+                                v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                            })
+                    })
+                    .map_or(0, |kb| kb * 1024);
+                Some(m)
+            }
+            Err(e) => {
+                notes.push(format!("no MemStats: {e}"));
+                None
             }
         }
     }
@@ -491,6 +526,7 @@ impl GoTracker {
         let heap = self.heap_reading(&mut notes);
         let heap_profile = self.heap_profile(&mut notes, symbolizer).await?;
         let proven_leaked = self.proven_leaked(&mut notes, symbolizer).await?;
+        let memstats = self.mem_stats(&mut notes);
         Ok(GoReport {
             version: self.target.binary.version.clone(),
             goroutines_live: snap.live,
@@ -498,6 +534,7 @@ impl GoTracker {
             before_attach,
             heap,
             heap_profile,
+            memstats,
             proven_leaked,
             notes,
         })

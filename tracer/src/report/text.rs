@@ -249,6 +249,23 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
             frames(out, &p.frames, style)?;
         }
     }
+    if let Some(m) = &go.memstats {
+        writeln!(
+            out,
+            "   MemStats: HeapAlloc {} · HeapInuse {} · HeapObjects {} · NumGC {} · NextGC {} · Sys {} · StackInuse {} · goroutines {} · GOMAXPROCS {} · OS threads {} · RSS {}",
+            bytes(m.heap_alloc),
+            bytes(m.heap_inuse),
+            m.heap_objects,
+            m.num_gc,
+            bytes(m.next_gc),
+            bytes(m.sys),
+            bytes(m.stack_inuse),
+            m.goroutines,
+            m.gomaxprocs,
+            m.os_threads,
+            bytes(m.rss_bytes),
+        )?;
+    }
     if let Some(leaked) = &go.proven_leaked {
         let total: u64 = leaked.iter().map(|s| s.count).sum();
         writeln!(

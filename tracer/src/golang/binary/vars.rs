@@ -15,6 +15,8 @@ pub(crate) const MEM_PROFILE_RATE: &str = "runtime.MemProfileRate";
 pub(crate) const WAIT_REASON_STRINGS: &str = "runtime.waitReasonStrings";
 pub(crate) const DISABLE_MEMORY_PROFILING: &str = "runtime.disableMemoryProfiling";
 pub(crate) const WORK: &str = "runtime.work";
+pub(crate) const GOMAXPROCS: &str = "runtime.gomaxprocs";
+pub(crate) const SCHED: &str = "runtime.sched";
 
 pub(crate) const NAMES: &[&str] = &[
     ALLGPTR,
@@ -26,6 +28,8 @@ pub(crate) const NAMES: &[&str] = &[
     WAIT_REASON_STRINGS,
     DISABLE_MEMORY_PROFILING,
     WORK,
+    GOMAXPROCS,
+    SCHED,
 ];
 
 /// Link-time addresses of runtime variables (`None`: not found).
@@ -53,6 +57,10 @@ pub struct RuntimeVars {
     /// `runtime.work` (`workType`): the GC's state, where Go 1.26+ keep the
     /// goroutine leak detector's trigger.
     pub work: Option<u64>,
+    /// `int32`: GOMAXPROCS.
+    pub gomaxprocs: Option<u64>,
+    /// `schedt`: the scheduler (its count of system goroutines).
+    pub sched: Option<u64>,
 }
 
 impl RuntimeVars {
@@ -70,6 +78,8 @@ impl RuntimeVars {
             wait_reason_strings: addr(WAIT_REASON_STRINGS),
             disable_memory_profiling: addr(DISABLE_MEMORY_PROFILING),
             work: addr(WORK),
+            gomaxprocs: addr(GOMAXPROCS),
+            sched: addr(SCHED),
             wait_reason_count: syms
                 .get(WAIT_REASON_STRINGS)
                 .map(|s| s.size / string_size)
