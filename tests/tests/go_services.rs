@@ -206,3 +206,59 @@ fn without_the_flag_the_note_says_how_to_get_heap_by_stack() {
     let (status, _, _) = lt.finish();
     assert!(status.success());
 }
+
+/// `http.Get` without `resp.Body.Close()`: each unclosed response keeps its
+/// connection's two transport goroutines, created in net/http's
+/// `(*Transport).dialConn` (Go 1.27's net/http: the stack is its dialing
+/// goroutine's).
+#[test]
+fn unclosed_response_bodies_leak_two_goroutines_each() {
+    let version = GIN_VERSIONS[3];
+    let bin = gin_fixture(version);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "1s"]);
+    assert_eq!(http_get(service.port, "/fetch?n=9"), "ok");
+    let report = lt.report_where(|r| {
+        r["go"]["goroutines"].as_array().is_some_and(|g| {
+            g.iter()
+                .any(|s| s["start_function"] == "net/http.(*persistConn).writeLoop")
+        })
+    });
+    let sites = report["go"]["goroutines"].as_array().expect("goroutines");
+    for start in [
+        "net/http.(*persistConn).readLoop",
+        "net/http.(*persistConn).writeLoop",
+    ] {
+        let site: Vec<&Value> = sites
+            .iter()
+            .filter(|s| s["start_function"] == start)
+            .collect();
+        assert_eq!(site.len(), 1, "{start}: {report}");
+        assert_eq!(site[0]["count"], 9, "{start}: {report}");
+        assert_eq!(
+            site[0]["created_by"]["symbol"], "net/http.(*Transport).dialConn",
+            "{start}: {report}"
+        );
+        // net/http dials on a goroutine of its own: that is the creating
+        // stack, whole and in order.
+        let frames: Vec<&str> = site[0]["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .filter_map(|f| f["symbol"].as_str())
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                "net/http.(*Transport).dialConn",
+                "net/http.(*Transport).dialConnFor",
+                "net/http.(*Transport).startDialConnForLocked.func1",
+                "runtime.goexit"
+            ],
+            "{start}"
+        );
+    }
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+}
