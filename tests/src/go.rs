@@ -235,10 +235,20 @@ pub fn http_get(port: u16, path: &str) -> String {
 /// GOPATH mode against Debian's Gin sources (/usr/share/gocode, installed by
 /// `cargo xtask setup`), into target/fixtures/gin-<version>.
 pub fn gin_fixture(version: &str) -> PathBuf {
+    gopath_fixture("gin", "gin_service.go", version)
+}
+
+/// The gRPC service and client (tests/fixtures/grpc_service.go), built like
+/// [`gin_fixture`] against Debian's gRPC 1.33.3.
+pub fn grpc_fixture(version: &str) -> PathBuf {
+    gopath_fixture("grpc", "grpc_service.go", version)
+}
+
+fn gopath_fixture(kind: &str, source: &str, version: &str) -> PathBuf {
     let root = workspace_root();
     let dir = root.join("target/fixtures");
-    let name = format!("gin-{version}");
-    let src = root.join("tests/fixtures/gin_service.go");
+    let name = format!("{kind}-{version}");
+    let src = root.join("tests/fixtures").join(source);
     let out = dir.join(&name);
     fs::create_dir_all(&dir).expect("create target/fixtures");
     let lock = fs::File::create(dir.join(format!(".{name}.lock"))).expect("lock file");
@@ -263,7 +273,7 @@ pub fn gin_fixture(version: &str) -> PathBuf {
             .expect("run go build");
         assert!(
             built.status.success(),
-            "building {name} failed (Gin from golang-github-gin-gonic-gin-dev): {}",
+            "building {name} failed (sources from golang-github-gin-gonic-gin-dev, golang-google-grpc-dev): {}",
             String::from_utf8_lossy(&built.stderr)
         );
         fs::rename(&tmp, &out).expect("move the built fixture into place");

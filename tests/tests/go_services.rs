@@ -262,3 +262,67 @@ fn unclosed_response_bodies_leak_two_goroutines_each() {
     let (status, _, _) = lt.finish();
     assert!(status.success());
 }
+
+/// A gRPC client that opens server streams (gRPC's own Health/Watch) and
+/// never cancels them: one goroutine leaks in the client, at
+/// `grpc.newClientStream` with the caller's frames above it, and one in
+/// the server, at `(*Server).serveStreams`, per stream, exactly; the
+/// healthy unary calls leave nothing.
+fn unclosed_grpc_streams_leak_on_both_sides(version: &str) {
+    let bin = grpc_fixture(version);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(service.pid(), &["-i", "1", "--older-than", "1s"]);
+    assert_eq!(http_get(service.port, "/check?n=20").trim(), "ok");
+    assert_eq!(http_get(service.port, "/watch?n=7").trim(), "ok");
+    let report = lt.report_where(|r| {
+        r["go"]["goroutines"].as_array().is_some_and(|g| {
+            g.iter()
+                .map(|s| s["count"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                >= 14
+        })
+    });
+    let sites = report["go"]["goroutines"].as_array().expect("goroutines");
+    let at = |created_by: &str| -> Vec<&Value> {
+        sites
+            .iter()
+            .filter(|s| s["created_by"]["symbol"] == created_by)
+            .collect()
+    };
+    let client = at("google.golang.org/grpc.newClientStream");
+    assert_eq!(client.len(), 1, "go{version}: {report}");
+    assert_eq!(client[0]["count"], 7, "go{version}: {report}");
+    let frames: Vec<&str> = client[0]["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    assert_eq!(
+        &frames[..4],
+        [
+            "google.golang.org/grpc.newClientStream",
+            "google.golang.org/grpc.(*ClientConn).NewStream",
+            "google.golang.org/grpc/health/grpc_health_v1.(*healthClient).Watch",
+            "main.openWatch"
+        ],
+        "go{version}"
+    );
+    let server = at("google.golang.org/grpc.(*Server).serveStreams.func1");
+    assert_eq!(server.len(), 1, "go{version}: {report}");
+    assert_eq!(server[0]["count"], 7, "go{version}: {report}");
+    assert_eq!(sites.len(), 2, "go{version}: nothing else: {report}");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn unclosed_grpc_streams_go1_25() {
+    unclosed_grpc_streams_leak_on_both_sides("1.25.5");
+}
+
+#[test]
+fn unclosed_grpc_streams_go1_27() {
+    unclosed_grpc_streams_leak_on_both_sides("1.27.3");
+}
