@@ -91,8 +91,10 @@ pub struct MemStats {
     pub next_gc: u64,
     pub sys: u64,
     pub stack_inuse: u64,
-    pub goroutines: u64,
-    pub gomaxprocs: u32,
+    /// `None` in a stripped binary (`runtime.sched` not found).
+    pub goroutines: Option<u64>,
+    /// `None` in a stripped binary (`runtime.gomaxprocs` not found).
+    pub gomaxprocs: Option<u32>,
     pub os_threads: u64,
     pub rss_bytes: u64,
 }
@@ -106,8 +108,8 @@ pub trait Words {
 pub struct Addresses {
     pub gc_controller: u64,
     pub memstats: u64,
-    pub gomaxprocs: u64,
-    pub sched: u64,
+    pub gomaxprocs: Option<u64>,
+    pub sched: Option<u64>,
     pub numgc_offset: u64,
 }
 
@@ -149,7 +151,16 @@ pub fn read(
         .wrapping_add(in_stacks)
         .wrapping_add(in_work_bufs)
         .wrapping_add(in_bits);
-    let ngsys = mem.word(at.sched + layout.ngsys)? as u32 as u64;
+    let goroutines = match at.sched {
+        Some(sched) => {
+            Some(goroutines_alive.saturating_sub(mem.word(sched + layout.ngsys)? as u32 as u64))
+        }
+        None => None,
+    };
+    let gomaxprocs = match at.gomaxprocs {
+        Some(a) => Some(mem.word(a)? as u32),
+        None => None,
+    };
     Some(MemStats {
         heap_alloc: gc(TOTAL_ALLOC)?.wrapping_sub(gc(TOTAL_FREE)?),
         heap_inuse,
@@ -158,8 +169,8 @@ pub fn read(
         next_gc: gc(GC_PERCENT_HEAP_GOAL)?,
         sys,
         stack_inuse: in_stacks,
-        goroutines: goroutines_alive.saturating_sub(ngsys),
-        gomaxprocs: mem.word(at.gomaxprocs)? as u32,
+        goroutines,
+        gomaxprocs,
         os_threads: 0,
         rss_bytes: 0,
     })

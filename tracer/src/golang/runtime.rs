@@ -312,8 +312,9 @@ impl GoRuntime {
         let at = Addresses {
             gc_controller: self.var(self.bin.vars.gc_controller, "gcController")?,
             memstats: self.var(self.bin.vars.memstats, "memstats")?,
-            gomaxprocs: self.var(self.bin.vars.gomaxprocs, "gomaxprocs")?,
-            sched: self.var(self.bin.vars.sched, "sched")?,
+            // Symbol-table only: absent in a stripped binary.
+            gomaxprocs: self.var(self.bin.vars.gomaxprocs, "gomaxprocs").ok(),
+            sched: self.var(self.bin.vars.sched, "sched").ok(),
             numgc_offset: self.bin.fields.numgc as u64,
         };
         let alive = self.goroutines()?.len() as u64;

@@ -260,8 +260,8 @@ fn go_section(out: &mut impl Write, r: &Report, go: &GoReport, style: Style) -> 
             bytes(m.next_gc),
             bytes(m.sys),
             bytes(m.stack_inuse),
-            m.goroutines,
-            m.gomaxprocs,
+            m.goroutines.map_or("?".to_string(), |n| n.to_string()),
+            m.gomaxprocs.map_or("?".to_string(), |n| n.to_string()),
             m.os_threads,
             bytes(m.rss_bytes),
         )?;
