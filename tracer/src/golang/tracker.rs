@@ -682,8 +682,9 @@ impl GoTracker {
             }
         }
         alive.retain(|g| !self.is_system(g.startpc.wrapping_sub(bias)));
-        let mut groups: HashMap<(u64, u64), (u64, HashMap<String, u64>, Option<u64>)> =
-            HashMap::new();
+        // (gopc, startpc) → (count, per-state counts, earliest waitsince).
+        type Group = (u64, HashMap<String, u64>, Option<u64>);
+        let mut groups: HashMap<(u64, u64), Group> = HashMap::new();
         for g in &alive {
             let e = groups.entry((g.gopc, g.startpc)).or_default();
             e.0 += 1;
