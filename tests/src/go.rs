@@ -116,12 +116,34 @@ pub fn go_command(version: &str) -> Command {
 /// target/fixtures/go-<version>-<build>, unless an up-to-date one is there.
 /// Safe to call from concurrent test threads and binaries.
 pub fn go_fixture(version: &str, build: GoBuild) -> PathBuf {
+    build_go_once(
+        &format!("go-{version}-{}", build.name()),
+        build.source(),
+        version,
+        |cmd, out| {
+            cmd.env("CGO_ENABLED", build.cgo_enabled())
+                .args(["build", "-o"])
+                .arg(out)
+                .args(build.flags());
+        },
+    )
+}
+
+/// Builds tests/fixtures/`source` with Go `version` into
+/// target/fixtures/`name`, unless an up-to-date one is there; `configure`
+/// adds the environment and the arguments before the source path, given
+/// the path to build to. Safe to call
+/// from concurrent test threads and binaries.
+fn build_go_once(
+    name: &str,
+    source: &str,
+    version: &str,
+    configure: impl FnOnce(&mut Command, &Path),
+) -> PathBuf {
     let root = workspace_root();
     let dir = root.join("target/fixtures");
-    let name = format!("go-{version}-{}", build.name());
-    let src = root.join("tests/fixtures").join(build.source());
-    let out = dir.join(&name);
-    let mut cmd = go_command(version);
+    let src = root.join("tests/fixtures").join(source);
+    let out = dir.join(name);
     fs::create_dir_all(&dir).expect("create target/fixtures");
     // One lock per output, so a test does not wait for other versions'
     // builds; flock locks belong to the open file, so this also excludes
@@ -141,14 +163,9 @@ pub fn go_fixture(version: &str, build: GoBuild) -> PathBuf {
         // Built beside and renamed: an interrupted build never leaves a
         // truncated fixture that looks up to date.
         let tmp = dir.join(format!("{name}.tmp"));
-        let built = cmd
-            .env("CGO_ENABLED", build.cgo_enabled())
-            .args(["build", "-o"])
-            .arg(&tmp)
-            .args(build.flags())
-            .arg(&src)
-            .output()
-            .expect("run go build");
+        let mut cmd = go_command(version);
+        configure(&mut cmd, &tmp);
+        let built = cmd.arg(&src).output().expect("run go build");
         assert!(
             built.status.success(),
             "building fixture {name} failed: {}",
@@ -245,39 +262,12 @@ pub fn grpc_fixture(version: &str) -> PathBuf {
 }
 
 fn gopath_fixture(kind: &str, source: &str, version: &str) -> PathBuf {
-    let root = workspace_root();
-    let dir = root.join("target/fixtures");
-    let name = format!("{kind}-{version}");
-    let src = root.join("tests/fixtures").join(source);
-    let out = dir.join(&name);
-    fs::create_dir_all(&dir).expect("create target/fixtures");
-    let lock = fs::File::create(dir.join(format!(".{name}.lock"))).expect("lock file");
-    // SAFETY: flock on a file descriptor we own; released when `lock` closes.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    let go = go_root(version).join("bin/go");
-    let fresh = mtime(&out).is_some_and(|o| {
-        [&src, &go]
-            .iter()
-            .all(|input| mtime(input).is_some_and(|i| o >= i))
-    });
-    if !fresh {
-        let tmp = dir.join(format!("{name}.tmp"));
-        let built = go_command(version)
-            .env("GOPATH", "/usr/share/gocode")
+    // Sources of Gin, gRPC and their dependencies: Debian's
+    // golang-github-gin-gonic-gin-dev and golang-google-grpc-dev.
+    build_go_once(&format!("{kind}-{version}"), source, version, |cmd, out| {
+        cmd.env("GOPATH", "/usr/share/gocode")
             .env("CGO_ENABLED", "0")
             .args(["build", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .output()
-            .expect("run go build");
-        assert!(
-            built.status.success(),
-            "building {name} failed (sources from golang-github-gin-gonic-gin-dev, golang-google-grpc-dev): {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        fs::rename(&tmp, &out).expect("move the built fixture into place");
-    }
-    drop(lock);
-    out
+            .arg(out);
+    })
 }
