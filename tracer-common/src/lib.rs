@@ -209,14 +209,27 @@ pub struct SiteKey {
     pub generation: u32,
 }
 
-/// Outstanding bytes and blocks of one [`SiteKey`]. Signed because frees of
-/// folded allocations are subtracted from generation 0 before userspace has
-/// moved the folded positives out of the kernel.
+/// Outstanding bytes and blocks of one [`SiteKey`], and what it allocated
+/// in all. 32 bytes, no padding. Signed because frees of folded
+/// allocations are subtracted from generation 0 before userspace has moved
+/// the folded positives out of the kernel (the allocated totals only ever
+/// grow; signed so that one atomic add serves all four).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteTotals {
     pub bytes: i64,
     pub count: i64,
+    /// Bytes and blocks allocated at this site in this generation, freed or
+    /// not (pprof's `alloc_space` / `alloc_objects`).
+    pub allocated_bytes: i64,
+    pub allocated_count: i64,
+}
+
+impl SiteTotals {
+    /// No block of this key is outstanding.
+    pub fn is_settled(&self) -> bool {
+        self.bytes == 0 && self.count == 0
+    }
 }
 
 /// Runtime configuration written by userspace into the one-element `CONFIG`

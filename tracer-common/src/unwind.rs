@@ -130,7 +130,11 @@ pub struct ReturnProbeOffsets {
 #[derive(Clone, Copy, Debug)]
 pub struct ProcessMappings {
     pub count: u32,
-    pub _pad: u32,
+    /// Unique per table userspace publishes: the probes' per-CPU cache of
+    /// looked-up return addresses ([`CachedStep`]) is valid for one
+    /// generation only, so a rewritten table (dlopen) is never answered
+    /// from the old one.
+    pub generation: u32,
     pub offsets: ReturnProbeOffsets,
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
@@ -139,12 +143,32 @@ impl Default for ProcessMappings {
     fn default() -> Self {
         ProcessMappings {
             count: 0,
-            _pad: 0,
+            generation: 0,
             offsets: ReturnProbeOffsets::default(),
             mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         }
     }
 }
+
+/// What the probes found for one return address of one mapping table: a
+/// per-CPU direct-mapped cache entry, so the common frames (the same few
+/// hundred call sites, over and over) skip both binary searches. 16 bytes,
+/// no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedStep {
+    /// The looked-up address (the call instruction's, or an exact pc).
+    pub pc: u64,
+    /// [`ProcessMappings::generation`] of the table it was found in.
+    pub generation: u32,
+    /// One of [`walk`].
+    pub walk: u16,
+    /// The rule, when `walk` is [`walk::TABLE`].
+    pub rule: u16,
+}
+
+/// Entries of the per-CPU step cache (a power of two): 64 KiB per CPU.
+pub const UNWIND_CACHE_ENTRIES: u32 = 1 << 12;
 
 /// Distinct rules the kernel table holds.
 pub const MAX_UNWIND_RULES: u32 = 1 << 14;

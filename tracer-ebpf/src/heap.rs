@@ -92,8 +92,9 @@ fn regs(ctx: &ProbeContext) -> &aya_ebpf::bindings::pt_regs {
 }
 
 /// Adds `(bytes, count)` to a site's totals, creating the entry if needed.
+/// An allocation (`allocated`) also adds to the site's allocated totals.
 #[inline(always)]
-fn site_add(key: &SiteKey, bytes: i64, count: i64) -> bool {
+fn site_add(key: &SiteKey, bytes: i64, count: i64, allocated: bool) -> bool {
     for _ in 0..2 {
         if let Some(v) = SITES.get_ptr_mut(key) {
             // SAFETY: the pointer is into a live map value; atomics because
@@ -101,10 +102,20 @@ fn site_add(key: &SiteKey, bytes: i64, count: i64) -> bool {
             unsafe {
                 atomic_add(core::ptr::addr_of_mut!((*v).bytes), bytes);
                 atomic_add(core::ptr::addr_of_mut!((*v).count), count);
+                if allocated {
+                    atomic_add(core::ptr::addr_of_mut!((*v).allocated_bytes), bytes);
+                    atomic_add(core::ptr::addr_of_mut!((*v).allocated_count), count);
+                }
             }
             return true;
         }
-        match SITES.insert(key, SiteTotals { bytes, count }, BPF_NOEXIST as u64) {
+        let totals = SiteTotals {
+            bytes,
+            count,
+            allocated_bytes: if allocated { bytes } else { 0 },
+            allocated_count: if allocated { count } else { 0 },
+        };
+        match SITES.insert(key, totals, BPF_NOEXIST as u64) {
             Ok(()) => return true,
             // Another CPU created it between our lookup and insert: add to it.
             Err(e) if e == -EEXIST => continue,
@@ -138,7 +149,7 @@ fn release(addr: u64) {
         stack_id: rec.stack_id,
         generation,
     };
-    if !site_add(&key, -(rec.size as i64), -1) {
+    if !site_add(&key, -(rec.size as i64), -1, false) {
         count(Counter::SiteMapFull);
     }
 }
@@ -152,7 +163,7 @@ fn record(addr: u64, p: &Pending) {
         stack_id: p.stack_id,
         generation,
     };
-    if !site_add(&key, p.size as i64, 1) {
+    if !site_add(&key, p.size as i64, 1, true) {
         count(Counter::SiteMapFull);
         return;
     }
@@ -176,7 +187,8 @@ fn record(addr: u64, p: &Pending) {
     };
     if !inserted {
         count(Counter::AllocMapFull);
-        site_add(&key, -(p.size as i64), -1);
+        // Still allocated (pprof's alloc_space), only not tracked.
+        site_add(&key, -(p.size as i64), -1, false);
     }
 }
 

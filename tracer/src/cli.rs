@@ -121,6 +121,44 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_UNWIND_ROWS)]
     pub max_unwind_rows: u32,
 
+    /// At every report, write `heap-SEQ.pb.gz` (pprof, Go's heap sample
+    /// types: inuse_* = outstanding longer than --older-than, alloc_* =
+    /// allocated since attach) and, for Go targets, `goroutine-SEQ.pb.gz`
+    /// (goroutines by creation stack) into this directory, for `go tool
+    /// pprof` (`-base heap-2.pb.gz heap-9.pb.gz` shows what grew between).
+    #[arg(long, value_name = "DIR")]
+    pub pprof_dir: Option<std::path::PathBuf>,
+
+    /// Serve `/debug/pprof/heap`, `/debug/pprof/goroutine` (the latest
+    /// report, pprof format) and `/metrics` (Prometheus text format) at
+    /// this address, e.g. 127.0.0.1:6060; `go tool pprof
+    /// http://127.0.0.1:6060/debug/pprof/heap` then works for any process.
+    /// Loopback only, unless --listen-public is given.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Allow --listen on an address other than loopback (heap stacks of the
+    /// target are then served to anyone who can reach it).
+    #[arg(long, requires = "listen")]
+    pub listen_public: bool,
+
+    /// Rewrite this SVG flame graph of outstanding bytes by stack at every
+    /// report.
+    #[arg(long, value_name = "FILE.svg")]
+    pub flamegraph: Option<std::path::PathBuf>,
+
+    /// Rewrite this file of folded stacks (`root;…;leaf BYTES` per line,
+    /// for flamegraph.pl, inferno or speedscope) at every report.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
+
+    /// Hide sites matching these LeakSanitizer-style rules (`leak:PATTERN`
+    /// per line, `*` wildcards, `^`/`$` anchors, `#` comments), matched
+    /// against every frame's function, file and module; each report says
+    /// how many sites and bytes were suppressed.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Option<std::path::PathBuf>,
+
     /// Print where each probe would go in the target (function, object,
     /// offset from its entry, the instruction there and whether the kernel
     /// emulates it or single-steps it, which sets the cost of each hit),

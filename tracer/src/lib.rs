@@ -12,6 +12,8 @@
 //!    thread of its own.
 //! 5. [`report`]: one report per interval (merged sites, top N, growth and
 //!    trend), rendered as text or JSON lines.
+//! 6. [`export`]: the same reports as pprof profiles, flame graphs and a
+//!    live pprof / Prometheus endpoint.
 //!
 //! [`golang`] holds everything specific to Go targets: reading Go
 //! executables, the runtime's memory read out of process, the goroutine
@@ -21,6 +23,7 @@
 
 pub mod cli;
 pub mod collect;
+pub mod export;
 pub mod golang;
 pub mod privileges;
 pub mod probes;

@@ -107,6 +107,23 @@ pub struct Snapshot {
     pub live_bytes: u64,
     pub live_blocks: u64,
     pub dropped: Dropped,
+    /// Every site that allocated since attach: bytes and blocks allocated,
+    /// freed or not (pprof's `alloc_space` / `alloc_objects`).
+    pub allocated: HashMap<SiteId, Allocated>,
+}
+
+/// What one site allocated since attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocated {
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+impl Allocated {
+    fn add(&mut self, v: &SiteTotals) {
+        self.bytes += v.allocated_bytes.max(0) as u64;
+        self.blocks += v.allocated_count.max(0) as u64;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +185,8 @@ pub struct Collector<T: SiteTable = HeapMaps> {
     horizon: u32,
     gen_start: BTreeMap<u32, Instant>,
     folded: HashMap<SiteId, Folded>,
+    /// Allocated totals of kernel entries folded or removed.
+    allocated: HashMap<SiteId, Allocated>,
 }
 
 impl<T: SiteTable> Collector<T> {
@@ -179,6 +198,7 @@ impl<T: SiteTable> Collector<T> {
             horizon: 1,
             gen_start: BTreeMap::from([(1, now)]),
             folded: HashMap::new(),
+            allocated: HashMap::new(),
         };
         c.publish()?;
         Ok(c)
@@ -206,17 +226,17 @@ impl<T: SiteTable> Collector<T> {
         // Fold generations below the horizon published one tick ago: every
         // probe that could still have used an older horizon has finished.
         let mut fold: Vec<(SiteKey, SiteTotals)> = Vec::new();
-        let mut empty: Vec<SiteKey> = Vec::new();
+        let mut empty: Vec<(SiteKey, SiteTotals)> = Vec::new();
         for (key, v) in self.maps.entries()? {
             if key.generation == 0 {
                 continue;
             }
             if key.generation < self.horizon {
                 fold.push((key, v));
-            } else if key.generation + 1 < self.generation && v == SiteTotals::default() {
+            } else if key.generation + 1 < self.generation && v.is_settled() {
                 // A past generation whose blocks were all freed: no probe
                 // will touch it again.
-                empty.push(key);
+                empty.push((key, v));
             }
         }
         for (key, v) in fold {
@@ -232,9 +252,11 @@ impl<T: SiteTable> Collector<T> {
             }
             f.bytes += v.bytes;
             f.count += v.count;
+            self.allocated.entry(site).or_default().add(&v);
             self.maps.remove(&key);
         }
-        for key in empty {
+        for (key, v) in empty {
+            self.allocated.entry(SiteId::from(&key)).or_default().add(&v);
             self.maps.remove(&key);
         }
         self.drop_settled_folds()?;
@@ -284,8 +306,12 @@ impl<T: SiteTable> Collector<T> {
     /// Reads the survivors older than the threshold.
     pub fn snapshot(&mut self, now: Instant) -> Result<Snapshot, MapError> {
         let mut acc: HashMap<SiteId, Acc> = HashMap::new();
+        let mut allocated = self.allocated.clone();
         let (mut live_bytes, mut live_blocks) = (0i64, 0i64);
         for (key, v) in self.maps.entries()? {
+            if v.allocated_count != 0 {
+                allocated.entry(SiteId::from(&key)).or_default().add(&v);
+            }
             live_bytes += v.bytes;
             live_blocks += v.count;
             let a = acc.entry(SiteId::from(&key)).or_default();
@@ -337,6 +363,7 @@ impl<T: SiteTable> Collector<T> {
             live_bytes: live_bytes.max(0) as u64,
             live_blocks: live_blocks.max(0) as u64,
             dropped: Dropped::default(),
+            allocated,
         })
     }
 }
@@ -410,6 +437,10 @@ mod tests {
             let v = self.sites.entry(key).or_default();
             v.bytes += bytes;
             v.count += count;
+            if count > 0 {
+                v.allocated_bytes += bytes;
+                v.allocated_count += count;
+            }
         }
 
         fn alloc(&mut self, addr: u64, site: SiteId, size: u64) {
@@ -522,6 +553,10 @@ mod tests {
             );
         }
         let snap = c.snapshot(now + 200 * MS).expect("snapshot");
+        // Allocated totals survive folding and the removal of settled
+        // generations: every block ever allocated, freed or not.
+        assert_eq!(snap.allocated[&A], Allocated { bytes: 4000, blocks: 400 });
+        assert_eq!(snap.allocated[&B], Allocated { bytes: 2800, blocks: 400 });
         assert_eq!(snap.sites.len(), 1, "B never survives");
         assert_eq!(snap.sites[0].site, A);
         assert_eq!(snap.sites[0].blocks, a_blocks.len() as u64);

@@ -87,6 +87,9 @@ pub struct GoReport {
     /// Goroutines created since attach and alive now, young ones included.
     pub goroutines_live: u64,
     pub goroutines: Vec<GoroutineSiteReport>,
+    /// Every site of `goroutines`, not only the top ones (for the pprof
+    /// goroutine profile).
+    pub all_goroutines: Vec<GoroutineSiteReport>,
     /// `None` when the census could not be taken (see `notes`).
     pub before_attach: Option<Vec<CensusSiteReport>>,
     pub heap: Option<GoHeapReport>,

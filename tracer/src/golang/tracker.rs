@@ -520,6 +520,7 @@ impl GoTracker {
             })
             .collect();
         self.growth.apply(&mut goroutines);
+        let all_goroutines = goroutines.clone();
         goroutines.truncate(self.top);
 
         let before_attach = self.census(&mut notes, symbolizer, &snap).await?;
@@ -531,6 +532,7 @@ impl GoTracker {
             version: self.target.binary.version.clone(),
             goroutines_live: snap.live,
             goroutines,
+            all_goroutines,
             before_attach,
             heap,
             heap_profile,

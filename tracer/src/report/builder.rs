@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, Snapshot},
+    export::Profiles,
     golang::GoTracker,
     process::{allocator::Allocator, container::ContainerInfo},
     symbolize::Symbolizer,
@@ -45,6 +46,8 @@ pub struct ReportBuilder {
     stacks: Stacks,
     tasks: TaskCollector,
     go: Option<GoTracker>,
+    /// Whether reports carry [`Profiles`] for the exports.
+    profiles: bool,
 }
 
 impl ReportBuilder {
@@ -68,7 +71,15 @@ impl ReportBuilder {
             stacks,
             tasks,
             go,
+            profiles: false,
         }
+    }
+
+    /// Reports carry the whole reading ([`Report::profiles`]) for pprof,
+    /// flame graphs and the live endpoint.
+    pub fn with_profiles(mut self) -> Self {
+        self.profiles = true;
+        self
     }
 
     /// Reports built so far.
@@ -180,6 +191,22 @@ impl ReportBuilder {
             Some(t) => Some(t.report(symbolizer, &mut self.stacks).await?),
             None => None,
         };
+        let profiles = match self.profiles {
+            true => {
+                let (heap, goroutines) =
+                    super::profiles::build(symbolizer, &mut self.stacks, &snap, go.as_ref())
+                        .await?;
+                Some(Profiles {
+                    pid: self.subject.pid,
+                    older_than: self.older_than,
+                    taken: SystemTime::now(),
+                    since_attach: self.start.elapsed(),
+                    heap,
+                    goroutines,
+                })
+            }
+            false => None,
+        };
 
         Ok(Report {
             seq: self.seq,
@@ -211,6 +238,7 @@ impl ReportBuilder {
                 .collect(),
             go,
             target_exited,
+            profiles,
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod builder;
 mod json;
+mod profiles;
 mod text;
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 use tracer_common::StackEnd;
 
 use crate::{cli::Format, collect::Dropped, golang::GoReport, symbolize::Frame};
+
 
 pub use aggregate::Trend;
 
@@ -102,6 +104,8 @@ pub struct Report {
     pub go: Option<GoReport>,
     /// Set when the target exited before this report.
     pub target_exited: bool,
+    /// The whole reading, when exports (pprof, flame graphs, --listen) are on.
+    pub profiles: Option<crate::export::Profiles>,
 }
 
 /// Writes reports in the chosen format, one at a time, flushing each.

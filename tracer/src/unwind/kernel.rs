@@ -179,6 +179,7 @@ impl UnwindTables {
         self.summary.mappings_dropped = entries.len().saturating_sub(MAX_UNWIND_MAPPINGS);
         entries.truncate(MAX_UNWIND_MAPPINGS);
         table.count = entries.len() as u32;
+        table.generation = next_generation();
         table.offsets = self.offsets;
         table.mappings[..entries.len()].copy_from_slice(&entries);
 
@@ -300,6 +301,14 @@ impl UnwindTables {
         self.rule_ids.insert(*rule, id);
         Some(id)
     }
+}
+
+/// A number no earlier published table of this leaktrace had (its maps,
+/// and so the probes' step cache, are its own). Starts at 1: a cache entry
+/// never written has generation 0.
+fn next_generation() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Read from the kernel's BTF once per leaktrace.
