@@ -126,7 +126,7 @@ pub struct Cli {
     /// allocated since attach) and, for Go targets, `goroutine-SEQ.pb.gz`
     /// (goroutines by creation stack) into this directory, for `go tool
     /// pprof` (`-base heap-2.pb.gz heap-9.pb.gz` shows what grew between).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "container")]
     pub pprof_dir: Option<std::path::PathBuf>,
 
     /// Serve `/debug/pprof/heap`, `/debug/pprof/goroutine` (the latest
@@ -134,7 +134,7 @@ pub struct Cli {
     /// this address, e.g. 127.0.0.1:6060; `go tool pprof
     /// http://127.0.0.1:6060/debug/pprof/heap` then works for any process.
     /// Loopback only, unless --listen-public is given.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with = "container")]
     pub listen: Option<String>,
 
     /// Allow --listen on an address other than loopback (heap stacks of the
@@ -144,12 +144,12 @@ pub struct Cli {
 
     /// Rewrite this SVG flame graph of outstanding bytes by stack at every
     /// report.
-    #[arg(long, value_name = "FILE.svg")]
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "container")]
     pub flamegraph: Option<std::path::PathBuf>,
 
     /// Rewrite this file of folded stacks (`root;…;leaf BYTES` per line,
     /// for flamegraph.pl, inferno or speedscope) at every report.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "container")]
     pub folded: Option<std::path::PathBuf>,
 
     /// Hide sites matching these LeakSanitizer-style rules (`leak:PATTERN`

@@ -44,9 +44,11 @@ const PACKAGES: &[&str] = &[
 /// Debian, llvm-config-22 comes with llvm-22-dev); bpftrace, another
 /// tracer's return probe pending in a traced stack (tests/tests/unwind.rs);
 /// Debian's Gin and gRPC sources (under /usr/share/gocode), which the real
-/// Go service fixtures are built against.
+/// Go service fixtures are built against; prometheus for promtool, which
+/// checks the `/metrics` leaktrace serves.
 const TEST_PACKAGES: &[&str] = &[
     "bpftrace",
+    "prometheus",
     "golang-github-gin-gonic-gin-dev",
     "golang-google-grpc-dev",
     "libjemalloc2",

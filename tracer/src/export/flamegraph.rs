@@ -59,14 +59,16 @@ pub fn svg(folded: &[String], profiles: &Profiles) -> Result<Vec<u8>, ExportErro
         profiles.older_than.as_secs_f64()
     );
     options.deterministic = true;
-    let mut out = Vec::new();
     if folded.is_empty() {
-        // inferno refuses empty input; an empty graph still says so.
-        options.subtitle = Some("nothing outstanding".to_string());
-        flamegraph::from_lines(&mut options, ["[nothing outstanding] 0"], &mut out)
-    } else {
-        flamegraph::from_lines(&mut options, folded.iter().map(String::as_str), &mut out)
+        // inferno draws nothing from no stacks; the file still says so.
+        return Ok(format!(
+            "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"1200\" height=\"60\" xmlns=\"http://www.w3.org/2000/svg\"><text x=\"600\" y=\"24\" text-anchor=\"middle\">{}</text><text x=\"600\" y=\"48\" text-anchor=\"middle\">nothing outstanding</text></svg>\n",
+            options.title
+        )
+        .into_bytes());
     }
-    .map_err(|e| ExportError::Flamegraph(e.to_string()))?;
+    let mut out = Vec::new();
+    flamegraph::from_lines(&mut options, folded.iter().map(String::as_str), &mut out)
+        .map_err(|e| ExportError::Flamegraph(e.to_string()))?;
     Ok(out)
 }

@@ -9,9 +9,12 @@
 //! writes them where the command line asked.
 
 pub mod flamegraph;
+pub mod metrics;
 mod modules;
 pub mod pprof;
 mod profile_proto;
+pub mod server;
+pub mod suppressions;
 
 use std::{
     path::{Path, PathBuf},
@@ -21,7 +24,7 @@ use std::{
 pub use modules::ModuleMap;
 pub use profile_proto::Profile;
 
-use crate::symbolize::Frame;
+use crate::{report::Report, symbolize::Frame};
 
 /// Where a heap sample's blocks come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +119,14 @@ pub enum ExportError {
     },
     #[error("drawing the flame graph: {0}")]
     Flamegraph(String),
+    #[error("encoding a pprof profile: {0}")]
+    Encode(std::io::Error),
+    #[error("{flag} {path}: cannot write there: {source}")]
+    Unwritable {
+        flag: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Where the exports go (from the command line).
@@ -130,6 +141,38 @@ impl ExportPaths {
     pub fn any(&self) -> bool {
         self.pprof_dir.is_some() || self.folded.is_some() || self.flamegraph.is_some()
     }
+
+    /// Checks before attach that every file can be written: the pprof
+    /// directory is created if missing.
+    pub fn check(&self) -> Result<(), ExportError> {
+        if let Some(dir) = &self.pprof_dir {
+            let err = |source| ExportError::Unwritable {
+                flag: "--pprof-dir",
+                path: dir.clone(),
+                source,
+            };
+            std::fs::create_dir_all(dir).map_err(err)?;
+            probe_write(&dir.join(".leaktrace-check")).map_err(err)?;
+        }
+        for (flag, path) in [("--folded", &self.folded), ("--flamegraph", &self.flamegraph)] {
+            if let Some(path) = path {
+                probe_write(path).map_err(|source| ExportError::Unwritable {
+                    flag,
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes and removes a temporary next to `path`.
+fn probe_write(path: &Path) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, b"")?;
+    std::fs::remove_file(&tmp)
 }
 
 /// Writes each report's profiles to files, and hands them to the live
@@ -138,48 +181,59 @@ pub struct Exporter {
     paths: ExportPaths,
     pid: u32,
     modules: ModuleMap,
+    live: Option<server::Shared>,
 }
 
 impl Exporter {
-    pub fn new(paths: ExportPaths, pid: u32) -> Self {
+    pub fn new(paths: ExportPaths, pid: u32, live: Option<server::Shared>) -> Self {
         Exporter {
             paths,
             pid,
             modules: ModuleMap::default(),
+            live,
         }
     }
 
-    /// Writes `profiles` as report `seq`.
-    pub fn write(&mut self, seq: u64, profiles: &Profiles) -> Result<(), ExportError> {
+    /// Writes what `report` holds (it carries [`Profiles`] when the
+    /// builder was asked for them).
+    pub fn write(&mut self, report: &Report) -> Result<(), ExportError> {
+        let Some(profiles) = &report.profiles else {
+            return Ok(());
+        };
+        let seq = report.seq;
         self.modules.refresh(self.pid);
+        let heap = encoded(&pprof::heap(profiles, &self.modules))?;
+        let goroutine = match &profiles.goroutines {
+            Some(g) => Some(encoded(&pprof::goroutines(profiles, g, &self.modules))?),
+            None => None,
+        };
         if let Some(dir) = &self.paths.pprof_dir {
-            let heap = pprof::heap(profiles, &self.modules);
-            write_atomically(&dir.join(format!("heap-{seq}.pb.gz")), &encoded(&heap, dir)?)?;
-            if let Some(g) = &profiles.goroutines {
-                let prof = pprof::goroutines(profiles, g, &self.modules);
-                write_atomically(
-                    &dir.join(format!("goroutine-{seq}.pb.gz")),
-                    &encoded(&prof, dir)?,
-                )?;
+            write_atomically(&dir.join(format!("heap-{seq}.pb.gz")), &heap)?;
+            if let Some(g) = &goroutine {
+                write_atomically(&dir.join(format!("goroutine-{seq}.pb.gz")), g)?;
             }
         }
         let folded = flamegraph::folded(profiles);
         if let Some(path) = &self.paths.folded {
-            write_atomically(path, folded.join("\n").as_bytes())?;
+            let mut text = folded.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            write_atomically(path, text.as_bytes())?;
         }
         if let Some(path) = &self.paths.flamegraph {
             let svg = flamegraph::svg(&folded, profiles)?;
             write_atomically(path, &svg)?;
         }
+        if let Some(live) = &self.live {
+            live.publish(heap, goroutine, metrics::render(report, metrics::OwnUsage::now()));
+        }
         Ok(())
     }
 }
 
-fn encoded(profile: &Profile, dir: &Path) -> Result<Vec<u8>, ExportError> {
-    pprof::encode(profile).map_err(|source| ExportError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })
+fn encoded(profile: &Profile) -> Result<Vec<u8>, ExportError> {
+    pprof::encode(profile).map_err(ExportError::Encode)
 }
 
 /// Readers (a `go tool pprof` started while a report is written, a browser

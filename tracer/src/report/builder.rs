@@ -13,7 +13,10 @@ use super::{
 };
 use crate::{
     collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, Snapshot},
-    export::Profiles,
+    export::{
+        suppressions::{Suppressed, Suppressions},
+        Profiles,
+    },
     golang::GoTracker,
     process::{allocator::Allocator, container::ContainerInfo},
     symbolize::Symbolizer,
@@ -48,6 +51,7 @@ pub struct ReportBuilder {
     go: Option<GoTracker>,
     /// Whether reports carry [`Profiles`] for the exports.
     profiles: bool,
+    suppressions: Option<Suppressions>,
 }
 
 impl ReportBuilder {
@@ -72,7 +76,15 @@ impl ReportBuilder {
             tasks,
             go,
             profiles: false,
+            suppressions: None,
         }
+    }
+
+    /// Sites matching `rules` are left out of reports (and profiles), and
+    /// counted.
+    pub fn with_suppressions(mut self, rules: Suppressions) -> Self {
+        self.suppressions = Some(rules);
+        self
     }
 
     /// Reports carry the whole reading ([`Report::profiles`]) for pprof,
@@ -160,6 +172,21 @@ impl ReportBuilder {
             })
             .collect();
         let mut sites = aggregate::merge_identical(sites);
+        let suppressed = self.suppressions.as_ref().map(|rules| {
+            let mut counted = Suppressed::default();
+            sites.retain(|s| match rules.matching(&s.frames) {
+                Some(rule) => {
+                    counted.add(rule, s.blocks, s.bytes);
+                    false
+                }
+                None => true,
+            });
+            // Rules in file order, as the user wrote them.
+            counted.by_rule.sort_by_key(|(rule, _, _)| {
+                rules.patterns.iter().position(|p| p == rule)
+            });
+            counted
+        });
         self.growth.apply(&mut sites);
         let sites_total = sites.len() + (snap.sites.len() - considered.len());
         sites.truncate(self.top);
@@ -193,9 +220,14 @@ impl ReportBuilder {
         };
         let profiles = match self.profiles {
             true => {
-                let (heap, goroutines) =
-                    super::profiles::build(symbolizer, &mut self.stacks, &snap, go.as_ref())
-                        .await?;
+                let (heap, goroutines) = super::profiles::build(
+                    symbolizer,
+                    &mut self.stacks,
+                    &snap,
+                    go.as_ref(),
+                    self.suppressions.as_ref(),
+                )
+                .await?;
                 Some(Profiles {
                     pid: self.subject.pid,
                     older_than: self.older_than,
@@ -239,6 +271,7 @@ impl ReportBuilder {
             go,
             target_exited,
             profiles,
+            suppressed,
         })
     }
 }

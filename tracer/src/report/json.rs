@@ -54,6 +54,16 @@ fn to_value(r: &Report) -> Value {
             "unreadable_stack": r.dropped.cut_short.unreadable_stack,
             "unsupported_rule": r.dropped.cut_short.unsupported_rule,
         },
+        "suppressed": r.suppressed.as_ref().map(|s| json!({
+            "sites": s.sites,
+            "blocks": s.blocks,
+            "bytes": s.bytes,
+            "rules": s.by_rule.iter().map(|(rule, sites, bytes)| json!({
+                "pattern": rule,
+                "sites": sites,
+                "bytes": bytes,
+            })).collect::<Vec<_>>(),
+        })),
         "stacks": r.sites.iter().map(site).collect::<Vec<_>>(),
         "threads": r.threads.iter().map(thread_site).collect::<Vec<_>>(),
         "threads_before_attach": r.threads_before_attach.iter().map(|t| json!({
@@ -225,6 +235,8 @@ mod tests {
             }],
             go: None,
             target_exited: false,
+            profiles: None,
+            suppressed: None,
         };
         let mut buf = Vec::new();
         write(&mut buf, &r).expect("writes");

@@ -106,6 +106,8 @@ pub struct Report {
     pub target_exited: bool,
     /// The whole reading, when exports (pprof, flame graphs, --listen) are on.
     pub profiles: Option<crate::export::Profiles>,
+    /// With --suppressions: what the rules hid.
+    pub suppressed: Option<crate::export::suppressions::Suppressed>,
 }
 
 /// Writes reports in the chosen format, one at a time, flushing each.

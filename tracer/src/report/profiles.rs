@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::{
     collect::{stacks::Stacks, SiteId, Snapshot},
-    export::{Created, GoroutineSample, HeapSample, HeapSource},
+    export::{suppressions::Suppressions, Created, GoroutineSample, HeapSample, HeapSource},
     golang::GoReport,
     report::aggregate::{self, StackKey},
     symbolize::{Symbolizer, SymbolizerGone},
@@ -18,6 +18,7 @@ pub(super) async fn build(
     stacks: &mut Stacks,
     snap: &Snapshot,
     go: Option<&GoReport>,
+    suppressions: Option<&Suppressions>,
 ) -> Result<(Vec<HeapSample>, Option<Vec<GoroutineSample>>), SymbolizerGone> {
     let inuse: HashMap<SiteId, (u64, u64)> = snap
         .sites
@@ -61,6 +62,10 @@ pub(super) async fn build(
         s.alloc_bytes += allocated.bytes;
         s.alloc_objects += allocated.blocks;
     }
+    let hidden = |frames: &[crate::symbolize::Frame]| {
+        suppressions.is_some_and(|rules| rules.matching(frames).is_some())
+    };
+    heap.retain(|s| !hidden(&s.frames));
     heap.sort_by(|a, b| {
         b.inuse_bytes
             .cmp(&a.inuse_bytes)
@@ -73,6 +78,9 @@ pub(super) async fn build(
     // The runtime's own heap profile: in use as of the last GC (its
     // allocated totals are not read).
     for site in go.heap_profile.iter().flatten() {
+        if hidden(&site.frames) {
+            continue;
+        }
         heap.push(HeapSample {
             frames: site.frames.clone(),
             inuse_bytes: site.bytes,

@@ -107,6 +107,22 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     if let Some(go) = &r.go {
         go_section(out, r, go, style)?;
     }
+    if let Some(sup) = &r.suppressed {
+        let rules: Vec<String> = sup
+            .by_rule
+            .iter()
+            .map(|(rule, sites, held)| format!("leak:{rule} {sites} ({})", bytes(*held)))
+            .collect();
+        writeln!(
+            out,
+            "   suppressed: {} site(s), {} in {} block(s){}{}",
+            sup.sites,
+            bytes(sup.bytes),
+            sup.blocks,
+            if rules.is_empty() { "" } else { ": " },
+            rules.join(", ")
+        )?;
+    }
     let d = &r.dropped;
     let line = format!(
         "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines",

@@ -11,7 +11,7 @@ use tokio::{
     time::{interval, MissedTickBehavior},
 };
 
-use super::one;
+use super::{one, Outputs};
 use crate::{cli::Cli, process::container};
 
 /// How often the container's process list is read for newcomers.
@@ -31,6 +31,7 @@ async fn supervise(cli: Cli, id: String) -> anyhow::Result<i32> {
         "leaktrace: container {}: tracing its processes, and new ones as they start; Ctrl-C to stop",
         &id[..12]
     );
+    let suppressions = Outputs::suppressions_of(&cli)?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut poll = interval(POLL);
@@ -49,8 +50,9 @@ async fn supervise(cli: Cli, id: String) -> anyhow::Result<i32> {
                     match one::prepare(&cli, pid) {
                         Ok(prepared) => {
                             let cli = cli.clone();
+                            let outputs = Outputs::per_process(suppressions.clone());
                             tasks.push(tokio::task::spawn_local(async move {
-                                if let Err(e) = one::trace(cli, prepared).await {
+                                if let Err(e) = one::trace(cli, prepared, outputs).await {
                                     eprintln!("leaktrace: pid {pid}: {e:#}");
                                 }
                             }));

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::{
     cli::Cli,
-    golang, privileges, probes,
+    export, golang, privileges, probes,
     process::{self, launch},
 };
 
@@ -24,6 +24,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if cli.list_probes {
         return list_probes(&cli);
     }
+    // Bad export options fail before anything is attached or started.
+    let outputs = Outputs::from_cli(&cli)?;
 
     // Fork the command (if any) before any other thread exists.
     let prepared = match cli.pid {
@@ -44,7 +46,60 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(one::trace(cli, prepared))
+    runtime.block_on(one::trace(cli, prepared, outputs))
+}
+
+/// Where reports go besides stdout, checked before attach.
+pub(crate) struct Outputs {
+    pub paths: export::ExportPaths,
+    pub listener: Option<std::net::TcpListener>,
+    pub suppressions: Option<export::suppressions::Suppressions>,
+}
+
+impl Outputs {
+    fn from_cli(cli: &Cli) -> anyhow::Result<Self> {
+        let paths = export::ExportPaths {
+            pprof_dir: cli.pprof_dir.clone(),
+            folded: cli.folded.clone(),
+            flamegraph: cli.flamegraph.clone(),
+        };
+        paths.check()?;
+        let listener = match &cli.listen {
+            Some(addr) => Some(export::server::bind(addr, cli.listen_public)?),
+            None => None,
+        };
+        let suppressions = Self::suppressions_of(cli)?;
+        Ok(Outputs {
+            paths,
+            listener,
+            suppressions,
+        })
+    }
+
+    fn suppressions_of(
+        cli: &Cli,
+    ) -> Result<Option<export::suppressions::Suppressions>, export::suppressions::SuppressionError>
+    {
+        cli.suppressions
+            .as_deref()
+            .map(export::suppressions::Suppressions::load)
+            .transpose()
+    }
+
+    /// Container mode: each process's reports go to stdout only (the file
+    /// and endpoint exports name one target).
+    fn per_process(suppressions: Option<export::suppressions::Suppressions>) -> Self {
+        Outputs {
+            paths: export::ExportPaths::default(),
+            listener: None,
+            suppressions,
+        }
+    }
+
+    /// Whether reports must carry the whole reading.
+    pub fn wants_profiles(&self) -> bool {
+        self.paths.any() || self.listener.is_some()
+    }
 }
 
 /// `--list-probes`: resolve the target as for tracing, print where each

@@ -12,10 +12,11 @@ use tokio::{
     time::{interval, interval_at, MissedTickBehavior},
 };
 
-use super::exit_watch::ExitWatcher;
+use super::{exit_watch::ExitWatcher, Outputs};
 use crate::{
     cli::{Cli, ColorChoice, ProbeMode, UnwindMode},
     collect::{self, stacks::Stacks, tasks::TaskCollector, Collector},
+    export::{self, Exporter},
     golang::{self, GoTarget, GoTracker},
     probes::{self, MapSizes, Probes},
     process::{
@@ -190,7 +191,7 @@ pub(super) fn allocator_of(candidates: &[Candidate], is_go: bool) -> anyhow::Res
 
 /// Reports on a prepared target until it exits, a signal arrives or
 /// `--count` reports are out; then removes every probe.
-pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
+pub async fn trace(cli: Cli, prepared: Prepared, outputs: Outputs) -> anyhow::Result<i32> {
     let Prepared {
         pid,
         comm,
@@ -284,6 +285,7 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
         container: container::inspect(pid),
         allocator,
     };
+    let wants_profiles = outputs.wants_profiles();
     let mut builder = ReportBuilder::new(
         subject,
         cli.top,
@@ -293,6 +295,27 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
         tasks,
         go,
     );
+    if wants_profiles {
+        builder = builder.with_profiles();
+    }
+    if let Some(rules) = outputs.suppressions {
+        builder = builder.with_suppressions(rules);
+    }
+    let live = outputs.listener.map(|l| {
+        if let Ok(addr) = l.local_addr() {
+            eprintln!(
+                "leaktrace: serving http://{addr}/debug/pprof/heap{} and /metrics",
+                if go_version.is_some() { ", /debug/pprof/goroutine" } else { "" }
+            );
+            if !addr.ip().is_loopback() {
+                eprintln!(
+                    "leaktrace: warning: --listen-public: the target's heap stacks are served to anyone who can reach {addr}"
+                );
+            }
+        }
+        export::server::serve(l)
+    });
+    let mut exporter = Exporter::new(outputs.paths, pid, live);
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
     let mut stop_signal: Option<i32> = None;
@@ -319,6 +342,7 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
                 let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
                 let last = cli.count.is_some_and(|n| builder.seq() + 1 >= n);
                 let report = builder.build(&symbolizer, snap, last, false).await?;
+                export_report(&mut exporter, &report);
                 if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
                     break true; // reader went away (e.g. `| head`): stop quietly
                 }
@@ -338,6 +362,7 @@ pub async fn trace(cli: Cli, prepared: Prepared) -> anyhow::Result<i32> {
         let report = builder
             .build(&symbolizer, snap, true, exit.has_exited())
             .await?;
+        export_report(&mut exporter, &report);
         write_report(&reporter, &mut io::stdout().lock(), &report)?;
     }
     probes.detach();
@@ -388,6 +413,14 @@ fn wait_for_exec(pid: u32, objects: &[&str]) {
 fn signal_child(pid: u32, sig: i32) {
     // SAFETY: signalling our own child process by pid.
     unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Writes a report's exports; a failure (disk full) is said and tracing
+/// goes on.
+fn export_report(exporter: &mut Exporter, report: &Report) {
+    if let Err(e) = exporter.write(report) {
+        eprintln!("leaktrace: warning: report {}: {e}", report.seq);
+    }
 }
 
 /// Writes one report; `Ok(false)` when stdout's reader has gone away.
