@@ -365,3 +365,55 @@ fn bad_export_options_are_refused_before_attach() {
     assert_refused(&["-p", &me, "--suppressions", &r], "bad.supp:2");
     assert_refused(&["-p", &me, "--pprof-dir", "/proc/self/status/x"], "--pprof-dir");
 }
+
+/// Every long flag `--help` lists.
+fn long_flags() -> Vec<String> {
+    let (status, help, _) = run_leaktrace(&["--help"]);
+    assert!(status.success());
+    // Option lines start with the flag ("  -p, --pid <PID>", "      --folded <FILE>").
+    let mut flags: Vec<String> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--") && w.len() > 2))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_string())
+        .collect();
+    flags.sort();
+    flags.dedup();
+    assert!(flags.len() > 20, "{flags:?}");
+    flags
+}
+
+#[test]
+fn man_page_and_completions_cover_every_flag() {
+    let flags = long_flags();
+    let (status, man, _) = run_leaktrace(&["--generate", "man"]);
+    assert!(status.success());
+    assert!(man.contains(".TH leaktrace 1"), "{man}");
+    // roff escapes dashes.
+    let man = man.replace("\\-", "-");
+    let dir = scratch_dir("generated");
+    for (kind, check) in [
+        ("complete-bash", Some(("bash", "-n"))),
+        ("complete-zsh", None),
+        ("complete-fish", None),
+    ] {
+        let (status, script, _) = run_leaktrace(&["--generate", kind]);
+        assert!(status.success(), "{kind}");
+        for flag in &flags {
+            let bare = flag.trim_start_matches('-');
+            assert!(script.contains(bare), "{kind} completes {flag}");
+        }
+        if let Some((shell, arg)) = check {
+            let file = dir.join(kind);
+            std::fs::write(&file, &script).expect("script");
+            let ok = Command::new(shell).arg(arg).arg(&file).status().expect(shell);
+            assert!(ok.success(), "{kind} parses in {shell}");
+        }
+    }
+    for flag in &flags {
+        assert!(man.contains(flag.as_str()), "man page documents {flag}");
+    }
+    // Without root, without a target.
+    assert!(man.contains("--pprof-dir") && man.contains("--suppressions"));
+}

@@ -32,7 +32,7 @@ pub struct Cli {
         short = 'p',
         long,
         value_name = "PID",
-        required_unless_present_any = ["command", "container"]
+        required_unless_present_any = ["command", "container", "generate"]
     )]
     pub pid: Option<u32>,
 
@@ -166,6 +166,12 @@ pub struct Cli {
     #[arg(long)]
     pub list_probes: bool,
 
+    /// Print the man page (`man`) or a shell completion script
+    /// (`complete-bash`, `complete-zsh`, `complete-fish`) to stdout and exit;
+    /// e.g. `leaktrace --generate man > /usr/local/share/man/man1/leaktrace.1`.
+    #[arg(long, value_enum, value_name = "KIND", exclusive = true)]
+    pub generate: Option<Generate>,
+
     /// Benchmarking aid: `empty` attaches do-nothing probes at the same sites.
     #[arg(long, value_enum, default_value_t = ProbeMode::Full, hide = true)]
     pub probe_mode: ProbeMode,
@@ -173,6 +179,29 @@ pub struct Cli {
     /// Command to start under tracing (after `--`); leaktrace exits with its exit status.
     #[arg(last = true, value_name = "CMD", conflicts_with = "pid")]
     pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    Man,
+    CompleteBash,
+    CompleteZsh,
+    CompleteFish,
+}
+
+/// Writes what `--generate` asks for, from these very definitions.
+pub fn generate(kind: Generate, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let shell = match kind {
+        Generate::Man => return clap_mangen::Man::new(cmd).render(out),
+        Generate::CompleteBash => Shell::Bash,
+        Generate::CompleteZsh => Shell::Zsh,
+        Generate::CompleteFish => Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, "leaktrace", out);
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -5,6 +5,17 @@ use leaktrace::{cli::Cli, session};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(kind) = cli.generate {
+        // Needs no privileges and no target.
+        return match leaktrace::cli::generate(kind, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("leaktrace: error: --generate: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match session::run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {

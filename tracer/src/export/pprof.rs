@@ -82,7 +82,7 @@ pub fn goroutines(profiles: &Profiles, samples: &[GoroutineSample], modules: &Mo
     b.profile.comment.push(comment);
     let key = b.string("created");
     let mut sorted: Vec<&GoroutineSample> = samples.iter().collect();
-    sorted.sort_by(|a, b| b.count.cmp(&a.count));
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.count));
     for s in sorted {
         let sample = Sample {
             location_id: b.stack(&s.frames),
@@ -105,6 +105,9 @@ pub fn encode(profile: &Profile) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
+/// Function, file and line of one frame.
+type SourceLine = (String, Option<String>, Option<u32>);
+
 /// Interns strings, functions, locations and mappings; ids start at 1.
 struct Builder<'a> {
     profile: Profile,
@@ -112,7 +115,7 @@ struct Builder<'a> {
     strings: HashMap<String, i64>,
     functions: HashMap<(String, Option<String>), u64>,
     /// By the frames of one address (with its inlined callees).
-    locations: HashMap<Vec<(String, Option<String>, Option<u32>)>, u64>,
+    locations: HashMap<Vec<SourceLine>, u64>,
     unknown_locations: HashMap<u64, u64>,
     mappings: HashMap<String, u64>,
 }
