@@ -129,6 +129,8 @@ pub fn compile_c(src: &Path, out: &Path) -> Result<()> {
 
 fn demo(root: &Path) -> Result<()> {
     let demo_bin = root.join("target/demo/leaky_demo");
+    let flamegraph = root.join("target/demo/flamegraph.svg");
+    let pprof_dir = root.join("target/demo/pprof");
     compile_c(&root.join("xtask/demo/leaky_demo.c"), &demo_bin)?;
     let mut target = Command::new(&demo_bin)
         .stdout(Stdio::null())
@@ -150,7 +152,11 @@ fn demo(root: &Path) -> Result<()> {
             "5",
             "--older-than",
             "1s",
+            "--flamegraph",
         ])
+        .arg(&flamegraph)
+        .arg("--pprof-dir")
+        .arg(&pprof_dir)
         .status();
     let _ = target.kill();
     let _ = target.wait();
@@ -158,6 +164,12 @@ fn demo(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("leaktrace failed: {status}");
     }
+    eprintln!(
+        "xtask: the last report as a flame graph: {}; as pprof profiles: {}/heap-N.pb.gz \
+         (go tool pprof -top heap-5.pb.gz)",
+        flamegraph.display(),
+        pprof_dir.display()
+    );
     Ok(())
 }
 

@@ -269,7 +269,7 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
             .sample("leaktrace_suppressed_bytes", &[], s.bytes);
     }
     family(o, "leaktrace_cpu_seconds_total", "counter", "CPU time leaktrace itself used (user and system).")
-        .sample("leaktrace_cpu_seconds_total", &[], own.cpu_seconds);
+        .sample("leaktrace_cpu_seconds_total", &[], format!("{:.6}", own.cpu_seconds));
     family(o, "leaktrace_resident_memory_bytes", "gauge", "Resident memory of leaktrace itself.")
         .sample("leaktrace_resident_memory_bytes", &[], own.resident_bytes);
     out

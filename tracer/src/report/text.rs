@@ -111,7 +111,7 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         let rules: Vec<String> = sup
             .by_rule
             .iter()
-            .map(|(rule, sites, held)| format!("leak:{rule} {sites} ({})", bytes(*held)))
+            .map(|(rule, sites, held)| format!("leak:{rule} {sites} site(s) {held} B"))
             .collect();
         writeln!(
             out,
