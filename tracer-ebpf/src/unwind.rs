@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task, bpf_loop},
+        generated::{bpf_get_current_task, bpf_loop, bpf_probe_read_user as raw_read_user},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -118,6 +118,7 @@ pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) ->
     let Some(w) = WALK.get_ptr_mut(0) else {
         return (0, seed, StackEnd::Unreadable as u32);
     };
+    clear_window();
     // SAFETY: this CPU's slot, ours while the program runs.
     unsafe {
         w.write(Walk {
@@ -154,10 +155,74 @@ fn stop(w: &mut Walk, end: StackEnd) -> i64 {
     1
 }
 
+/// Bytes of user stack copied at once.
+const WINDOW: usize = 512;
+
+/// A copy of the stack memory the walk reads next. Reading user memory
+/// costs about the same for 8 bytes as for a few hundred (the fixed cost
+/// of a fault-safe user copy), and a walk reads upwards through adjacent
+/// frames: one copy serves several frames.
+#[repr(C)]
+struct StackWindow {
+    /// User address of `bytes[0]`.
+    base: u64,
+    /// Valid bytes (0: empty).
+    len: u64,
+    bytes: [u8; WINDOW],
+}
+
+#[map]
+static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Empties the window: a new walk reads a new stack.
+#[inline(always)]
+fn clear_window() {
+    if let Some(win) = STACK_WINDOW.get_ptr_mut(0) {
+        // SAFETY: this CPU's window, ours while the program runs.
+        unsafe { (*win).len = 0 };
+    }
+}
+
+/// Reads a `T` of user memory at `addr`, through the window.
+#[inline(always)]
+fn read_user<T: Copy>(addr: u64) -> Option<T> {
+    let size = core::mem::size_of::<T>() as u64;
+    let win = STACK_WINDOW.get_ptr_mut(0)?;
+    // SAFETY: this CPU's window, ours while the program runs; offsets into
+    // `bytes` are bounded below before each access.
+    unsafe {
+        let off = addr.wrapping_sub((*win).base);
+        let len = (*win).len;
+        if len >= size && off <= len - size {
+            let at = (off as usize) & (WINDOW - 1);
+            if at + size as usize <= WINDOW {
+                return Some(core::ptr::read_unaligned(
+                    (*win).bytes.as_ptr().add(at) as *const T
+                ));
+            }
+        }
+        // Refill from `addr`: the whole window, else up to the end of its
+        // page (the stack's top page ends the mapping).
+        let dst = (*win).bytes.as_mut_ptr() as *mut c_void;
+        let src = addr as *const c_void;
+        let mut got = WINDOW as u64;
+        if raw_read_user(dst, WINDOW as u32, src) != 0 {
+            got = 4096 - (addr & 4095);
+            if got < size || got > WINDOW as u64 || raw_read_user(dst, got as u32, src) != 0 {
+                (*win).len = 0;
+                // Straddling a page, or unreadable: read it alone.
+                return bpf_probe_read_user(addr as *const T).ok();
+            }
+        }
+        (*win).base = addr;
+        (*win).len = got;
+        Some(core::ptr::read_unaligned((*win).bytes.as_ptr() as *const T))
+    }
+}
+
 #[inline(always)]
 fn read_u64(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user copes with any address.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+    read_user::<u64>(addr)
 }
 
 /// One frame: find `w.pc`'s mapping, record it, then find the caller's
@@ -390,14 +455,13 @@ fn rule_step(w: &mut Walk, rule: u32) -> i64 {
     let ra = if rule.rbp == rbp::AT_CFA && rule.rbp_offset == -16 {
         // The usual `push %rbp` frame: rbp and the return address side by
         // side, one read.
-        // SAFETY: bpf_probe_read_user copes with any address.
-        match unsafe { bpf_probe_read_user((cfa - 16) as *const FrameRecord) } {
-            Ok(rec) => {
+        match read_user::<FrameRecord>(cfa - 16) {
+            Some(rec) => {
                 w.bp = rec.next;
                 w.flags &= !RBP_LOST;
                 rec.ret
             }
-            Err(_) => return stop(w, StackEnd::Unreadable),
+            None => return stop(w, StackEnd::Unreadable),
         }
     } else {
         let Some(ra) = read_u64(cfa - 8) else {
@@ -463,8 +527,7 @@ fn frame_pointer_step(w: &mut Walk) -> i64 {
     if fp & 7 != 0 {
         return stop(w, StackEnd::Unreadable);
     }
-    // SAFETY: bpf_probe_read_user copes with any address.
-    let Ok(rec) = (unsafe { bpf_probe_read_user(fp as *const FrameRecord) }) else {
+    let Some(rec) = read_user::<FrameRecord>(fp) else {
         return stop(w, StackEnd::Unreadable);
     };
     if rec.ret == 0 {
