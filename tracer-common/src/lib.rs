@@ -441,7 +441,7 @@ mod tests {
         assert_eq!(size_of::<Pending>(), 48);
         assert_eq!(size_of::<AllocRecord>(), 24);
         assert_eq!(size_of::<SiteKey>(), 16);
-        assert_eq!(size_of::<SiteTotals>(), 16);
+        assert_eq!(size_of::<SiteTotals>(), 32);
         assert_eq!(size_of::<Config>(), 8);
         assert_eq!(size_of::<SpawnPending>(), 32);
         assert_eq!(size_of::<TaskRecord>(), 32);
@@ -452,6 +452,7 @@ mod tests {
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<UnwindRule>(), 16);
         assert_eq!(size_of::<UnwindMapping>(), 40);
+        assert_eq!(size_of::<CachedStep>(), 16);
         assert_eq!(size_of::<ProcessMappings>(), 40 + 40 * MAX_UNWIND_MAPPINGS);
     }
 
