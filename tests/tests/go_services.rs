@@ -193,6 +193,73 @@ fn go_memprofile_on_gin_go1_27() {
     memprofile_tells_a_leak_from_a_cache("1.27.3");
 }
 
+/// `--go-memprofile` switched on while the service allocates hard on every
+/// core (two clients dropping 8 MiB per request, GOGC=25: GCs back to
+/// back; one growing the session map): the runtime starts sampling in the
+/// middle of it without harm, the profile that builds up names the growing
+/// site, and no request fails before, during or after.
+#[test]
+fn go_memprofile_turned_on_under_allocation_load() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    let version = GIN_VERSIONS[3];
+    let bin = gin_fixture(version);
+    let mut service = GoService::start_with_env(&bin, &[], &[("GOGC", "25")]);
+    let port = service.port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = ["/churn?n=512", "/churn?n=512", "/remember?n=64"]
+        .into_iter()
+        .map(|path| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(http_get(port, path), "ok", "{path}");
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = served.load(Ordering::Relaxed);
+    let mut lt = Leaktrace::attach(
+        service.pid(),
+        &["--go-memprofile", "-i", "1", "--older-than", "0", "--top", "20"],
+    );
+    let wrote = lt.stderr_line("leaktrace: --go-memprofile:");
+    assert!(
+        wrote.contains("wrote runtime.MemProfileRate = 524288"),
+        "go{version}: {wrote}"
+    );
+    let report = lt.report_where(|r| {
+        heap_sites(r)
+            .iter()
+            .any(|s| first_function(s) == "main.rememberSession")
+    });
+    let during = served.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("every request under load succeeded");
+    }
+    let after = served.load(Ordering::Relaxed);
+    assert!(during > before && after > during, "served throughout: {before} {during} {after}");
+    assert!(
+        heap_sites(&report)
+            .iter()
+            .all(|s| s["bytes"].as_u64().is_some()),
+        "{report}"
+    );
+    assert!(service.is_alive(), "go{version}: the service died");
+    assert_eq!(http_get(port, "/ping"), "pong");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+    assert_eq!(http_get(port, "/ping"), "pong");
+}
+
 #[test]
 fn without_the_flag_the_note_says_how_to_get_heap_by_stack() {
     let bin = gin_fixture(GIN_VERSIONS[3]);
