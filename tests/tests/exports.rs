@@ -28,7 +28,13 @@ fn scratch_dir(name: &str) -> PathBuf {
 /// every node kept.
 fn pprof_top(source: &str, args: &[&str]) -> Vec<(String, String)> {
     let out = go_command(PPROF_GO)
-        .args(["tool", "pprof", "-top", "-nodefraction=0", "-nodecount=10000"])
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-nodefraction=0",
+            "-nodecount=10000",
+        ])
         .args(args)
         .arg(source)
         .output()
@@ -48,7 +54,10 @@ fn pprof_top(source: &str, args: &[&str]) -> Vec<(String, String)> {
             (cols.len() >= 6).then(|| (cols[0].to_string(), cols[5..].join(" ")))
         })
         .collect();
-    assert!(!rows.is_empty() || text.contains("Total samples = 0"), "{text}");
+    assert!(
+        !rows.is_empty() || text.contains("Total samples = 0"),
+        "{text}"
+    );
     rows
 }
 
@@ -100,11 +109,19 @@ fn pprof_files_hold_every_leak_site_exactly_and_base_shows_the_growth() {
     assert_eq!(total, C_TOTAL_BYTES, "nothing else is in use: {inuse:?}");
     let objects = pprof_top(&heap(&before), &["-sample_index=inuse_objects"]);
     for &(function, _, blocks, _) in C_LEAKS {
-        assert_eq!(flat_of(&objects, function), Some(blocks.to_string()), "{function}");
+        assert_eq!(
+            flat_of(&objects, function),
+            Some(blocks.to_string()),
+            "{function}"
+        );
     }
     // Allocated since attach, freed or not: freed_malloc's one malloc(111).
     let allocated = pprof_top(&heap(&before), &["-sample_index=alloc_space", "-unit=B"]);
-    assert_eq!(flat_of(&allocated, "freed_malloc"), Some("111B".into()), "{allocated:?}");
+    assert_eq!(
+        flat_of(&allocated, "freed_malloc"),
+        Some("111B".into()),
+        "{allocated:?}"
+    );
     assert_eq!(flat_of(&allocated, "leak_malloc"), Some("3000B".into()));
     assert_eq!(flat_of(&inuse, "freed_malloc"), None, "{inuse:?}");
 
@@ -136,7 +153,11 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
     let url = format!("http://{listen}/debug/pprof/heap");
     let inuse = pprof_top(&url, &["-sample_index=inuse_space", "-unit=B"]);
     for &(function, bytes, ..) in C_LEAKS {
-        assert_eq!(flat_of(&inuse, function), Some(format!("{bytes}B")), "{function}");
+        assert_eq!(
+            flat_of(&inuse, function),
+            Some(format!("{bytes}B")),
+            "{function}"
+        );
     }
 
     let metrics = http_get(port, "/metrics");
@@ -147,8 +168,11 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool (Debian's prometheus package, installed by cargo xtask setup)");
-    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), metrics.as_bytes())
-        .expect("feed promtool");
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("stdin"),
+        metrics.as_bytes(),
+    )
+    .expect("feed promtool");
     let checked = promtool.wait_with_output().expect("promtool");
     assert!(
         checked.status.success(),
@@ -165,7 +189,10 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
     };
     // The leaks are settled: whichever report the endpoint holds says
     // what the checked report says.
-    assert_eq!(value("leaktrace_live_bytes"), report["live_bytes"].as_u64().unwrap());
+    assert_eq!(
+        value("leaktrace_live_bytes"),
+        report["live_bytes"].as_u64().unwrap()
+    );
     for &(function, bytes, blocks, _) in C_LEAKS {
         let site = &stacks_at(&report, function)[0]["frames"][0];
         let label = format!(
@@ -173,11 +200,20 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
             site["line"].as_u64().expect("line")
         );
         assert_eq!(value(&format!("leaktrace_outstanding_bytes{label}")), bytes);
-        assert_eq!(value(&format!("leaktrace_outstanding_allocations{label}")), blocks);
+        assert_eq!(
+            value(&format!("leaktrace_outstanding_allocations{label}")),
+            blocks
+        );
     }
     assert_eq!(value("leaktrace_outstanding_bytes{site=\"other\"}"), 0);
-    assert_eq!(value("leaktrace_dropped_events_total{reason=\"alloc_map_full\"}"), 0);
-    assert!(metrics.contains("leaktrace_cpu_seconds_total "), "{metrics}");
+    assert_eq!(
+        value("leaktrace_dropped_events_total{reason=\"alloc_map_full\"}"),
+        0
+    );
+    assert!(
+        metrics.contains("leaktrace_cpu_seconds_total "),
+        "{metrics}"
+    );
     lt.signal(libc::SIGINT);
     let (status, _, _) = lt.finish();
     assert!(status.success());
@@ -196,7 +232,16 @@ fn goroutine_profile_holds_the_leaked_counts_at_their_creation_sites() {
     let d = path_arg(&dir);
     let mut lt = Leaktrace::attach(
         service.pid(),
-        &["-i", "1", "--older-than", "1s", "--pprof-dir", &d, "--listen", &listen],
+        &[
+            "-i",
+            "1",
+            "--older-than",
+            "1s",
+            "--pprof-dir",
+            &d,
+            "--listen",
+            &listen,
+        ],
     );
     for _ in 0..LEAKS {
         assert_eq!(http_get(service.port, "/leak").trim(), "leaked");
@@ -224,8 +269,16 @@ fn goroutine_profile_holds_the_leaked_counts_at_their_creation_sites() {
     for source in [file.as_str(), url.as_str()] {
         // Creation stacks: the `go` statement's function is the leaf.
         let rows = pprof_top(source, &["-sample_index=goroutine"]);
-        assert_eq!(flat_of(&rows, "main.handleLeak"), Some(LEAKS.to_string()), "{source}: {rows:?}");
-        assert_eq!(flat_of(&rows, "main.handleTick"), Some(TICKERS.to_string()), "{source}: {rows:?}");
+        assert_eq!(
+            flat_of(&rows, "main.handleLeak"),
+            Some(LEAKS.to_string()),
+            "{source}: {rows:?}"
+        );
+        assert_eq!(
+            flat_of(&rows, "main.handleTick"),
+            Some(TICKERS.to_string()),
+            "{source}: {rows:?}"
+        );
         assert_eq!(
             flat_of(&rows, "main.leakBeforeAttach"),
             Some(PRELUDE.to_string()),
@@ -267,7 +320,10 @@ fn flame_graph_and_folded_stacks_show_the_outstanding_bytes() {
     assert_eq!(sum, C_TOTAL_BYTES, "{text}");
     for &(function, bytes, ..) in C_LEAKS {
         let suffix = format!(";do_leaks;{function} {bytes}");
-        assert!(text.lines().any(|l| l.ends_with(&suffix)), "{suffix}: {text}");
+        assert!(
+            text.lines().any(|l| l.ends_with(&suffix)),
+            "{suffix}: {text}"
+        );
     }
 
     let xml = std::fs::read_to_string(&svg).expect("svg");
@@ -276,8 +332,8 @@ fn flame_graph_and_folded_stacks_show_the_outstanding_bytes() {
         allow_dtd: true,
         ..roxmltree::ParsingOptions::default()
     };
-    let doc = roxmltree::Document::parse_with_options(&xml, options)
-        .expect("the SVG is well-formed XML");
+    let doc =
+        roxmltree::Document::parse_with_options(&xml, options).expect("the SVG is well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
     let titles: Vec<&str> = doc
         .descendants()
@@ -294,7 +350,10 @@ fn flame_graph_and_folded_stacks_show_the_outstanding_bytes() {
             .collect::<Vec<_>>()
             .join(",");
         let want = format!("{function} ({grouped} bytes,");
-        assert!(titles.iter().any(|t| t.starts_with(&want)), "{want}: {titles:?}");
+        assert!(
+            titles.iter().any(|t| t.starts_with(&want)),
+            "{want}: {titles:?}"
+        );
     }
 }
 
@@ -311,14 +370,26 @@ fn suppressions_hide_exactly_the_sites_they_name() {
     let r = path_arg(&rules);
     let mut lt = Leaktrace::attach(
         fixture.pid,
-        &["-i", "1", "--older-than", "300ms", "--top", "100", "--suppressions", &r],
+        &[
+            "-i",
+            "1",
+            "--older-than",
+            "300ms",
+            "--top",
+            "100",
+            "--suppressions",
+            &r,
+        ],
     );
     fixture.command("leak", "leaked");
     let hidden = ["leak_calloc", "leak_valloc"];
     let report = lt.report_where(|r| r["suppressed"]["sites"] == 2);
     for &(function, bytes, blocks, called) in C_LEAKS {
         if hidden.contains(&function) {
-            assert!(stacks_at(&report, function).is_empty(), "{function}: {report}");
+            assert!(
+                stacks_at(&report, function).is_empty(),
+                "{function}: {report}"
+            );
         } else {
             let called = if called == "aligned_alloc" || called == "memalign" {
                 "aligned_alloc/memalign"
@@ -329,11 +400,21 @@ fn suppressions_hide_exactly_the_sites_they_name() {
         }
     }
     let s = &report["suppressed"];
-    assert_eq!((&s["sites"], &s["blocks"], &s["bytes"]), (&2.into(), &3.into(), &5000.into()), "{s}");
+    assert_eq!(
+        (&s["sites"], &s["blocks"], &s["bytes"]),
+        (&2.into(), &3.into(), &5000.into()),
+        "{s}"
+    );
     assert_eq!(s["rules"][0]["pattern"], "leak_calloc");
-    assert_eq!((&s["rules"][0]["sites"], &s["rules"][0]["bytes"]), (&1.into(), &2000.into()));
+    assert_eq!(
+        (&s["rules"][0]["sites"], &s["rules"][0]["bytes"]),
+        (&1.into(), &2000.into())
+    );
     assert_eq!(s["rules"][1]["pattern"], "^leak_val*c$");
-    assert_eq!((&s["rules"][1]["sites"], &s["rules"][1]["bytes"]), (&1.into(), &3000.into()));
+    assert_eq!(
+        (&s["rules"][1]["sites"], &s["rules"][1]["bytes"]),
+        (&1.into(), &3000.into())
+    );
     lt.signal(libc::SIGINT);
     let _ = lt.finish();
 }
@@ -354,7 +435,10 @@ fn bad_export_options_are_refused_before_attach() {
         &["-p", &me, "--listen", "0.0.0.0:6060"],
         "not a loopback address",
     );
-    assert_refused(&["-p", &me, "--listen", "localhost:notaport"], "--listen localhost:notaport");
+    assert_refused(
+        &["-p", &me, "--listen", "localhost:notaport"],
+        "--listen localhost:notaport",
+    );
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     assert_refused(&["-p", &me, "--listen", &addr], "in use");
@@ -363,7 +447,10 @@ fn bad_export_options_are_refused_before_attach() {
     std::fs::write(&rules, "leak:ok\nrace:not_ours\n").expect("rules");
     let r = path_arg(&rules);
     assert_refused(&["-p", &me, "--suppressions", &r], "bad.supp:2");
-    assert_refused(&["-p", &me, "--pprof-dir", "/proc/self/status/x"], "--pprof-dir");
+    assert_refused(
+        &["-p", &me, "--pprof-dir", "/proc/self/status/x"],
+        "--pprof-dir",
+    );
 }
 
 /// Every long flag `--help` lists.
@@ -375,8 +462,14 @@ fn long_flags() -> Vec<String> {
         .lines()
         .map(str::trim_start)
         .filter(|l| l.starts_with('-'))
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--") && w.len() > 2))
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_string())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("--") && w.len() > 2)
+        })
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_string()
+        })
         .collect();
     flags.sort();
     flags.dedup();
@@ -407,7 +500,11 @@ fn man_page_and_completions_cover_every_flag() {
         if let Some((shell, arg)) = check {
             let file = dir.join(kind);
             std::fs::write(&file, &script).expect("script");
-            let ok = Command::new(shell).arg(arg).arg(&file).status().expect(shell);
+            let ok = Command::new(shell)
+                .arg(arg)
+                .arg(&file)
+                .status()
+                .expect(shell);
             assert!(ok.success(), "{kind} parses in {shell}");
         }
     }

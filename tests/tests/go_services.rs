@@ -226,7 +226,15 @@ fn go_memprofile_turned_on_under_allocation_load() {
     let before = served.load(Ordering::Relaxed);
     let mut lt = Leaktrace::attach(
         service.pid(),
-        &["--go-memprofile", "-i", "1", "--older-than", "0", "--top", "20"],
+        &[
+            "--go-memprofile",
+            "-i",
+            "1",
+            "--older-than",
+            "0",
+            "--top",
+            "20",
+        ],
     );
     let wrote = lt.stderr_line("leaktrace: --go-memprofile:");
     assert!(
@@ -245,7 +253,10 @@ fn go_memprofile_turned_on_under_allocation_load() {
         c.join().expect("every request under load succeeded");
     }
     let after = served.load(Ordering::Relaxed);
-    assert!(during > before && after > during, "served throughout: {before} {during} {after}");
+    assert!(
+        during > before && after > during,
+        "served throughout: {before} {during} {after}"
+    );
     assert!(
         heap_sites(&report)
             .iter()

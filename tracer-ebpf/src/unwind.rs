@@ -18,9 +18,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use tracer_common::{
-    cfa, rbp, walk, CachedStep, ProcessMappings, ReturnProbeOffsets, StackEnd, StackRecord, UnwindRow,
-    UnwindRule, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
-    UNWIND_CACHE_ENTRIES,
+    cfa, rbp, walk, CachedStep, ProcessMappings, ReturnProbeOffsets, StackEnd, StackRecord,
+    UnwindRow, UnwindRule, MAX_STACK_DEPTH, MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES,
+    MAX_UNWIND_RULES, UNWIND_CACHE_ENTRIES,
 };
 
 use crate::stacks::{mix, FrameRecord, STACK_SCRATCH};
@@ -45,7 +45,8 @@ static UNWIND_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PR
 /// replaces the two binary searches (mapping, then row), about half of a
 /// frame's cost when measured.
 #[map]
-static UNWIND_CACHE: PerCpuArray<CachedStep> = PerCpuArray::with_max_entries(UNWIND_CACHE_ENTRIES, 0);
+static UNWIND_CACHE: PerCpuArray<CachedStep> =
+    PerCpuArray::with_max_entries(UNWIND_CACHE_ENTRIES, 0);
 
 #[inline(always)]
 fn cache_index(look: u64, generation: u32) -> u32 {

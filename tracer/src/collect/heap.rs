@@ -256,7 +256,10 @@ impl<T: SiteTable> Collector<T> {
             self.maps.remove(&key);
         }
         for (key, v) in empty {
-            self.allocated.entry(SiteId::from(&key)).or_default().add(&v);
+            self.allocated
+                .entry(SiteId::from(&key))
+                .or_default()
+                .add(&v);
             self.maps.remove(&key);
         }
         self.drop_settled_folds()?;
@@ -555,8 +558,20 @@ mod tests {
         let snap = c.snapshot(now + 200 * MS).expect("snapshot");
         // Allocated totals survive folding and the removal of settled
         // generations: every block ever allocated, freed or not.
-        assert_eq!(snap.allocated[&A], Allocated { bytes: 4000, blocks: 400 });
-        assert_eq!(snap.allocated[&B], Allocated { bytes: 2800, blocks: 400 });
+        assert_eq!(
+            snap.allocated[&A],
+            Allocated {
+                bytes: 4000,
+                blocks: 400
+            }
+        );
+        assert_eq!(
+            snap.allocated[&B],
+            Allocated {
+                bytes: 2800,
+                blocks: 400
+            }
+        );
         assert_eq!(snap.sites.len(), 1, "B never survives");
         assert_eq!(snap.sites[0].site, A);
         assert_eq!(snap.sites[0].blocks, a_blocks.len() as u64);

@@ -9,7 +9,10 @@
 
 use std::{collections::BTreeMap, fmt::Write};
 
-use crate::{report::Report, symbolize::Frame};
+use crate::{
+    report::{Report, SiteReport},
+    symbolize::Frame,
+};
 
 /// leaktrace's own resource use, for its `process`-like metrics.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,11 +56,12 @@ fn page_size() -> u64 {
 /// A metric family being written: HELP and TYPE once, then its samples.
 struct Family<'a> {
     out: &'a mut String,
+    name: &'static str,
 }
 
 impl Family<'_> {
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let _ = write!(self.out, "{name}");
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.out, "{}", self.name);
         if !labels.is_empty() {
             self.out.push('{');
             for (i, (k, v)) in labels.iter().enumerate() {
@@ -72,10 +76,20 @@ impl Family<'_> {
     }
 }
 
-fn family<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
-    Family { out }
+    Family { out, name }
+}
+
+/// A gauge with one unlabelled sample.
+fn gauge(out: &mut String, name: &'static str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, "gauge", help).sample(&[], value);
+}
+
+/// A counter with one unlabelled sample.
+fn counter(out: &mut String, name: &'static str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, "counter", help).sample(&[], value);
 }
 
 /// Label values escape backslash, quote and newline.
@@ -125,51 +139,79 @@ fn by_label(items: impl Iterator<Item = (String, u64)>) -> Vec<(String, u64)> {
 /// The text exposition of `report`.
 pub fn render(report: &Report, own: OwnUsage) -> String {
     let mut out = String::new();
-    let pid = report.pid.to_string();
     let o = &mut out;
-
-    family(o, "leaktrace_target_info", "gauge", "The traced process (value 1).").sample(
+    let pid = report.pid.to_string();
+    let go_version = report.go.as_ref().map_or("", |g| g.version.as_str());
+    family(
+        o,
         "leaktrace_target_info",
+        "gauge",
+        "The traced process (value 1).",
+    )
+    .sample(
         &[
             ("pid", &pid),
             ("comm", &report.comm),
-            ("go_version", report.go.as_ref().map_or("", |g| g.version.as_str())),
+            ("go_version", go_version),
         ],
         1,
     );
-    family(o, "leaktrace_report_sequence", "gauge", "Sequence number of the report these values come from.")
-        .sample("leaktrace_report_sequence", &[], report.seq);
-    family(o, "leaktrace_live_bytes", "gauge", "Bytes of every outstanding traced allocation, young ones included.")
-        .sample("leaktrace_live_bytes", &[], report.live_bytes);
-    family(o, "leaktrace_live_allocations", "gauge", "Outstanding traced allocations, young ones included.")
-        .sample("leaktrace_live_allocations", &[], report.live_blocks);
+    gauge(
+        o,
+        "leaktrace_report_sequence",
+        "Sequence number of the report these values come from.",
+        report.seq,
+    );
+    gauge(
+        o,
+        "leaktrace_live_bytes",
+        "Bytes of every outstanding traced allocation, young ones included.",
+        report.live_bytes,
+    );
+    gauge(
+        o,
+        "leaktrace_live_allocations",
+        "Outstanding traced allocations, young ones included.",
+        report.live_blocks,
+    );
 
-    let shown_bytes = by_label(report.sites.iter().map(|s| (site_label(&s.frames), s.bytes)));
-    let shown_blocks = by_label(report.sites.iter().map(|s| (site_label(&s.frames), s.blocks)));
-    let other_bytes = report.old_bytes.saturating_sub(shown_bytes.iter().map(|x| x.1).sum());
-    let other_blocks = report.old_blocks.saturating_sub(shown_blocks.iter().map(|x| x.1).sum());
-    let mut f = family(
-        o,
-        "leaktrace_outstanding_bytes",
-        "gauge",
-        "Bytes outstanding longer than --older-than, by allocation site (top sites; the rest as site=\"other\").",
-    );
-    for (label, v) in &shown_bytes {
-        f.sample("leaktrace_outstanding_bytes", &[("site", label)], v);
+    // Top sites by label, the rest of the report's total as "other".
+    for (name, what, total, amount) in [
+        (
+            "leaktrace_outstanding_bytes",
+            "Bytes",
+            report.old_bytes,
+            (|s: &SiteReport| s.bytes) as fn(&SiteReport) -> u64,
+        ),
+        (
+            "leaktrace_outstanding_allocations",
+            "Blocks",
+            report.old_blocks,
+            |s: &SiteReport| s.blocks,
+        ),
+    ] {
+        let help = format!(
+            "{what} outstanding longer than --older-than, by allocation site (top sites; the rest as site=\"other\")."
+        );
+        let shown = by_label(
+            report
+                .sites
+                .iter()
+                .map(|s| (site_label(&s.frames), amount(s))),
+        );
+        let other = total.saturating_sub(shown.iter().map(|x| x.1).sum());
+        let mut f = family(o, name, "gauge", &help);
+        for (label, v) in &shown {
+            f.sample(&[("site", label)], v);
+        }
+        f.sample(&[("site", "other")], other);
     }
-    f.sample("leaktrace_outstanding_bytes", &[("site", "other")], other_bytes);
-    let mut f = family(
+    gauge(
         o,
-        "leaktrace_outstanding_allocations",
-        "gauge",
-        "Blocks outstanding longer than --older-than, by allocation site (top sites; the rest as site=\"other\").",
+        "leaktrace_sites",
+        "Allocation sites with blocks outstanding longer than --older-than.",
+        report.sites_total,
     );
-    for (label, v) in &shown_blocks {
-        f.sample("leaktrace_outstanding_allocations", &[("site", label)], v);
-    }
-    f.sample("leaktrace_outstanding_allocations", &[("site", "other")], other_blocks);
-    family(o, "leaktrace_sites", "gauge", "Allocation sites with blocks outstanding longer than --older-than.")
-        .sample("leaktrace_sites", &[], report.sites_total);
 
     let mut f = family(
         o,
@@ -177,11 +219,20 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "gauge",
         "Threads and child processes alive longer than --older-than, by spawn site.",
     );
-    for (label, v) in by_label(report.threads.iter().map(|t| (site_label(&t.frames), t.count))) {
-        f.sample("leaktrace_leaked_threads", &[("site", &label)], v);
+    for (label, v) in by_label(
+        report
+            .threads
+            .iter()
+            .map(|t| (site_label(&t.frames), t.count)),
+    ) {
+        f.sample(&[("site", &label)], v);
     }
-    family(o, "leaktrace_threads_before_attach", "gauge", "Threads that existed at attach and are still alive.")
-        .sample("leaktrace_threads_before_attach", &[], report.threads_before_attach.len());
+    gauge(
+        o,
+        "leaktrace_threads_before_attach",
+        "Threads that existed at attach and are still alive.",
+        report.threads_before_attach.len(),
+    );
 
     if let Some(go) = &report.go {
         let mut f = family(
@@ -190,39 +241,93 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
             "gauge",
             "Goroutines alive longer than --older-than by creation site (created=after-attach), and those from before attach.",
         );
-        for (label, v) in by_label(go.goroutines.iter().map(|g| (site_label(std::slice::from_ref(&g.created_by)), g.count))) {
-            f.sample("leaktrace_goroutines", &[("site", &label), ("created", "after-attach")], v);
+        let created_at = |f: &Frame| site_label(std::slice::from_ref(f));
+        for (label, v) in by_label(
+            go.goroutines
+                .iter()
+                .map(|g| (created_at(&g.created_by), g.count)),
+        ) {
+            f.sample(&[("site", &label), ("created", "after-attach")], v);
         }
-        for (label, v) in by_label(go.before_attach.iter().flatten().map(|g| (site_label(std::slice::from_ref(&g.created_by)), g.count))) {
-            f.sample("leaktrace_goroutines", &[("site", &label), ("created", "before-attach")], v);
+        for (label, v) in by_label(
+            go.before_attach
+                .iter()
+                .flatten()
+                .map(|g| (created_at(&g.created_by), g.count)),
+        ) {
+            f.sample(&[("site", &label), ("created", "before-attach")], v);
         }
-        family(o, "leaktrace_go_goroutines_created_live", "gauge", "Goroutines created since attach and alive now, young ones included.")
-            .sample("leaktrace_go_goroutines_created_live", &[], go.goroutines_live);
+        gauge(
+            o,
+            "leaktrace_go_goroutines_created_live",
+            "Goroutines created since attach and alive now, young ones included.",
+            go.goroutines_live,
+        );
         if let Some(h) = &go.heap {
-            family(o, "leaktrace_go_heap_live_bytes", "gauge", "Go heap bytes marked live by the last GC.")
-                .sample("leaktrace_go_heap_live_bytes", &[], h.live_after_gc);
+            gauge(
+                o,
+                "leaktrace_go_heap_live_bytes",
+                "Go heap bytes marked live by the last GC.",
+                h.live_after_gc,
+            );
         }
         if let Some(m) = &go.memstats {
-            family(o, "leaktrace_go_heap_alloc_bytes", "gauge", "runtime.MemStats.HeapAlloc of the target.")
-                .sample("leaktrace_go_heap_alloc_bytes", &[], m.heap_alloc);
-            family(o, "leaktrace_go_heap_inuse_bytes", "gauge", "runtime.MemStats.HeapInuse of the target.")
-                .sample("leaktrace_go_heap_inuse_bytes", &[], m.heap_inuse);
-            family(o, "leaktrace_go_heap_objects", "gauge", "runtime.MemStats.HeapObjects of the target.")
-                .sample("leaktrace_go_heap_objects", &[], m.heap_objects);
-            family(o, "leaktrace_go_next_gc_bytes", "gauge", "runtime.MemStats.NextGC (heap goal) of the target.")
-                .sample("leaktrace_go_next_gc_bytes", &[], m.next_gc);
-            family(o, "leaktrace_go_sys_bytes", "gauge", "runtime.MemStats.Sys of the target.")
-                .sample("leaktrace_go_sys_bytes", &[], m.sys);
-            family(o, "leaktrace_go_gc_cycles_total", "counter", "Completed GC cycles of the target (runtime.MemStats.NumGC).")
-                .sample("leaktrace_go_gc_cycles_total", &[], m.num_gc);
+            gauge(
+                o,
+                "leaktrace_go_heap_alloc_bytes",
+                "runtime.MemStats.HeapAlloc of the target.",
+                m.heap_alloc,
+            );
+            gauge(
+                o,
+                "leaktrace_go_heap_inuse_bytes",
+                "runtime.MemStats.HeapInuse of the target.",
+                m.heap_inuse,
+            );
+            gauge(
+                o,
+                "leaktrace_go_heap_objects",
+                "runtime.MemStats.HeapObjects of the target.",
+                m.heap_objects,
+            );
+            gauge(
+                o,
+                "leaktrace_go_next_gc_bytes",
+                "runtime.MemStats.NextGC (heap goal) of the target.",
+                m.next_gc,
+            );
+            gauge(
+                o,
+                "leaktrace_go_sys_bytes",
+                "runtime.MemStats.Sys of the target.",
+                m.sys,
+            );
+            counter(
+                o,
+                "leaktrace_go_gc_cycles_total",
+                "Completed GC cycles of the target (runtime.MemStats.NumGC).",
+                m.num_gc,
+            );
             if let Some(n) = m.goroutines {
-                family(o, "leaktrace_go_goroutines", "gauge", "Goroutines of the target (what runtime.NumGoroutine returns).")
-                    .sample("leaktrace_go_goroutines", &[], n);
+                gauge(
+                    o,
+                    "leaktrace_go_goroutines",
+                    "Goroutines of the target (what runtime.NumGoroutine returns).",
+                    n,
+                );
             }
-            family(o, "leaktrace_target_threads", "gauge", "OS threads of the target.")
-                .sample("leaktrace_target_threads", &[], m.os_threads);
-            family(o, "leaktrace_target_resident_memory_bytes", "gauge", "Resident memory of the target.")
-                .sample("leaktrace_target_resident_memory_bytes", &[], m.rss_bytes);
+            gauge(
+                o,
+                "leaktrace_target_threads",
+                "OS threads of the target.",
+                m.os_threads,
+            );
+            gauge(
+                o,
+                "leaktrace_target_resident_memory_bytes",
+                "Resident memory of the target.",
+                m.rss_bytes,
+            );
         }
     }
 
@@ -244,7 +349,7 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         ("goroutine_map_full", d.goroutine_map_full),
         ("goroutine_unreadable", d.goroutine_unreadable),
     ] {
-        f.sample("leaktrace_dropped_events_total", &[("reason", reason)], v);
+        f.sample(&[("reason", reason)], v);
     }
     let c = &d.cut_short;
     let mut f = family(
@@ -260,17 +365,33 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         ("unreadable_stack", c.unreadable_stack),
         ("unsupported_rule", c.unsupported_rule),
     ] {
-        f.sample("leaktrace_stacks_cut_short_total", &[("reason", reason)], v);
+        f.sample(&[("reason", reason)], v);
     }
     if let Some(s) = &report.suppressed {
-        family(o, "leaktrace_suppressed_sites", "gauge", "Sites hidden by --suppressions.")
-            .sample("leaktrace_suppressed_sites", &[], s.sites);
-        family(o, "leaktrace_suppressed_bytes", "gauge", "Outstanding bytes of the sites hidden by --suppressions.")
-            .sample("leaktrace_suppressed_bytes", &[], s.bytes);
+        gauge(
+            o,
+            "leaktrace_suppressed_sites",
+            "Sites hidden by --suppressions.",
+            s.sites,
+        );
+        gauge(
+            o,
+            "leaktrace_suppressed_bytes",
+            "Outstanding bytes of the sites hidden by --suppressions.",
+            s.bytes,
+        );
     }
-    family(o, "leaktrace_cpu_seconds_total", "counter", "CPU time leaktrace itself used (user and system).")
-        .sample("leaktrace_cpu_seconds_total", &[], format!("{:.6}", own.cpu_seconds));
-    family(o, "leaktrace_resident_memory_bytes", "gauge", "Resident memory of leaktrace itself.")
-        .sample("leaktrace_resident_memory_bytes", &[], own.resident_bytes);
+    counter(
+        o,
+        "leaktrace_cpu_seconds_total",
+        "CPU time leaktrace itself used (user and system).",
+        format!("{:.6}", own.cpu_seconds),
+    );
+    gauge(
+        o,
+        "leaktrace_resident_memory_bytes",
+        "Resident memory of leaktrace itself.",
+        own.resident_bytes,
+    );
     out
 }

@@ -154,7 +154,10 @@ impl ExportPaths {
             std::fs::create_dir_all(dir).map_err(err)?;
             probe_write(&dir.join(".leaktrace-check")).map_err(err)?;
         }
-        for (flag, path) in [("--folded", &self.folded), ("--flamegraph", &self.flamegraph)] {
+        for (flag, path) in [
+            ("--folded", &self.folded),
+            ("--flamegraph", &self.flamegraph),
+        ] {
             if let Some(path) = path {
                 probe_write(path).map_err(|source| ExportError::Unwritable {
                     flag,
@@ -226,7 +229,11 @@ impl Exporter {
             write_atomically(path, &svg)?;
         }
         if let Some(live) = &self.live {
-            live.publish(heap, goroutine, metrics::render(report, metrics::OwnUsage::now()));
+            live.publish(
+                heap,
+                goroutine,
+                metrics::render(report, metrics::OwnUsage::now()),
+            );
         }
         Ok(())
     }

@@ -39,12 +39,14 @@ impl ModuleMap {
             let Some(path) = m.path.as_deref().filter(|p| p.starts_with('/')) else {
                 continue;
             };
-            let o = next.entry(path.to_string()).or_insert_with(|| MappedObject {
-                start: m.start,
-                limit: m.end,
-                file_offset: m.file_offset,
-                build_id: String::new(),
-            });
+            let o = next
+                .entry(path.to_string())
+                .or_insert_with(|| MappedObject {
+                    start: m.start,
+                    limit: m.end,
+                    file_offset: m.file_offset,
+                    build_id: String::new(),
+                });
             if m.start < o.start {
                 o.start = m.start;
                 o.file_offset = m.file_offset;
@@ -73,7 +75,11 @@ fn build_id(pid: u32, path: &str) -> Option<String> {
     let note = section.data().ok()?;
     // namesz, descsz, type, "Go\0\0", desc.
     let desc = note.get(16..)?;
-    Some(String::from_utf8_lossy(desc).trim_end_matches('\0').to_string())
+    Some(
+        String::from_utf8_lossy(desc)
+            .trim_end_matches('\0')
+            .to_string(),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -68,7 +68,11 @@ pub fn heap(profiles: &Profiles, modules: &ModuleMap) -> Profile {
 /// The goroutine profile: goroutines alive longer than the threshold, by
 /// the stack that created them (not their current stack, as Go's own
 /// profile has), and those from before attach by their `go` statement.
-pub fn goroutines(profiles: &Profiles, samples: &[GoroutineSample], modules: &ModuleMap) -> Profile {
+pub fn goroutines(
+    profiles: &Profiles,
+    samples: &[GoroutineSample],
+    modules: &ModuleMap,
+) -> Profile {
     let mut b = Builder::new(modules);
     let vt = b.value_type("goroutine", "count");
     b.profile.sample_type.push(vt.clone());
@@ -181,18 +185,20 @@ impl<'a> Builder<'a> {
         let outer = &group[group.len() - 1];
         // The call instruction, not the return address after it.
         let address = outer.address.saturating_sub(1);
-        if outer.symbol.is_none() {
-            if let Some(&id) = self.unknown_locations.get(&address) {
-                return id;
-            }
-        } else {
-            let key: Vec<_> = group
+        // Symbolized locations are one per source position (several call
+        // sites of one line merge, as in the report); others per address.
+        let key: Option<Vec<SourceLine>> = outer.symbol.is_some().then(|| {
+            group
                 .iter()
                 .map(|f| (f.symbol.clone().unwrap_or_default(), f.file.clone(), f.line))
-                .collect();
-            if let Some(&id) = self.locations.get(&key) {
-                return id;
-            }
+                .collect()
+        });
+        let known = match &key {
+            Some(k) => self.locations.get(k),
+            None => self.unknown_locations.get(&address),
+        };
+        if let Some(&id) = known {
+            return id;
         }
         let mapping_id = outer
             .location
@@ -207,22 +213,16 @@ impl<'a> Builder<'a> {
             })
             .collect();
         let id = self.profile.location.len() as u64 + 1;
-        let known = !line.is_empty();
         self.profile.location.push(Location {
             id,
             mapping_id,
             address,
             line,
         });
-        if known {
-            let key: Vec<_> = group
-                .iter()
-                .map(|f| (f.symbol.clone().unwrap_or_default(), f.file.clone(), f.line))
-                .collect();
-            self.locations.insert(key, id);
-        } else {
-            self.unknown_locations.insert(address, id);
-        }
+        match key {
+            Some(k) => self.locations.insert(k, id),
+            None => self.unknown_locations.insert(address, id),
+        };
         id
     }
 
@@ -337,7 +337,10 @@ mod tests {
             .map(|l| s(prof.function[l.function_id as usize - 1].name))
             .collect();
         assert_eq!(names, ["inner", "outer"]);
-        assert!(prof.mapping.iter().all(|m| m.has_functions && m.has_inline_frames));
+        assert!(prof
+            .mapping
+            .iter()
+            .all(|m| m.has_functions && m.has_inline_frames));
         // Decodes back through the gzip layer.
         let gz = encode(&prof).expect("encode");
         let mut raw = Vec::new();
@@ -364,6 +367,9 @@ mod tests {
         let prof = goroutines(&p, &samples, &ModuleMap::default());
         let counts: Vec<_> = prof.sample.iter().map(|s| s.value[0]).collect();
         assert_eq!(counts, [9, 2]);
-        assert_eq!(prof.string_table[prof.sample_type[0].r#type as usize], "goroutine");
+        assert_eq!(
+            prof.string_table[prof.sample_type[0].r#type as usize],
+            "goroutine"
+        );
     }
 }

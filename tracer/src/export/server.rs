@@ -77,7 +77,9 @@ pub fn bind(addr: &str, public: bool) -> Result<TcpListener, ListenError> {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -112,7 +114,12 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET only\n");
+        return respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"GET only\n",
+        );
     }
     let bodies = match shared.0.lock() {
         Ok(b) => b,
@@ -134,7 +141,11 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             (None, None) => ("503 Service Unavailable", "text/plain", not_yet.to_vec()),
         },
         "/metrics" => match &bodies.metrics {
-            Some(m) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m.clone().into_bytes()),
+            Some(m) => (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                m.clone().into_bytes(),
+            ),
             None => ("503 Service Unavailable", "text/plain", not_yet.to_vec()),
         },
         "/" | "/debug/pprof/" => (
@@ -165,8 +176,14 @@ mod tests {
 
     #[test]
     fn only_loopback_without_the_extra_flag() {
-        assert!(matches!(bind("0.0.0.0:0", false), Err(ListenError::NotLoopback(_))));
-        assert!(matches!(bind("nonsense", false), Err(ListenError::BadAddress(_))));
+        assert!(matches!(
+            bind("0.0.0.0:0", false),
+            Err(ListenError::NotLoopback(_))
+        ));
+        assert!(matches!(
+            bind("nonsense", false),
+            Err(ListenError::BadAddress(_))
+        ));
         let l = bind("127.0.0.1:0", false).expect("loopback binds");
         let port = l.local_addr().expect("addr").port();
         // The same port again: in use.

@@ -163,8 +163,14 @@ mod tests {
         assert!(template_matches("^make_node$", "make_node"));
         assert!(!template_matches("^make_node$", "make_node2"));
         assert!(template_matches("m*e_n*e", "make_node"));
-        assert!(template_matches("^/lib*/ld-linux-*.so.2$", "/lib64/ld-linux-x86-64.so.2"));
-        assert!(!template_matches("^/lib*/ld-linux-*.so.2$", "/lib64/ld-linux-x86-64.so.3"));
+        assert!(template_matches(
+            "^/lib*/ld-linux-*.so.2$",
+            "/lib64/ld-linux-x86-64.so.2"
+        ));
+        assert!(!template_matches(
+            "^/lib*/ld-linux-*.so.2$",
+            "/lib64/ld-linux-x86-64.so.3"
+        ));
         assert!(template_matches("*", "x"));
         assert!(!template_matches("x", ""));
         assert!(template_matches("ab*$", "abc"));

@@ -182,9 +182,9 @@ impl ReportBuilder {
                 None => true,
             });
             // Rules in file order, as the user wrote them.
-            counted.by_rule.sort_by_key(|(rule, _, _)| {
-                rules.patterns.iter().position(|p| p == rule)
-            });
+            counted
+                .by_rule
+                .sort_by_key(|(rule, _, _)| rules.patterns.iter().position(|p| p == rule));
             counted
         });
         self.growth.apply(&mut sites);

@@ -16,7 +16,6 @@ use tracer_common::StackEnd;
 
 use crate::{cli::Format, collect::Dropped, golang::GoReport, symbolize::Frame};
 
-
 pub use aggregate::Trend;
 
 pub use text::{bytes, human_duration, Style};
