@@ -109,3 +109,66 @@ pub(crate) fn container_id() -> String {
     };
     (0..4).map(|_| format!("{:016x}", next())).collect()
 }
+
+/// A memory cgroup with a limit, as `docker run --memory` makes one: under
+/// cgroup v1's memory controller where it is mounted, else under v2's.
+/// Removed on drop (once its processes have gone).
+pub struct MemoryLimit {
+    /// The cgroup's path as /proc/PID/cgroup names it.
+    pub path: String,
+    dir: PathBuf,
+}
+
+impl MemoryLimit {
+    pub fn new(limit: u64) -> MemoryLimit {
+        let name = format!("leaktrace-test-{}", &container_id()[..12]);
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let (dir, files): (PathBuf, &[(&str, String)]) = if v1.join("memory.limit_in_bytes").exists() {
+            // No swap for it, so that the limit is where the OOM killer fires.
+            (
+                v1.join(&name),
+                &[
+                    ("memory.limit_in_bytes", limit.to_string()),
+                    ("memory.swappiness", "0".to_string()),
+                ],
+            )
+        } else {
+            let root = cgroup2_root().expect("a cgroup v1 memory controller or cgroup v2");
+            let _ = fs::write(root.join("cgroup.subtree_control"), "+memory");
+            (
+                root.join(&name),
+                &[
+                    ("memory.max", limit.to_string()),
+                    ("memory.swap.max", "0".to_string()),
+                ],
+            )
+        };
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        for (file, value) in files {
+            // swap files are absent when the kernel has no swap accounting.
+            if let Err(e) = fs::write(dir.join(file), value) {
+                assert!(file.contains("swap"), "write {}/{file}: {e}", dir.display());
+            }
+        }
+        MemoryLimit {
+            path: format!("/{name}"),
+            dir,
+        }
+    }
+
+    /// The file a process writes its PID to, to join the cgroup.
+    pub fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for MemoryLimit {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

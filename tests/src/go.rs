@@ -192,8 +192,26 @@ impl GoService {
 
     /// Starts the service with extra environment variables (e.g. GOGC).
     pub fn start_with_env(path: &Path, args: &[&str], env: &[(&str, &str)]) -> GoService {
-        let mut child = Command::new(path)
-            .args(args)
+        let mut cmd = Command::new(path);
+        cmd.args(args);
+        GoService::spawn(cmd, path, env)
+    }
+
+    /// Starts the service inside the cgroup whose `cgroup.procs` file is
+    /// `procs`, joined before exec so that every page it touches is
+    /// charged there.
+    pub fn start_in_cgroup(path: &Path, args: &[&str], procs: &Path) -> GoService {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0" && exec "$@""#)
+            .arg(procs)
+            .arg(path)
+            .args(args);
+        GoService::spawn(cmd, path, &[])
+    }
+
+    fn spawn(mut cmd: Command, path: &Path, env: &[(&str, &str)]) -> GoService {
+        let mut child = cmd
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -224,28 +242,31 @@ impl GoService {
 /// connection after the body, so no framing to parse); returns the body.
 /// Panics unless the status is 200.
 pub fn http_get(port: u16, path: &str) -> String {
+    try_http_get(port, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_get`] that says what went wrong instead of panicking.
+pub fn try_http_get(port: u16, path: &str) -> Result<String, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let timeout = Duration::from_secs(20);
-    let mut conn = TcpStream::connect_timeout(&addr, timeout)
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    conn.set_read_timeout(Some(timeout))
-        .expect("set read timeout");
-    conn.set_write_timeout(Some(timeout))
-        .expect("set write timeout");
-    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    let fail = |e: std::io::Error| format!("GET {path} from {addr}: {e}");
+    let mut conn = TcpStream::connect_timeout(&addr, timeout).map_err(fail)?;
+    conn.set_read_timeout(Some(timeout)).map_err(fail)?;
+    conn.set_write_timeout(Some(timeout)).map_err(fail)?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(fail)?;
     let mut response = String::new();
-    conn.read_to_string(&mut response)
-        .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+    conn.read_to_string(&mut response).map_err(fail)?;
     let (head, body) = response
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path} from {addr}: no HTTP response: {response:?}"));
+        .ok_or_else(|| format!("GET {path} from {addr}: no HTTP response: {response:?}"))?;
     let status = head
         .lines()
         .next()
         .and_then(|l| l.split_whitespace().nth(1));
-    assert_eq!(status, Some("200"), "GET {path} from {addr}: {head}");
-    body.to_string()
+    if status != Some("200") {
+        return Err(format!("GET {path} from {addr}: {head}"));
+    }
+    Ok(body.to_string())
 }
 
 /// The Gin service (tests/fixtures/gin_service.go) built by Go `version` in

@@ -406,3 +406,80 @@ fn unclosed_grpc_streams_go1_25() {
 fn unclosed_grpc_streams_go1_27() {
     unclosed_grpc_streams_leak_on_both_sides("1.27.3");
 }
+
+/// A Gin service in a container whose memory limit its unbounded session
+/// map outgrows: the OOM killer ends it. leaktrace says so, and its final
+/// report, written after the death, shows what the service held when it
+/// died: exactly the 9 goroutines its timed-out searches left blocked, at
+/// their `go` statement; the cgroup at its limit with the kill counted; the
+/// map's site on top of the Go heap.
+#[test]
+fn gin_service_killed_by_the_oom_killer() {
+    let version = "1.25.5";
+    let bin = gin_fixture(version);
+    let limit = MemoryLimit::new(96 << 20);
+    let mut service = GoService::start_in_cgroup(&bin, &[], &limit.procs());
+    let mut lt = Leaktrace::attach(
+        service.pid(),
+        &["--go-memprofile", "-i", "1", "--older-than", "1s"],
+    );
+    for _ in 0..30 {
+        assert_eq!(http_get(service.port, "/ping"), "pong");
+    }
+    assert_eq!(http_get(service.port, "/search?n=9"), "ok");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http_get(service.port, "/searched") != "9" {
+        assert!(std::time::Instant::now() < deadline, "workers not all blocked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = lt.next_report();
+    assert_eq!(before["oom_killed"], false, "{before}");
+    assert_eq!(before["memory_cgroup"]["path"], limit.path.as_str(), "{before}");
+    assert_eq!(before["memory_cgroup"]["limit_bytes"], 96 << 20, "{before}");
+    assert_eq!(before["memory_cgroup"]["oom_kills"], 0, "{before}");
+    // 1 MiB more sessions per request until the service dies.
+    let mut served = 0;
+    let died = loop {
+        match try_http_get(service.port, "/remember?n=64") {
+            Ok(_) => served += 1,
+            Err(e) => break e,
+        }
+        assert!(served < 500, "the service never reached its limit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (status, reports, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(!service.is_alive(), "still alive after {died}");
+    let last = reports.last().expect("a final report");
+    assert_eq!(last["final"], true, "{last}");
+    assert_eq!(last["target_exited"], true, "{last}");
+    assert_eq!(last["oom_killed"], true, "{last}");
+    let cgroup = &last["memory_cgroup"];
+    assert_eq!(cgroup["path"], limit.path.as_str(), "{last}");
+    assert_eq!(cgroup["limit_bytes"], 96 << 20, "{last}");
+    assert_eq!(cgroup["oom_kills"], 1, "{last}");
+    // It died at its limit (the kernel reclaims a little before it kills).
+    let peak = cgroup["peak_bytes"].as_u64().expect("peak");
+    assert!(peak > 90 << 20 && peak <= 96 << 20, "{last}");
+    let said = format!(
+        "leaktrace: pid {} was killed by the OOM killer (memory cgroup {}, limit 100663296 B (96.0 MiB)); \
+         the final report shows what it held when it died",
+        service.pid(),
+        limit.path
+    );
+    assert!(stderr.contains(&said), "{stderr:?}");
+    // The goroutines it held when it died: the 9 blocked workers, nothing
+    // else of its own.
+    let goroutines = last["go"]["goroutines"].as_array().expect("goroutines");
+    let ours: Vec<&Value> = goroutines
+        .iter()
+        .filter(|s| s["created_by"]["symbol"].as_str().is_some_and(|c| c.starts_with("main.")))
+        .collect();
+    assert_eq!(ours.len(), 1, "{last}");
+    assert_eq!(ours[0]["start_function"], "main.searchWorker", "{last}");
+    assert_eq!(ours[0]["created_by"]["symbol"], "main.search", "{last}");
+    assert_eq!(ours[0]["count"], 9, "{last}");
+    // Its heap: the session map's site on top of the runtime's profile.
+    let top = heap_sites(last).first().copied().expect("a Go heap profile");
+    assert_eq!(first_function(top), "main.rememberSession", "{last}");
+}

@@ -36,6 +36,10 @@ static TASKS: HashMap<u32, TaskRecord> =
 #[map]
 static TASK_CONFIG: Array<TaskConfig> = Array::with_max_entries(1, 0);
 
+/// When the OOM killer chose the target (bpf_ktime_get_ns), 0 until then.
+#[map]
+static OOM_KILLED: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Entry of a spawn function.
 #[uprobe]
 pub fn spawn_entry(ctx: ProbeContext) -> u32 {
@@ -133,6 +137,29 @@ pub fn task_exit(_ctx: RawTracePointContext) -> i32 {
     // SAFETY: as above.
     if unsafe { SPAWN_PENDING.get(&tid) }.is_some() {
         let _ = SPAWN_PENDING.remove(&tid);
+    }
+    0
+}
+
+/// `mark_victim(struct task_struct *task, uid_t uid)`: the OOM killer has
+/// chosen `task`, in whichever task ran out of memory. Fires once per kill,
+/// so it costs nothing while the target lives.
+#[raw_tracepoint(tracepoint = "mark_victim")]
+pub fn oom_victim(ctx: RawTracePointContext) -> i32 {
+    let Some(cfg) = TASK_CONFIG.get(0).copied() else {
+        return 0;
+    };
+    let victim: u64 = ctx.arg(0);
+    // SAFETY: reading one integer of a live task_struct at an offset taken
+    // from this kernel's BTF; a failure is handled.
+    let tgid = unsafe { bpf_probe_read_kernel((victim + cfg.tgid_offset as u64) as *const i32) };
+    if cfg.target_tgid == 0 || tgid != Ok(cfg.target_tgid as i32) {
+        return 0;
+    }
+    if let Some(slot) = OOM_KILLED.get_ptr_mut(0) {
+        // SAFETY: a valid pointer into the array's one element; a racing
+        // writer could only write the same kind of value.
+        unsafe { *slot = bpf_ktime_get_ns() };
     }
     0
 }

@@ -51,6 +51,8 @@ pub struct ExistingTask {
 pub struct TaskSnapshot {
     pub groups: Vec<SpawnGroup>,
     pub existing: Vec<ExistingTask>,
+    /// The OOM killer chose the target (it dies, or has died, of it).
+    pub oom_killed: bool,
 }
 
 pub struct TaskCollector {
@@ -122,7 +124,12 @@ impl TaskCollector {
                 })
             })
             .collect();
-        Ok(TaskSnapshot { groups, existing })
+        let oom_killed = self.maps.oom_killed.get(&0, 0)? != 0;
+        Ok(TaskSnapshot {
+            groups,
+            existing,
+            oom_killed,
+        })
     }
 }
 

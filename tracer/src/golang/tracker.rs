@@ -68,6 +68,18 @@ pub struct GoTracker {
     leak_check: Option<Result<LeakCheck, String>>,
     leak_check_armed_at: Option<u32>,
     leak_check_ran: bool,
+    /// What was last read out of the process, for the report after it
+    /// exited (an OOM kill above all: the state it died in).
+    last_read: LastRead,
+}
+
+/// The out-of-process readings of the last report that had them.
+#[derive(Default)]
+struct LastRead {
+    at: Option<std::time::Instant>,
+    heap: Option<GoHeapReport>,
+    heap_profile: Option<Vec<GoHeapSiteReport>>,
+    memstats: Option<super::memstats::MemStats>,
 }
 
 impl GoTracker {
@@ -107,6 +119,7 @@ impl GoTracker {
             leak_check: None,
             leak_check_armed_at: None,
             leak_check_ran: false,
+            last_read: LastRead::default(),
         };
         t.exe = File::open(&t.target.path).ok();
         let vars = &t.target.binary.vars;
@@ -438,12 +451,18 @@ impl GoTracker {
         load_bias(self.pid, &self.target).unwrap_or(0)
     }
 
+    /// This report's Go section. Once the target has exited, its memory can
+    /// no longer be read: the heap, heap profile and MemStats are the last
+    /// ones read, and the census the last one taken.
     pub async fn report(
         &mut self,
         symbolizer: &Symbolizer,
         stacks: &mut Stacks,
+        target_exited: bool,
     ) -> Result<GoReport, SymbolizerGone> {
-        self.try_memprofile();
+        if !target_exited {
+            self.try_memprofile();
+        }
         let mut notes = self.notes.clone();
         let bias = self.bias();
         let snap = match &self.collector {
@@ -523,11 +542,35 @@ impl GoTracker {
         let all_goroutines = goroutines.clone();
         goroutines.truncate(self.top);
 
-        let before_attach = self.census(&mut notes, symbolizer, &snap).await?;
-        let heap = self.heap_reading(&mut notes);
-        let heap_profile = self.heap_profile(&mut notes, symbolizer).await?;
-        let proven_leaked = self.proven_leaked(&mut notes, symbolizer).await?;
-        let memstats = self.mem_stats(&mut notes);
+        let (before_attach, heap, heap_profile, proven_leaked, memstats) = if target_exited {
+            let last = &self.last_read;
+            if let Some(at) = last.at {
+                notes.push(format!(
+                    "the target has exited: its Go heap, heap profile and MemStats are as read \
+                     {} before",
+                    crate::report::human_duration(at.elapsed())
+                ));
+            }
+            (
+                self.last_census.clone(),
+                last.heap.clone(),
+                last.heap_profile.clone(),
+                None,
+                last.memstats,
+            )
+        } else {
+            let before_attach = self.census(&mut notes, symbolizer, &snap).await?;
+            let heap = self.heap_reading(&mut notes);
+            let heap_profile = self.heap_profile(&mut notes, symbolizer).await?;
+            let proven_leaked = self.proven_leaked(&mut notes, symbolizer).await?;
+            let memstats = self.mem_stats(&mut notes);
+            let last = &mut self.last_read;
+            last.at = Some(std::time::Instant::now());
+            last.heap = heap.clone().or(last.heap.take());
+            last.heap_profile = heap_profile.clone().or(last.heap_profile.take());
+            last.memstats = memstats.or(last.memstats);
+            (before_attach, heap, heap_profile, proven_leaked, memstats)
+        };
         Ok(GoReport {
             version: self.target.binary.version.clone(),
             goroutines_live: snap.live,

@@ -42,6 +42,8 @@ pub struct HeapMaps {
 pub struct TaskMaps {
     pub tasks: HashMap<MapData, u32, TaskRecord>,
     pub spawn_pending: HashMap<MapData, u32, SpawnPending>,
+    /// Non-zero once the OOM killer has chosen the target.
+    pub oom_killed: Array<MapData, u64>,
 }
 
 impl Probes {
@@ -79,6 +81,7 @@ impl Probes {
             tasks: TaskMaps {
                 tasks: take!("TASKS"),
                 spawn_pending: take!("SPAWN_PENDING"),
+                oom_killed: take!("OOM_KILLED"),
             },
             stacks: take!("STACKS"),
             goroutines: if self.go && self.mode == crate::cli::ProbeMode::Full {

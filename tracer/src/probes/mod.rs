@@ -47,9 +47,10 @@ pub struct Probes {
     go: bool,
 }
 
-const TASK_TRACEPOINTS: [(&str, &str); 2] = [
+const TASK_TRACEPOINTS: [(&str, &str); 3] = [
     ("task_fork", "sched_process_fork"),
     ("task_exit", "sched_process_exit"),
+    ("oom_victim", "mark_victim"),
 ];
 
 /// Checks the kernel can run what leaktrace needs, before touching anything.

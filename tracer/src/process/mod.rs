@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod container;
 pub mod launch;
+pub mod memcg;
 pub mod procfs;
 
 use std::{collections::HashSet, io};

@@ -18,7 +18,11 @@ use crate::{
         Profiles,
     },
     golang::GoTracker,
-    process::{allocator::Allocator, container::ContainerInfo},
+    process::{
+        allocator::Allocator,
+        container::ContainerInfo,
+        memcg::{MemoryCgroup, MemoryCgroupReading},
+    },
     symbolize::Symbolizer,
 };
 
@@ -52,6 +56,10 @@ pub struct ReportBuilder {
     /// Whether reports carry [`Profiles`] for the exports.
     profiles: bool,
     suppressions: Option<Suppressions>,
+    memory_cgroup: Option<MemoryCgroup>,
+    /// The last reading: an engine removes the cgroup soon after its
+    /// container died, and the final report still says what it was.
+    last_memory_cgroup: Option<MemoryCgroupReading>,
 }
 
 impl ReportBuilder {
@@ -65,6 +73,8 @@ impl ReportBuilder {
         go: Option<GoTracker>,
     ) -> Self {
         ReportBuilder {
+            memory_cgroup: MemoryCgroup::of(subject.pid),
+            last_memory_cgroup: None,
             subject,
             top,
             older_than,
@@ -215,7 +225,7 @@ impl ReportBuilder {
         self.thread_growth.apply(&mut threads);
         threads.truncate(self.top);
         let go = match &mut self.go {
-            Some(t) => Some(t.report(symbolizer, &mut self.stacks).await?),
+            Some(t) => Some(t.report(symbolizer, &mut self.stacks, target_exited).await?),
             None => None,
         };
         let profiles = match self.profiles {
@@ -239,6 +249,10 @@ impl ReportBuilder {
             }
             false => None,
         };
+
+        if let Some(reading) = self.memory_cgroup.as_ref().and_then(MemoryCgroup::read) {
+            self.last_memory_cgroup = Some(reading);
+        }
 
         Ok(Report {
             seq: self.seq,
@@ -270,6 +284,8 @@ impl ReportBuilder {
                 .collect(),
             go,
             target_exited,
+            oom_killed: tasks.oom_killed,
+            memory_cgroup: self.last_memory_cgroup.clone(),
             profiles,
             suppressed,
         })

@@ -23,12 +23,20 @@ fn to_value(r: &Report) -> Value {
         "seq": r.seq,
         "final": r.final_report,
         "target_exited": r.target_exited,
+        "oom_killed": r.oom_killed,
         "timestamp_ms": r.timestamp.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         "elapsed_ms": r.elapsed.as_millis() as u64,
         "pid": r.pid,
         "comm": r.comm,
         "pid_in_container": r.pid_in_container,
         "container_id": r.container_id,
+        "memory_cgroup": r.memory_cgroup.as_ref().map(|m| json!({
+            "path": m.path,
+            "usage_bytes": m.usage,
+            "limit_bytes": m.limit,
+            "peak_bytes": m.peak,
+            "oom_kills": m.oom_kills,
+        })),
         "older_than_ms": r.older_than.as_millis() as u64,
         "heap_traced": r.heap_traced,
         "live_bytes": r.live_bytes,
@@ -235,6 +243,14 @@ mod tests {
             }],
             go: None,
             target_exited: false,
+            oom_killed: true,
+            memory_cgroup: Some(crate::process::memcg::MemoryCgroupReading {
+                path: "/docker/abc".into(),
+                usage: 1000,
+                limit: Some(4096),
+                peak: Some(4096),
+                oom_kills: 1,
+            }),
             profiles: None,
             suppressed: None,
         };
@@ -261,5 +277,10 @@ mod tests {
         assert_eq!(v["threads"][0]["stack_bytes"], 4u64 << 23);
         assert_eq!(v["threads"][0]["spawned_by"], "pthread_create");
         assert_eq!(v["threads_before_attach"][0]["age_ms"], 60000);
+        assert_eq!(v["oom_killed"], true);
+        assert_eq!(
+            v["memory_cgroup"],
+            json!({"path": "/docker/abc", "usage_bytes": 1000, "limit_bytes": 4096, "peak_bytes": 4096, "oom_kills": 1})
+        );
     }
 }

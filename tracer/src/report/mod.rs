@@ -103,6 +103,10 @@ pub struct Report {
     pub go: Option<GoReport>,
     /// Set when the target exited before this report.
     pub target_exited: bool,
+    /// The kernel's OOM killer chose the target (it is dying or dead of it).
+    pub oom_killed: bool,
+    /// The target's memory cgroup (a container's limit), when mounted.
+    pub memory_cgroup: Option<crate::process::memcg::MemoryCgroupReading>,
     /// The whole reading, when exports (pprof, flame graphs, --listen) are on.
     pub profiles: Option<crate::export::Profiles>,
     /// With --suppressions: what the rules hid.

@@ -34,10 +34,11 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     } else {
         "report"
     };
-    let exited = if r.target_exited {
-        ", target exited"
-    } else {
-        ""
+    let exited = match (r.oom_killed, r.target_exited) {
+        (true, true) => ", target killed by the OOM killer",
+        (true, false) => ", target being killed by the OOM killer",
+        (false, true) => ", target exited",
+        (false, false) => "",
     };
     let container = match (&r.container_id, r.pid_in_container) {
         (Some(id), Some(p)) => format!(" [container {}, pid {p} inside]", &id[..12.min(id.len())]),
@@ -59,6 +60,9 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
             )
         )
     )?;
+    if let Some(m) = &r.memory_cgroup {
+        memory_cgroup(out, m)?;
+    }
     if !r.heap_traced {
         writeln!(
             out,
@@ -154,6 +158,36 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         )?;
     }
     writeln!(out)
+}
+
+/// Only for a cgroup with a limit or a kill: "/" on a host says nothing.
+fn memory_cgroup(
+    out: &mut impl Write,
+    m: &crate::process::memcg::MemoryCgroupReading,
+) -> io::Result<()> {
+    let kills = match m.oom_kills {
+        0 => String::new(),
+        1 => ", 1 OOM kill".to_string(),
+        n => format!(", {n} OOM kills"),
+    };
+    let percent = |of: u64, limit: u64| of.saturating_mul(100) / limit.max(1);
+    match m.limit {
+        Some(limit) => writeln!(
+            out,
+            "   memory cgroup {}: {} of its {} limit ({}%){}{kills}",
+            m.path,
+            bytes(m.usage),
+            bytes(limit),
+            percent(m.usage, limit),
+            m.peak
+                .map(|p| format!(", peak {} ({}%)", bytes(p), percent(p, limit)))
+                .unwrap_or_default(),
+        ),
+        None if m.oom_kills > 0 => {
+            writeln!(out, "   memory cgroup {}: {}, no limit{kills}", m.path, bytes(m.usage))
+        }
+        None => Ok(()),
+    }
 }
 
 fn heap_summary(out: &mut impl Write, r: &Report) -> io::Result<()> {

@@ -26,7 +26,7 @@ use crate::{
     },
     report::{
         builder::{ReportBuilder, Subject},
-        human_duration, Report, Reporter, Style,
+        bytes, human_duration, Report, Reporter, Style,
     },
     symbolize::Symbolizer,
     unwind::{UnwindSummary, UnwindTables},
@@ -364,6 +364,17 @@ pub async fn trace(cli: Cli, prepared: Prepared, outputs: Outputs) -> anyhow::Re
             .await?;
         export_report(&mut exporter, &report);
         write_report(&reporter, &mut io::stdout().lock(), &report)?;
+        if report.oom_killed && report.target_exited {
+            let limit = report
+                .memory_cgroup
+                .as_ref()
+                .and_then(|m| Some(format!(" (memory cgroup {}, limit {})", m.path, bytes(m.limit?))))
+                .unwrap_or_default();
+            eprintln!(
+                "leaktrace: pid {pid} was killed by the OOM killer{limit}; \
+                 the final report shows what it held when it died"
+            );
+        }
     }
     probes.detach();
     drop(collector);
