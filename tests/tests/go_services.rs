@@ -483,3 +483,106 @@ fn gin_service_killed_by_the_oom_killer() {
     let top = heap_sites(last).first().copied().expect("a Go heap profile");
     assert_eq!(first_function(top), "main.rememberSession", "{last}");
 }
+
+/// The frames' symbols of a site, innermost first.
+fn symbols(site: &Value) -> Vec<&str> {
+    site["frames"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["symbol"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// The slice leak: a handler appends to a global audit log that is never
+/// trimmed. With every allocation profiled (`--go-memprofile-rate 1`), the
+/// heap profile holds exactly the payloads the requests appended, at the
+/// `make` in main.recordAudit, `growing` from GC to GC; the healthy
+/// `/ping` handler holds nothing.
+fn global_slice_leak_is_exact(version: &str) {
+    const PER_ROUND: u64 = 40;
+    const PAYLOAD: u64 = 4096;
+    let bin = gin_fixture(version);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(
+        service.pid(),
+        &[
+            "--go-memprofile",
+            "--go-memprofile-rate",
+            "1",
+            "-i",
+            "1",
+            "--top",
+            "50",
+        ],
+    );
+    let wrote = lt.stderr_line("leaktrace: --go-memprofile:");
+    assert!(
+        wrote.contains("wrote runtime.MemProfileRate = 1 (every allocation)"),
+        "go{version}: {wrote}"
+    );
+    let source = workspace_root().join("tests/fixtures/gin_service.go");
+    let source = std::fs::read_to_string(source).expect("fixture source");
+    let make_line = source
+        .lines()
+        .position(|l| l.contains("make([]byte, auditPayload)"))
+        .expect("the payload's make")
+        + 1;
+    let payloads = |r: &Value| -> Option<Value> {
+        heap_sites(r)
+            .into_iter()
+            .find(|s| {
+                first_function(s) == "main.recordAudit"
+                    && s["frames"][0]["line"] == make_line as u64
+            })
+            .cloned()
+    };
+    let mut appended = 0;
+    let mut last = Value::Null;
+    for _round in 0..5 {
+        for _ in 0..10 {
+            assert_eq!(http_get(service.port, "/ping"), "pong");
+        }
+        assert_eq!(
+            http_get(service.port, &format!("/audit?n={PER_ROUND}")),
+            "ok"
+        );
+        appended += PER_ROUND;
+        // Two GCs publish the profile of what was allocated before them.
+        assert_eq!(http_get(service.port, "/gc"), "ok");
+        last = lt.report_where(|r| payloads(r).is_some_and(|s| s["objects"] == appended));
+    }
+    let site = payloads(&last).expect("payload site");
+    assert_eq!(site["objects"], appended, "go{version}: {site}");
+    assert_eq!(site["bytes"], appended * PAYLOAD, "go{version}: {site}");
+    assert_eq!(site["trend"], "growing", "go{version}: {site}");
+    assert_eq!(
+        symbols(&site)[1].starts_with("main.main.func"),
+        true,
+        "go{version}: the handler calls it: {site}"
+    );
+    assert!(
+        symbols(&site)
+            .iter()
+            .any(|f| f.starts_with("github.com/gin-gonic/gin.")),
+        "go{version}: Gin's frames in {site}"
+    );
+    // /ping is the first handler registered: main.main.func1.
+    for s in heap_sites(&last) {
+        assert!(
+            !symbols(s).contains(&"main.main.func1"),
+            "go{version}: the healthy handler holds heap: {s}"
+        );
+    }
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success());
+}
+
+#[test]
+fn global_slice_leak_go1_21() {
+    global_slice_leak_is_exact("1.21.13");
+}
+
+#[test]
+fn global_slice_leak_go1_27() {
+    global_slice_leak_is_exact("1.27.3");
+}

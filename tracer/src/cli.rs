@@ -100,6 +100,19 @@ pub struct Cli {
     #[arg(long)]
     pub go_memprofile: bool,
 
+    /// With --go-memprofile: the rate written, in bytes allocated per
+    /// sample (as Go's runtime.MemProfileRate and GODEBUG=memprofilerate).
+    /// 1 records every allocation: exact bytes and objects by stack, at a
+    /// cost on every allocation the target makes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        requires = "go_memprofile",
+        default_value_t = crate::golang::memprofile::GO_DEFAULT_RATE,
+        value_parser = clap::value_parser!(u64).range(1..=(i64::MAX as u64))
+    )]
+    pub go_memprofile_rate: u64,
+
     /// Go 1.26+ targets: have the runtime's GC-based goroutine leak detector
     /// run at the target's next GC (and after each report), and report the
     /// goroutines it proves leaked (blocked on something nothing runnable

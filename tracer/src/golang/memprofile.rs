@@ -52,6 +52,8 @@ pub enum Outcome {
 /// Where the two variables are, once the version and symbols are checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Switch {
+    /// The rate to write (`--go-memprofile-rate`).
+    pub write_rate: u64,
     rate: u64,
     disabled: u64,
     /// `runtime.allglen`: non-zero once the runtime has started its first
@@ -61,7 +63,7 @@ pub struct Switch {
 
 impl Switch {
     /// Checks the target is one this write was verified on.
-    pub fn check(target: &GoTarget) -> Result<Switch, MemProfileError> {
+    pub fn check(target: &GoTarget, write_rate: u64) -> Result<Switch, MemProfileError> {
         let b = &target.binary;
         let minor = b
             .version
@@ -72,6 +74,7 @@ impl Switch {
             return Err(MemProfileError::Version(b.version.clone()));
         }
         Ok(Switch {
+            write_rate,
             rate: b
                 .vars
                 .mem_profile_rate
@@ -109,13 +112,10 @@ impl Switch {
             (_, r) if r != 0 => Ok(Outcome::AlreadyOn(r)),
             (0, _) => Ok(Outcome::OffByChoice),
             _ => {
-                // 0 → 0x0008_0000 changes one byte: no reader in the
-                // target can see a torn value, whatever its access width.
-                let byte = (GO_DEFAULT_RATE >> 16) as u8;
-                mem.write_all_at(&[byte], rate_at + 2)?;
+                write_rate(&mem, rate_at, self.write_rate)?;
                 let mut now = [0u8; 8];
                 mem.read_exact_at(&mut now, rate_at)?;
-                if u64::from_le_bytes(now) != GO_DEFAULT_RATE {
+                if u64::from_le_bytes(now) != self.write_rate {
                     return Err(io::Error::other(
                         "runtime.MemProfileRate did not take the value",
                     ));
@@ -123,5 +123,20 @@ impl Switch {
                 Ok(Outcome::TurnedOn)
             }
         }
+    }
+}
+
+/// Writes `rate` over a zero `runtime.MemProfileRate` at `at`. A rate with
+/// one non-zero byte (Go's default, 1) is one byte written: no reader in the
+/// target can see a torn value, whatever its access width. Any other rate is
+/// one aligned 8-byte write; a reader that saw it half done would see some
+/// other positive rate, which only samples more or less often until the
+/// next sample is drawn.
+fn write_rate(mem: &std::fs::File, at: u64, rate: u64) -> io::Result<()> {
+    let bytes = rate.to_le_bytes();
+    let nonzero: Vec<usize> = (0..8).filter(|&i| bytes[i] != 0).collect();
+    match nonzero[..] {
+        [i] => mem.write_all_at(&bytes[i..=i], at + i as u64),
+        _ => mem.write_all_at(&bytes, at),
     }
 }

@@ -322,9 +322,15 @@ impl GoTracker {
                 self.memprofile = None;
                 self.memprofile_outcome = Some(outcome);
                 let pid = self.pid;
+                let rate = switch.write_rate;
+                let which = match rate {
+                    GO_DEFAULT_RATE => " (Go's default)",
+                    1 => " (every allocation)",
+                    _ => "",
+                };
                 match outcome {
                     Outcome::TurnedOn => eprintln!(
-                        "leaktrace: --go-memprofile: wrote runtime.MemProfileRate = {GO_DEFAULT_RATE} (Go's default) into pid {pid}, where the linker had turned heap profiling off; heap by allocation stack builds up from now on, over objects allocated from now on"
+                        "leaktrace: --go-memprofile: wrote runtime.MemProfileRate = {rate}{which} into pid {pid}, where the linker had turned heap profiling off; heap by allocation stack builds up from now on, over objects allocated from now on"
                     ),
                     Outcome::AlreadyOn(rate) => eprintln!(
                         "leaktrace: --go-memprofile: pid {pid} already profiles its heap (runtime.MemProfileRate = {rate}); nothing written"

@@ -68,7 +68,10 @@ pub(super) fn attach(
 ) -> anyhow::Result<Prepared> {
     let allocator = allocator_of(candidates, go.is_some())?;
     let memprofile = match (&go, cli.go_memprofile) {
-        (Some(go), true) => Some(golang::memprofile::Switch::check(go)?),
+        (Some(go), true) => Some(golang::memprofile::Switch::check(
+            go,
+            cli.go_memprofile_rate,
+        )?),
         (None, true) => anyhow::bail!("--go-memprofile: pid {pid} ({comm}) is not a Go program"),
         (_, false) => None,
     };
