@@ -123,26 +123,27 @@ impl MemoryLimit {
     pub fn new(limit: u64) -> MemoryLimit {
         let name = format!("leaktrace-test-{}", &container_id()[..12]);
         let v1 = Path::new("/sys/fs/cgroup/memory");
-        let (dir, files): (PathBuf, &[(&str, String)]) = if v1.join("memory.limit_in_bytes").exists() {
-            // No swap for it, so that the limit is where the OOM killer fires.
-            (
-                v1.join(&name),
-                &[
-                    ("memory.limit_in_bytes", limit.to_string()),
-                    ("memory.swappiness", "0".to_string()),
-                ],
-            )
-        } else {
-            let root = cgroup2_root().expect("a cgroup v1 memory controller or cgroup v2");
-            let _ = fs::write(root.join("cgroup.subtree_control"), "+memory");
-            (
-                root.join(&name),
-                &[
-                    ("memory.max", limit.to_string()),
-                    ("memory.swap.max", "0".to_string()),
-                ],
-            )
-        };
+        let (dir, files): (PathBuf, &[(&str, String)]) =
+            if v1.join("memory.limit_in_bytes").exists() {
+                // No swap for it, so that the limit is where the OOM killer fires.
+                (
+                    v1.join(&name),
+                    &[
+                        ("memory.limit_in_bytes", limit.to_string()),
+                        ("memory.swappiness", "0".to_string()),
+                    ],
+                )
+            } else {
+                let root = cgroup2_root().expect("a cgroup v1 memory controller or cgroup v2");
+                let _ = fs::write(root.join("cgroup.subtree_control"), "+memory");
+                (
+                    root.join(&name),
+                    &[
+                        ("memory.max", limit.to_string()),
+                        ("memory.swap.max", "0".to_string()),
+                    ],
+                )
+            };
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         for (file, value) in files {
             // swap files are absent when the kernel has no swap accounting.

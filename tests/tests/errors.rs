@@ -100,13 +100,8 @@ fn bad_flags_are_usage_errors() {
     let (status, _, _) = run_leaktrace(&[]);
     assert_eq!(status.code(), Some(2));
     // A rate of 0 would turn profiling off; a rate alone writes nothing.
-    let (status, _, stderr) = run_leaktrace(&[
-        "--pid",
-        "1",
-        "--go-memprofile",
-        "--go-memprofile-rate",
-        "0",
-    ]);
+    let (status, _, stderr) =
+        run_leaktrace(&["--pid", "1", "--go-memprofile", "--go-memprofile-rate", "0"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("0 is not in 1.."), "{stderr}");
     let (status, _, stderr) = run_leaktrace(&["--pid", "1", "--go-memprofile-rate", "1"]);

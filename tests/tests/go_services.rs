@@ -429,12 +429,19 @@ fn gin_service_killed_by_the_oom_killer() {
     assert_eq!(http_get(service.port, "/search?n=9"), "ok");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while http_get(service.port, "/searched") != "9" {
-        assert!(std::time::Instant::now() < deadline, "workers not all blocked");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers not all blocked"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = lt.next_report();
     assert_eq!(before["oom_killed"], false, "{before}");
-    assert_eq!(before["memory_cgroup"]["path"], limit.path.as_str(), "{before}");
+    assert_eq!(
+        before["memory_cgroup"]["path"],
+        limit.path.as_str(),
+        "{before}"
+    );
     assert_eq!(before["memory_cgroup"]["limit_bytes"], 96 << 20, "{before}");
     assert_eq!(before["memory_cgroup"]["oom_kills"], 0, "{before}");
     // 1 MiB more sessions per request until the service dies.
@@ -473,14 +480,21 @@ fn gin_service_killed_by_the_oom_killer() {
     let goroutines = last["go"]["goroutines"].as_array().expect("goroutines");
     let ours: Vec<&Value> = goroutines
         .iter()
-        .filter(|s| s["created_by"]["symbol"].as_str().is_some_and(|c| c.starts_with("main.")))
+        .filter(|s| {
+            s["created_by"]["symbol"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("main."))
+        })
         .collect();
     assert_eq!(ours.len(), 1, "{last}");
     assert_eq!(ours[0]["start_function"], "main.searchWorker", "{last}");
     assert_eq!(ours[0]["created_by"]["symbol"], "main.search", "{last}");
     assert_eq!(ours[0]["count"], 9, "{last}");
     // Its heap: the session map's site on top of the runtime's profile.
-    let top = heap_sites(last).first().copied().expect("a Go heap profile");
+    let top = heap_sites(last)
+        .first()
+        .copied()
+        .expect("a Go heap profile");
     assert_eq!(first_function(top), "main.rememberSession", "{last}");
 }
 
@@ -554,9 +568,8 @@ fn global_slice_leak_is_exact(version: &str) {
     assert_eq!(site["objects"], appended, "go{version}: {site}");
     assert_eq!(site["bytes"], appended * PAYLOAD, "go{version}: {site}");
     assert_eq!(site["trend"], "growing", "go{version}: {site}");
-    assert_eq!(
+    assert!(
         symbols(&site)[1].starts_with("main.main.func"),
-        true,
         "go{version}: the handler calls it: {site}"
     );
     assert!(

@@ -192,11 +192,9 @@ mod tests {
 
     #[test]
     fn finds_a_v1_memory_cgroup() {
-        let cg = locate(
-            "4:memory:/docker/abc\n1:cpu:/\n0::/\n",
-            V1_MOUNTS,
-            |_| false,
-        )
+        let cg = locate("4:memory:/docker/abc\n1:cpu:/\n0::/\n", V1_MOUNTS, |_| {
+            false
+        })
         .expect("memory cgroup");
         assert_eq!(cg.version, Version::V1);
         assert_eq!(cg.path, "/docker/abc");
@@ -236,6 +234,9 @@ mod tests {
         let cg = MemoryCgroup::of(std::process::id()).expect("memory cgroup");
         let reading = cg.read().expect("reading");
         assert!(reading.usage > 0, "{reading:?}");
-        assert!(reading.peak.is_some_and(|p| p >= reading.usage), "{reading:?}");
+        assert!(
+            reading.peak.is_some_and(|p| p >= reading.usage),
+            "{reading:?}"
+        );
     }
 }

@@ -225,7 +225,10 @@ impl ReportBuilder {
         self.thread_growth.apply(&mut threads);
         threads.truncate(self.top);
         let go = match &mut self.go {
-            Some(t) => Some(t.report(symbolizer, &mut self.stacks, target_exited).await?),
+            Some(t) => Some(
+                t.report(symbolizer, &mut self.stacks, target_exited)
+                    .await?,
+            ),
             None => None,
         };
         let profiles = match self.profiles {

@@ -184,7 +184,12 @@ fn memory_cgroup(
                 .unwrap_or_default(),
         ),
         None if m.oom_kills > 0 => {
-            writeln!(out, "   memory cgroup {}: {}, no limit{kills}", m.path, bytes(m.usage))
+            writeln!(
+                out,
+                "   memory cgroup {}: {}, no limit{kills}",
+                m.path,
+                bytes(m.usage)
+            )
         }
         None => Ok(()),
     }

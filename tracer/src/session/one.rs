@@ -371,7 +371,13 @@ pub async fn trace(cli: Cli, prepared: Prepared, outputs: Outputs) -> anyhow::Re
             let limit = report
                 .memory_cgroup
                 .as_ref()
-                .and_then(|m| Some(format!(" (memory cgroup {}, limit {})", m.path, bytes(m.limit?))))
+                .and_then(|m| {
+                    Some(format!(
+                        " (memory cgroup {}, limit {})",
+                        m.path,
+                        bytes(m.limit?)
+                    ))
+                })
                 .unwrap_or_default();
             eprintln!(
                 "leaktrace: pid {pid} was killed by the OOM killer{limit}; \
