@@ -29,6 +29,8 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
         "spawn_entry",
         "task_fork",
         "task_exit",
+        "oom_victim",
+        "go_goroutine_",
         "empty_return",
     ];
     v.as_array()

@@ -17,7 +17,7 @@ use tracer_common::{
     INFLIGHT_STALE_NS,
 };
 
-use crate::stacks::user_stack_id;
+use crate::{stacks::user_stack_id, unwind::read_walked_stack};
 
 // Sizes here are defaults; userspace resizes every map from its flags
 // before loading.
@@ -220,17 +220,17 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
         }
     }
 
-    // SAFETY: reading a user-space word; failure is handled.
-    let caller = match unsafe { bpf_probe_read_user(entry_sp as *const u64) } {
-        Ok(ra) => ra,
-        Err(_) => {
+    // The frame-pointer walk starts at the caller's frame: frame 0 is the
+    // probed instruction and the immediate caller is missing, hence `caller`.
+    let stack_id = user_stack_id(ctx);
+    // The return address, out of the stack the walk just copied.
+    let caller = match read_walked_stack(entry_sp) {
+        Some(ra) => ra,
+        None => {
             count(Counter::CallerUnreadable);
             0
         }
     };
-    // The frame-pointer walk starts at the caller's frame: frame 0 is the
-    // probed instruction and the immediate caller is missing, hence `caller`.
-    let stack_id = user_stack_id(ctx);
 
     let pending = Pending {
         size,

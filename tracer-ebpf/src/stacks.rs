@@ -31,7 +31,7 @@ use tracer_common::{
 
 use crate::{
     heap::{count, EEXIST},
-    unwind::{slot_of, walk_by_tables},
+    unwind::{clear_window, slot_of, walk_by_tables},
 };
 
 /// Recorded stacks; never updated or deleted once written, so a reader may
@@ -40,6 +40,14 @@ use crate::{
 #[map]
 static STACKS: HashMap<u32, StackRecord> =
     HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// Stacks this CPU found stored, direct-mapped by hash: (id, hash). A
+/// stored stack never changes, so a hit proves the id and saves the table
+/// lookup on every allocation from a known site.
+#[map]
+static KNOWN_STACKS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(KNOWN_STACKS_SIZE, 0);
+
+const KNOWN_STACKS_SIZE: u32 = 1 << 10;
 
 /// Per-CPU room to assemble a record: 1 KiB does not fit the BPF stack.
 #[map]
@@ -131,7 +139,11 @@ fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
             unsafe { (*scratch).end = end };
             (frames, hash)
         }
-        None => walk_by_frame_pointers(scratch, ip, fp),
+        None => {
+            // Callers may read the walked stack through the window.
+            clear_window();
+            walk_by_frame_pointers(scratch, ip, fp)
+        }
     };
     let frames = frames as usize;
     if frames < MAX_STACK_DEPTH {
@@ -147,13 +159,32 @@ fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
     // SAFETY: as above.
     let end = unsafe { core::ptr::read_volatile(&(*scratch).end) };
 
+    let known = KNOWN_STACKS.get_ptr_mut(hash as u32 & (KNOWN_STACKS_SIZE - 1));
+    if let Some(k) = known {
+        // SAFETY: this CPU's entry, ours while the program runs.
+        let [id, known_hash] = unsafe { *k };
+        if known_hash == hash && hash != 0 {
+            return Some(id as u32); // the common case: a stack seen before
+        }
+    }
+    let id = store(scratch, hash, end)?;
+    if let Some(k) = known {
+        // SAFETY: as above.
+        unsafe { *k = [u64::from(id), hash] };
+    }
+    Some(id)
+}
+
+/// The id holding the stack assembled in `scratch`, storing it if new.
+#[inline(always)]
+fn store(scratch: *mut StackRecord, hash: u64, end: u32) -> Option<u32> {
     let mut id = hash as u32;
     for _ in 0..STACK_ID_PROBES {
         if id == STACK_UNKNOWN {
             id = 0;
         }
         if holds(id, hash) {
-            return Some(id); // the common case: a stack seen before
+            return Some(id);
         }
         // SAFETY: `scratch` points at a whole, initialised record.
         match STACKS.insert(&id, unsafe { &*scratch }, BPF_NOEXIST as u64) {

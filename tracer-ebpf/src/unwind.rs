@@ -177,7 +177,7 @@ static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1,
 
 /// Empties the window: a new walk reads a new stack.
 #[inline(always)]
-fn clear_window() {
+pub(crate) fn clear_window() {
     if let Some(win) = STACK_WINDOW.get_ptr_mut(0) {
         // SAFETY: this CPU's window, ours while the program runs.
         unsafe { (*win).len = 0 };
@@ -223,6 +223,14 @@ fn read_user<T: Copy>(addr: u64) -> Option<T> {
 
 #[inline(always)]
 fn read_u64(addr: u64) -> Option<u64> {
+    read_user::<u64>(addr)
+}
+
+/// A word of the stack just walked, usually out of the window the walk
+/// left (no copy of its own). Only after a walk of this program: the window
+/// is then this thread's stack, or empty.
+#[inline(always)]
+pub(crate) fn read_walked_stack(addr: u64) -> Option<u64> {
     read_user::<u64>(addr)
 }
 

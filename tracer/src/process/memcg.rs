@@ -234,9 +234,10 @@ mod tests {
         let cg = MemoryCgroup::of(std::process::id()).expect("memory cgroup");
         let reading = cg.read().expect("reading");
         assert!(reading.usage > 0, "{reading:?}");
-        assert!(
-            reading.peak.is_some_and(|p| p >= reading.usage),
-            "{reading:?}"
-        );
+        // The root cgroup of v2 keeps no peak; where there is one, it is
+        // at least what was charged just before it was read.
+        if let Some(peak) = reading.peak {
+            assert!(peak >= reading.usage, "{reading:?}");
+        }
     }
 }
