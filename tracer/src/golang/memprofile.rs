@@ -134,9 +134,9 @@ impl Switch {
 /// next sample is drawn.
 fn write_rate(mem: &std::fs::File, at: u64, rate: u64) -> io::Result<()> {
     let bytes = rate.to_le_bytes();
-    let nonzero: Vec<usize> = (0..8).filter(|&i| bytes[i] != 0).collect();
-    match nonzero[..] {
-        [i] => mem.write_all_at(&bytes[i..=i], at + i as u64),
-        _ => mem.write_all_at(&bytes, at),
+    if bytes.iter().filter(|&&b| b != 0).count() == 1 {
+        let i = bytes.iter().position(|&b| b != 0).unwrap_or(0);
+        return mem.write_all_at(&bytes[i..=i], at + i as u64);
     }
+    mem.write_all_at(&bytes, at)
 }

@@ -124,7 +124,7 @@ fn locate(
     mountinfo: &str,
     v2_has_memory: impl Fn(&Path) -> bool,
 ) -> Option<MemoryCgroup> {
-    // (mount root, mount point, version) of each cgroup hierarchy.
+    // (mount root, mount point) of v1's memory hierarchy and of v2's.
     let mut v1_memory = None;
     let mut v2 = None;
     for line in mountinfo.lines() {
