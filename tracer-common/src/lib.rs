@@ -175,17 +175,20 @@ pub struct Pending {
     /// Stack pointer at function entry (before any pushes the probe skipped);
     /// the matching return sees `entry_sp + 8`.
     pub entry_sp: u64,
-    /// When the call started (bpf_ktime_get_ns), so that a call whose
-    /// return was never seen goes stale instead of muting the thread.
-    pub since_ns: u64,
+    /// When the call started, in jiffies (bpf_jiffies64: a tenth of the
+    /// cost of a clock read, precise enough for [`INFLIGHT_STALE_JIFFIES`]),
+    /// so that a call whose return was never seen goes stale instead of
+    /// muting the thread.
+    pub since_jiffies: u64,
     pub stack_id: u32,
     /// The [`AllocKind`] called.
     pub kind: u32,
 }
 
-/// An in-flight entry older than this is treated as stale: no allocator
-/// call takes a second before making its internal calls.
-pub const INFLIGHT_STALE_NS: u64 = 1_000_000_000;
+/// An in-flight entry older than this many jiffies (1 s at HZ=1000, 4 s at
+/// Debian's 250, 10 s at 100) is treated as stale: no allocator call takes
+/// a second before making its internal calls.
+pub const INFLIGHT_STALE_JIFFIES: u64 = 1000;
 
 /// One live allocation, keyed by its address. 24 bytes, no implicit padding.
 #[repr(C)]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+        generated::{bpf_get_attach_cookie, bpf_jiffies64},
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, PerCpuArray},
@@ -14,17 +14,16 @@ use aya_ebpf::{
 use tracer_common::{
     cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, Pending, SiteKey,
     SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_THREADS,
-    INFLIGHT_STALE_NS,
 };
 
-use crate::{stacks::user_stack_id, unwind::read_walked_stack};
+use crate::{
+    inflight::{self, tid},
+    stacks::user_stack_id,
+    unwind::read_stack_word,
+};
 
 // Sizes here are defaults; userspace resizes every map from its flags
 // before loading.
-/// Per thread: the outermost allocator call in flight (see [`Pending`]).
-#[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(DEFAULT_MAX_THREADS, 0);
-
 #[map]
 static ALLOCS: HashMap<u64, AllocRecord> =
     HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
@@ -47,7 +46,7 @@ pub(crate) const EEXIST: i32 = 17;
 /// # Safety
 /// `dst` must point into a live map value.
 #[inline(always)]
-unsafe fn atomic_add(dst: *mut i64, v: i64) {
+pub(crate) unsafe fn atomic_add(dst: *mut i64, v: i64) {
     // SAFETY: caller guarantees `dst` is a valid map value pointer.
     unsafe {
         core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) v);
@@ -72,11 +71,6 @@ fn config() -> Config {
         Some(c) => unsafe { core::ptr::read_volatile(c) },
         None => Config::default(),
     }
-}
-
-#[inline(always)]
-fn tid() -> u32 {
-    bpf_get_current_pid_tgid() as u32
 }
 
 #[inline(always)]
@@ -201,30 +195,16 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     let tid = tid();
 
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // An existing slot (a stale call, its return never seen) is rewritten
-    // in place; the return deletes the slot. (Keeping idle slots between
-    // calls saved the delete, but lost calls now and then while other
-    // tracers attached to the same library: measured 1 in 8 runs of
-    // concurrent_threads_are_counted_exactly, 0 in 12 with the delete.)
-    let slot = PENDING.get_ptr_mut(&tid);
-    if let Some(outer) = slot {
-        // SAFETY: the slot is this thread's; only this thread writes it
-        // (userspace removes slots of dead threads only).
-        let outer = unsafe { *outer };
-        if outer.entry_sp != 0
-            && entry_sp <= outer.entry_sp
-            && now.wrapping_sub(outer.since_ns) < INFLIGHT_STALE_NS
-        {
-            return 0; // inside another probed allocator call
-        }
-    }
+    let now = unsafe { bpf_jiffies64() };
+    let Some(place) = inflight::begin(tid, entry_sp, now) else {
+        return 0; // inside another probed allocator call
+    };
 
     // The frame-pointer walk starts at the caller's frame: frame 0 is the
     // probed instruction and the immediate caller is missing, hence `caller`.
     let stack_id = user_stack_id(ctx);
     // The return address, out of the stack the walk just copied.
-    let caller = match read_walked_stack(entry_sp) {
+    let caller = match read_stack_word(entry_sp) {
         Some(ra) => ra,
         None => {
             count(Counter::CallerUnreadable);
@@ -237,19 +217,11 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
         aux,
         caller,
         entry_sp,
-        since_ns: now,
+        since_jiffies: now,
         stack_id,
         kind: cookie_kind(c),
     };
-    match slot {
-        // SAFETY: as above.
-        Some(p) => unsafe { *p = pending },
-        None => {
-            if PENDING.insert(&tid, &pending, 0).is_err() {
-                count(Counter::PendingMapFull);
-            }
-        }
-    }
+    inflight::stash(place, tid, pending);
     0
 }
 
@@ -301,21 +273,11 @@ pub fn alloc_entry_posix_memalign(ctx: ProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let kind = cookie_kind(cookie(&ctx));
-    let tid = tid();
-    let Some(slot) = PENDING.get_ptr_mut(&tid) else {
-        return 0;
-    };
-    // SAFETY: the slot is this thread's (see `on_entry`).
-    let p = unsafe { *slot };
     // SAFETY: the context of a uretprobe program is the task's pt_regs.
     let r = unsafe { &*ctx.regs };
-    // Only the return of the very call that stashed `p` (same function,
-    // same stack depth) consumes it; a call nested inside it returns
-    // higher up.
-    if p.entry_sp == 0 || p.kind != kind || r.rsp != p.entry_sp + 8 {
+    let Some(p) = inflight::finish(tid(), kind, r.rsp) else {
         return 0;
-    }
-    let _ = PENDING.remove(&tid);
+    };
 
     let ret = r.rax;
     match AllocKind::from_u32(kind) {

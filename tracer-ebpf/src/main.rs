@@ -15,11 +15,15 @@ mod goroutines;
 #[cfg(target_arch = "bpf")]
 mod heap;
 #[cfg(target_arch = "bpf")]
+mod inflight;
+#[cfg(target_arch = "bpf")]
 mod stacks;
 #[cfg(target_arch = "bpf")]
 mod tasks;
 #[cfg(target_arch = "bpf")]
 mod unwind;
+#[cfg(target_arch = "bpf")]
+mod walk_memo;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

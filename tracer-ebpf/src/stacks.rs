@@ -31,7 +31,8 @@ use tracer_common::{
 
 use crate::{
     heap::{count, EEXIST},
-    unwind::{clear_window, slot_of, walk_by_tables},
+    unwind::{clear_window, generation_of, slot_of, walk_by_tables},
+    walk_memo,
 };
 
 /// Recorded stacks; never updated or deleted once written, so a reader may
@@ -124,26 +125,31 @@ fn walk_by_frame_pointers(scratch: *mut StackRecord, ip: u64, mut fp: u64) -> (u
 
 #[inline(always)]
 fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
-    let scratch = STACK_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the context of a uprobe program is the task's pt_regs.
     let (ip, sp, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Callers may read the walked stack through the window: from here on
+    // it holds this thread's stack only.
+    clear_window();
+    let by_tables = slot_of(tgid).and_then(|slot| Some((slot, generation_of(slot)?)));
+    if let Some((slot, generation)) = by_tables {
+        if let Some(id) = walk_memo::replay(slot, generation, ip, sp, fp) {
+            return Some(id); // the common case: the same walk as before
+        }
+    }
+    let scratch = STACK_SCRATCH.get_ptr_mut(0)?;
     // SAFETY (for every access to `scratch` below): the per-CPU slot is
     // ours for the duration of this program, and indices stay below
     // MAX_STACK_DEPTH.
     unsafe { (*scratch).ips[0] = ip };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (frames, mut hash) = match slot_of(tgid) {
-        Some(slot) => {
+    let (frames, mut hash) = match by_tables {
+        Some((slot, _)) => {
             let (frames, hash, end) = walk_by_tables(slot, ip, sp, fp, HASH_SEED);
             // SAFETY: as above.
             unsafe { (*scratch).end = end };
             (frames, hash)
         }
-        None => {
-            // Callers may read the walked stack through the window.
-            clear_window();
-            walk_by_frame_pointers(scratch, ip, fp)
-        }
+        None => walk_by_frame_pointers(scratch, ip, fp),
     };
     let frames = frames as usize;
     if frames < MAX_STACK_DEPTH {
@@ -159,12 +165,26 @@ fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
     // SAFETY: as above.
     let end = unsafe { core::ptr::read_volatile(&(*scratch).end) };
 
+    let id = known_or_stored(scratch, hash, end)?;
+    if let Some((slot, generation)) = by_tables {
+        // A walk that met an unreadable word might read it next time.
+        if end != StackEnd::Unreadable as u32 {
+            walk_memo::commit(id, slot, generation, ip, sp, fp);
+        }
+    }
+    Some(id)
+}
+
+/// The id of the stack in `scratch`: from this CPU's cache of known stacks,
+/// else from the table (storing it if new).
+#[inline(always)]
+fn known_or_stored(scratch: *mut StackRecord, hash: u64, end: u32) -> Option<u32> {
     let known = KNOWN_STACKS.get_ptr_mut(hash as u32 & (KNOWN_STACKS_SIZE - 1));
     if let Some(k) = known {
         // SAFETY: this CPU's entry, ours while the program runs.
         let [id, known_hash] = unsafe { *k };
         if known_hash == hash && hash != 0 {
-            return Some(id as u32); // the common case: a stack seen before
+            return Some(id as u32); // a stack seen before
         }
     }
     let id = store(scratch, hash, end)?;
@@ -226,3 +246,4 @@ fn holds(id: u32, hash: u64) -> bool {
     // SAFETY: records are never changed after insertion.
     unsafe { STACKS.get(&id) }.is_some_and(|r| r.hash == hash)
 }
+

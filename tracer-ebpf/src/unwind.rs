@@ -23,7 +23,10 @@ use tracer_common::{
     MAX_UNWIND_RULES, UNWIND_CACHE_ENTRIES,
 };
 
-use crate::stacks::{mix, FrameRecord, STACK_SCRATCH};
+use crate::{
+    stacks::{mix, FrameRecord, STACK_SCRATCH},
+    walk_memo,
+};
 
 /// Every object's rows, back to back; userspace sizes it and fills it
 /// through a memory mapping before a process's mappings point into it.
@@ -80,6 +83,8 @@ fn get_range(range: *mut [u32; 2]) -> (u32, u32) {
 const EXACT_PC: u32 = 1;
 /// rbp's value is unknown from this frame on.
 const RBP_LOST: u32 = 2;
+/// rbp still holds the value the probe found (no frame gave it back yet).
+const BP_INITIAL: u32 = 4;
 
 /// The walk's state between frames, in map memory for the same reason as
 /// [`SEARCH`]: on the BPF stack its values were tracked across iterations,
@@ -112,14 +117,24 @@ pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
     unsafe { UNWIND_SLOTS.get(&tgid) }.copied()
 }
 
+/// The generation of the unwind table published for `slot`.
+#[inline(always)]
+pub(crate) fn generation_of(slot: u32) -> Option<u32> {
+    // SAFETY: map value pointer.
+    UNWIND_PROCESSES.get_ptr(slot).map(|p| unsafe { (*p).generation })
+}
+
 /// Walks the stack from `(pc, sp, bp)` into the per-CPU scratch record:
 /// frames, their hash seed folded in, and why the walk ended.
+#[inline(always)]
+/// The words it reads are noted for [`walk_memo`]. The caller has emptied
+/// the stack window (or filled it from this thread's stack).
 #[inline(always)]
 pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) -> (u32, u64, u32) {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return (0, seed, StackEnd::Unreadable as u32);
     };
-    clear_window();
+    walk_memo::start(pc, sp);
     // SAFETY: this CPU's slot, ours while the program runs.
     unsafe {
         w.write(Walk {
@@ -131,7 +146,7 @@ pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) ->
             slot,
             frames: 0,
             end: StackEnd::DepthLimit as u32,
-            flags: 0,
+            flags: BP_INITIAL,
         })
     };
     // SAFETY: `step` has the callback signature bpf_loop expects.
@@ -159,6 +174,10 @@ fn stop(w: &mut Walk, end: StackEnd) -> i64 {
 /// Bytes of user stack copied at once.
 const WINDOW: usize = 512;
 
+/// Room in the window: a walk refills [`WINDOW`] bytes at a time, a
+/// remembered walk's check ([`walk_memo`]) copies the whole span it read.
+pub(crate) const WINDOW_ROOM: usize = 2048;
+
 /// A copy of the stack memory the walk reads next. Reading user memory
 /// costs about the same for 8 bytes as for a few hundred (the fixed cost
 /// of a fault-safe user copy), and a walk reads upwards through adjacent
@@ -169,11 +188,33 @@ struct StackWindow {
     base: u64,
     /// Valid bytes (0: empty).
     len: u64,
-    bytes: [u8; WINDOW],
+    bytes: [u8; WINDOW_ROOM],
 }
 
 #[map]
 static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fills the window with the `len` bytes of user stack at `base` (at most
+/// [`WINDOW_ROOM`]), and returns them.
+#[inline(always)]
+pub(crate) fn fill_window(base: u64, len: u32) -> Option<&'static [u8; WINDOW_ROOM]> {
+    let win = STACK_WINDOW.get_ptr_mut(0)?;
+    if len == 0 || len as usize > WINDOW_ROOM {
+        return None;
+    }
+    // SAFETY: this CPU's window, ours while the program runs; the length
+    // is bounded by the buffer's.
+    unsafe {
+        (*win).len = 0;
+        let dst = (*win).bytes.as_mut_ptr() as *mut c_void;
+        if raw_read_user(dst, len, base as *const c_void) != 0 {
+            return None;
+        }
+        (*win).base = base;
+        (*win).len = u64::from(len);
+        Some(&(*win).bytes)
+    }
+}
 
 /// Empties the window: a new walk reads a new stack.
 #[inline(always)]
@@ -195,8 +236,8 @@ fn read_user<T: Copy>(addr: u64) -> Option<T> {
         let off = addr.wrapping_sub((*win).base);
         let len = (*win).len;
         if len >= size && off <= len - size {
-            let at = (off as usize) & (WINDOW - 1);
-            if at + size as usize <= WINDOW {
+            let at = (off as usize) & (WINDOW_ROOM - 1);
+            if at + size as usize <= WINDOW_ROOM {
                 return Some(core::ptr::read_unaligned(
                     (*win).bytes.as_ptr().add(at) as *const T
                 ));
@@ -221,17 +262,45 @@ fn read_user<T: Copy>(addr: u64) -> Option<T> {
     }
 }
 
+/// A word of this thread's stack, usually out of the window (no copy of
+/// its own). Only once this program cleared the window or walked: the
+/// window then holds this thread's stack, or nothing.
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
+pub(crate) fn read_stack_word(addr: u64) -> Option<u64> {
     read_user::<u64>(addr)
 }
 
-/// A word of the stack just walked, usually out of the window the walk
-/// left (no copy of its own). Only after a walk of this program: the window
-/// is then this thread's stack, or empty.
+/// A stack word for the walk, noted for [`walk_memo`].
 #[inline(always)]
-pub(crate) fn read_walked_stack(addr: u64) -> Option<u64> {
-    read_user::<u64>(addr)
+fn walk_read_u64(addr: u64) -> Option<u64> {
+    let v = read_user::<u64>(addr)?;
+    walk_memo::note(addr, v);
+    Some(v)
+}
+
+/// A frame record for the walk, noted for [`walk_memo`].
+#[inline(always)]
+fn walk_read_frame(addr: u64) -> Option<FrameRecord> {
+    let rec = read_user::<FrameRecord>(addr)?;
+    walk_memo::note(addr, rec.next);
+    walk_memo::note(addr + 8, rec.ret);
+    Some(rec)
+}
+
+/// The walk is about to use rbp.
+#[inline(always)]
+fn use_bp(w: &Walk) -> u64 {
+    if w.flags & BP_INITIAL != 0 {
+        walk_memo::note_initial_bp();
+    }
+    w.bp
+}
+
+/// rbp comes from the stack from here on.
+#[inline(always)]
+fn set_bp(w: &mut Walk, bp: u64) {
+    w.bp = bp;
+    w.flags &= !(RBP_LOST | BP_INITIAL);
 }
 
 /// One frame: find `w.pc`'s mapping, record it, then find the caller's
@@ -301,6 +370,7 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
         // (innermost first). The next iteration walks on from there.
         // SAFETY: map value pointer.
         let offsets = unsafe { (*procs).offsets };
+        walk_memo::abandon(); // what the kernel keeps is no stack word
         return match original_return(w, offsets) {
             Some(ra) => {
                 w.pc = ra;
@@ -436,7 +506,7 @@ fn rule_step(w: &mut Walk, rule: u32) -> i64 {
     let bp_known = w.flags & RBP_LOST == 0;
     let cfa = match rule.cfa {
         cfa::RSP => w.sp.wrapping_add(off),
-        cfa::RBP if bp_known => w.bp.wrapping_add(off),
+        cfa::RBP if bp_known => use_bp(w).wrapping_add(off),
         cfa::PLT => {
             let past = if (w.pc & 15) as i32 >= rule.extra {
                 8
@@ -445,11 +515,11 @@ fn rule_step(w: &mut Walk, rule: u32) -> i64 {
             };
             w.sp.wrapping_add(off).wrapping_add(past)
         }
-        cfa::DEREF_RSP => match read_u64(w.sp.wrapping_add(off)) {
+        cfa::DEREF_RSP => match walk_read_u64(w.sp.wrapping_add(off)) {
             Some(v) => v.wrapping_add(rule.extra as i64 as u64),
             None => return stop(w, StackEnd::Unreadable),
         },
-        cfa::DEREF_RBP if bp_known => match read_u64(w.bp.wrapping_add(off)) {
+        cfa::DEREF_RBP if bp_known => match walk_read_u64(use_bp(w).wrapping_add(off)) {
             Some(v) => v.wrapping_add(rule.extra as i64 as u64),
             None => return stop(w, StackEnd::Unreadable),
         },
@@ -464,24 +534,20 @@ fn rule_step(w: &mut Walk, rule: u32) -> i64 {
     let ra = if rule.rbp == rbp::AT_CFA && rule.rbp_offset == -16 {
         // The usual `push %rbp` frame: rbp and the return address side by
         // side, one read.
-        match read_user::<FrameRecord>(cfa - 16) {
+        match walk_read_frame(cfa - 16) {
             Some(rec) => {
-                w.bp = rec.next;
-                w.flags &= !RBP_LOST;
+                set_bp(w, rec.next);
                 rec.ret
             }
             None => return stop(w, StackEnd::Unreadable),
         }
     } else {
-        let Some(ra) = read_u64(cfa - 8) else {
+        let Some(ra) = walk_read_u64(cfa - 8) else {
             return stop(w, StackEnd::Unreadable);
         };
         match rule.rbp {
-            rbp::AT_CFA => match read_u64(cfa.wrapping_add(rule.rbp_offset as i64 as u64)) {
-                Some(bp) => {
-                    w.bp = bp;
-                    w.flags &= !RBP_LOST;
-                }
+            rbp::AT_CFA => match walk_read_u64(cfa.wrapping_add(rule.rbp_offset as i64 as u64)) {
+                Some(bp) => set_bp(w, bp),
                 None => return stop(w, StackEnd::Unreadable),
             },
             rbp::LOST => w.flags |= RBP_LOST,
@@ -510,9 +576,9 @@ const REG_RIP: u64 = 16;
 fn signal_step(w: &mut Walk) -> i64 {
     let gregs = w.sp + UC_GREGS;
     let (Some(bp), Some(sp), Some(pc)) = (
-        read_u64(gregs + REG_RBP * 8),
-        read_u64(gregs + REG_RSP * 8),
-        read_u64(gregs + REG_RIP * 8),
+        walk_read_u64(gregs + REG_RBP * 8),
+        walk_read_u64(gregs + REG_RSP * 8),
+        walk_read_u64(gregs + REG_RIP * 8),
     ) else {
         return stop(w, StackEnd::Unreadable);
     };
@@ -526,17 +592,17 @@ fn signal_step(w: &mut Walk) -> i64 {
 /// One frame by its frame record (Go code).
 #[inline(always)]
 fn frame_pointer_step(w: &mut Walk) -> i64 {
-    let fp = w.bp;
     if w.flags & RBP_LOST != 0 {
         return stop(w, StackEnd::Unsupported);
     }
+    let fp = use_bp(w);
     if fp == 0 {
         return stop(w, StackEnd::FramePointers);
     }
     if fp & 7 != 0 {
         return stop(w, StackEnd::Unreadable);
     }
-    let Some(rec) = read_user::<FrameRecord>(fp) else {
+    let Some(rec) = walk_read_frame(fp) else {
         return stop(w, StackEnd::Unreadable);
     };
     if rec.ret == 0 {
@@ -544,6 +610,6 @@ fn frame_pointer_step(w: &mut Walk) -> i64 {
     }
     w.pc = rec.ret;
     w.sp = fp + 16;
-    w.bp = rec.next;
+    set_bp(w, rec.next);
     0
 }
