@@ -23,7 +23,13 @@ impl Leaktrace {
     /// Starts leaktrace with `args` (JSON output is added) and, unless it
     /// fails early, waits until its probes are attached.
     pub fn start(args: &[&str]) -> Leaktrace {
+        Leaktrace::start_with_env(args, &[])
+    }
+
+    /// [`Leaktrace::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Leaktrace {
         let mut child = Command::new(leaktrace_bin())
+            .envs(env.iter().copied())
             .args(["--format", "json"])
             .args(args)
             .stdin(Stdio::null())
@@ -53,10 +59,15 @@ impl Leaktrace {
 
     /// Attaches to `pid`.
     pub fn attach(pid: u32, extra: &[&str]) -> Leaktrace {
+        Leaktrace::attach_with_env(pid, extra, &[])
+    }
+
+    /// [`Leaktrace::attach`] with extra environment variables.
+    pub fn attach_with_env(pid: u32, extra: &[&str], env: &[(&str, &str)]) -> Leaktrace {
         let pid = pid.to_string();
         let mut args = vec!["--pid", pid.as_str()];
         args.extend_from_slice(extra);
-        Leaktrace::start(&args)
+        Leaktrace::start_with_env(&args, env)
     }
 
     pub fn pid(&self) -> u32 {

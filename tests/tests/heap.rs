@@ -200,10 +200,23 @@ fn freeing_old_blocks_removes_them_from_reports() {
 
 #[test]
 fn concurrent_threads_are_counted_exactly() {
+    threads_are_counted_exactly(&[]);
+}
+
+/// The same four threads with one in-flight slot between them: whichever
+/// holds it, the others' calls (realloc(NULL) nesting malloc included) go
+/// through the shared-slot path and must be counted just the same.
+#[test]
+fn concurrent_threads_sharing_one_inflight_slot_are_counted_exactly() {
+    threads_are_counted_exactly(&[("LEAKTRACE_TEST_INFLIGHT_SLOTS", "1")]);
+}
+
+fn threads_are_counted_exactly(env: &[(&str, &str)]) {
     let mut fixture = Fixture::start("threads_c", &[]);
-    let mut lt = Leaktrace::attach(
+    let mut lt = Leaktrace::attach_with_env(
         fixture.pid,
         &["-i", "1", "--older-than", "0", "--top", "100"],
+        env,
     );
     fixture.command("go", "done");
     let done_ms = std::time::SystemTime::now()

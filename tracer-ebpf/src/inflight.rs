@@ -23,6 +23,18 @@ use crate::heap::{atomic_add, count};
 /// consecutive ids, so up to this many of them never share a slot.
 const SLOTS: u32 = 1 << 14;
 
+/// Slot index mask: `SLOTS - 1`, unless userspace set fewer slots (a test
+/// does, to send most calls down the shared-slot path).
+#[no_mangle]
+static INFLIGHT_MASK: u32 = SLOTS - 1;
+
+#[inline(always)]
+fn slot_of(tid: u32) -> Option<*mut Slot> {
+    // SAFETY: a constant userspace may set at load time.
+    let mask = unsafe { core::ptr::read_volatile(&INFLIGHT_MASK) };
+    INFLIGHT.get_ptr_mut(tid & mask & (SLOTS - 1))
+}
+
 /// One slot: who holds it, and the call.
 #[repr(C)]
 pub(crate) struct Slot {
@@ -53,7 +65,9 @@ static PENDING_USED: Array<i64> = Array::with_max_entries(1, 0);
 pub(crate) enum Place {
     Slot(*mut Slot),
     /// `PENDING`; `existing` when the thread's entry is already there.
-    Hash { existing: bool },
+    Hash {
+        existing: bool,
+    },
 }
 
 #[inline(always)]
@@ -112,7 +126,7 @@ fn pending_used(delta: i64) {
 /// internal to an outer call of the same thread.
 #[inline(always)]
 pub(crate) fn begin(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
-    let slot = INFLIGHT.get_ptr_mut(tid & (SLOTS - 1))?;
+    let slot = slot_of(tid)?;
     // SAFETY: a live map value; the holder word is only ever changed whole
     // (store or compare-and-swap), so this read is one of its values.
     let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).holder)) };
@@ -187,7 +201,7 @@ pub(crate) fn stash(place: Place, tid: u32, call: Pending) {
 #[inline(always)]
 pub(crate) fn finish(tid: u32, kind: u32, rsp: u64) -> Option<Pending> {
     let ends = |p: &Pending| p.entry_sp != 0 && p.kind == kind && rsp == p.entry_sp + 8;
-    let slot = INFLIGHT.get_ptr_mut(tid & (SLOTS - 1))?;
+    let slot = slot_of(tid)?;
     // SAFETY: as in `begin`.
     let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).holder)) };
     if word != 0 && word as u32 == tid {

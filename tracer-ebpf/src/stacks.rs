@@ -246,4 +246,3 @@ fn holds(id: u32, hash: u64) -> bool {
     // SAFETY: records are never changed after insertion.
     unsafe { STACKS.get(&id) }.is_some_and(|r| r.hash == hash)
 }
-

@@ -121,7 +121,9 @@ pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
 #[inline(always)]
 pub(crate) fn generation_of(slot: u32) -> Option<u32> {
     // SAFETY: map value pointer.
-    UNWIND_PROCESSES.get_ptr(slot).map(|p| unsafe { (*p).generation })
+    UNWIND_PROCESSES
+        .get_ptr(slot)
+        .map(|p| unsafe { (*p).generation })
 }
 
 /// Walks the stack from `(pc, sp, bp)` into the per-CPU scratch record:

@@ -134,7 +134,17 @@ impl Probes {
     /// Loads the programs; `go`: also those for a Go target's runtime.
     pub fn load(sizes: MapSizes, mode: ProbeMode, go: bool) -> Result<Self, ProbeError> {
         raise_memlock_limit();
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        // Tests only: fewer in-flight slots, so that threads share them.
+        let inflight_mask = std::env::var("LEAKTRACE_TEST_INFLIGHT_SLOTS")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|n| n.is_power_of_two())
+            .map(|n| n - 1);
+        if let Some(mask) = &inflight_mask {
+            loader.override_global("INFLIGHT_MASK", mask, true);
+        }
+        let ebpf = loader
             .map_max_entries("ALLOCS", sizes.allocs.max(1))
             .map_max_entries("SITES", sizes.sites.max(1))
             .map_max_entries("STACKS", sizes.stacks.max(1))
