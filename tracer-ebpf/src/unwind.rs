@@ -44,6 +44,15 @@ static UNWIND_PROCESSES: Array<ProcessMappings> = Array::with_max_entries(MAX_UN
 #[map]
 static UNWIND_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
+/// Bumped by userspace after every change to `UNWIND_SLOTS`.
+#[map]
+static UNWIND_PUBLISHED: Array<u64> = Array::with_max_entries(1, 0);
+
+/// This CPU's last answer of `UNWIND_SLOTS`: [tgid, slot, publish count].
+/// Saves the hash lookup on every walk while nothing was published since.
+#[map]
+static LAST_SLOT: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Return addresses already looked up, direct-mapped by address: a hit
 /// replaces the two binary searches (mapping, then row), about half of a
 /// frame's cost when measured.
@@ -113,8 +122,28 @@ struct Walk {
 /// tables.
 #[inline(always)]
 pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
+    // Read before the slot: an answer is kept with the count it was read
+    // under, so a publish in between only makes it miss next time.
+    let published = match UNWIND_PUBLISHED.get_ptr(0) {
+        // SAFETY: the map's only value; a u64 is read whole.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    };
+    let last = LAST_SLOT.get_ptr_mut(0);
+    if let Some(last) = last {
+        // SAFETY: this CPU's entry, ours while the program runs.
+        let [t, slot, count] = unsafe { *last };
+        if published != 0 && count == published && t == u64::from(tgid) {
+            return Some(slot as u32);
+        }
+    }
     // SAFETY: plain data copied out of the map.
-    unsafe { UNWIND_SLOTS.get(&tgid) }.copied()
+    let slot = unsafe { UNWIND_SLOTS.get(&tgid) }.copied()?;
+    if let Some(last) = last {
+        // SAFETY: as above.
+        unsafe { *last = [u64::from(tgid), u64::from(slot), published] };
+    }
+    Some(slot)
 }
 
 /// The generation of the unwind table published for `slot`.

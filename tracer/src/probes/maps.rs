@@ -47,9 +47,9 @@ pub struct TaskMaps {
 }
 
 impl Probes {
-    /// Moves the unwind maps (rows, rules, processes, slots) out of the
-    /// loaded object, for [`crate::unwind::UnwindTables`].
-    pub fn take_unwind_maps(&mut self) -> Result<[aya::maps::Map; 4], ProbeError> {
+    /// Moves the unwind maps (rows, rules, processes, slots, publish count)
+    /// out of the loaded object, for [`crate::unwind::UnwindTables`].
+    pub fn take_unwind_maps(&mut self) -> Result<[aya::maps::Map; 5], ProbeError> {
         let mut take =
             |name: &'static str| self.ebpf.take_map(name).ok_or(ProbeError::Missing(name));
         Ok([
@@ -57,6 +57,7 @@ impl Probes {
             take("UNWIND_RULES")?,
             take("UNWIND_PROCESSES")?,
             take("UNWIND_SLOTS")?,
+            take("UNWIND_PUBLISHED")?,
         ])
     }
 

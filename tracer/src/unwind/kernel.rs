@@ -104,6 +104,10 @@ pub struct UnwindTables {
     rule_ids: HashMap<UnwindRule, u16>,
     processes: Array<MapData, ProcessMappings>,
     slots: BpfHashMap<MapData, u32, u32>,
+    /// Bumped after every change to `slots`: the probes' per-CPU copy of a
+    /// process's slot is good while it has not moved.
+    published: Array<MapData, u64>,
+    publish_count: u64,
     /// Where each object's rows are: (base, count); `None` when it has none.
     placed: HashMap<ObjectKey, Option<(u32, u32)>>,
     /// The executable mappings last written, to notice dlopen and munmap.
@@ -129,10 +133,10 @@ impl UnwindTables {
     pub fn new(
         pid: u32,
         mode: UnwindMode,
-        maps: [Map; 4],
+        maps: [Map; 5],
         row_capacity: u32,
     ) -> Result<Self, UnwindError> {
-        let [rows, rules, processes, slots] = maps;
+        let [rows, rules, processes, slots, published] = maps;
         let map_err = |e: aya::maps::MapError| UnwindError::Map(e.to_string());
         Ok(UnwindTables {
             pid,
@@ -143,6 +147,8 @@ impl UnwindTables {
             rule_ids: HashMap::new(),
             processes: Array::try_from(processes).map_err(map_err)?,
             slots: BpfHashMap::try_from(slots).map_err(map_err)?,
+            published: Array::try_from(published).map_err(map_err)?,
+            publish_count: 0,
             placed: HashMap::new(),
             last_maps: Vec::new(),
             live_slot: 1,
@@ -189,6 +195,10 @@ impl UnwindTables {
             .map_err(|e| UnwindError::Map(e.to_string()))?;
         self.slots
             .insert(self.pid, slot, 0)
+            .map_err(|e| UnwindError::Map(e.to_string()))?;
+        self.publish_count += 1;
+        self.published
+            .set(0, self.publish_count, 0)
             .map_err(|e| UnwindError::Map(e.to_string()))?;
         self.live_slot = slot;
         self.last_maps = fingerprint;

@@ -44,6 +44,7 @@ pub fn run(
     service: &Path,
     setup: Setup,
     seconds: f64,
+    stats: bool,
 ) -> Result<((f64, f64), Option<BpfStats>)> {
     let port = free_port()?;
     let server = Server(
@@ -62,7 +63,7 @@ pub fn run(
     };
     let url = format!("http://127.0.0.1:{port}/ping");
     let secs = format!("{}s", seconds.max(1.0).round());
-    let stats = (setup == Setup::Leaktrace).then(|| {
+    let stats = (stats && setup == Setup::Leaktrace).then(|| {
         BpfStats::enable(true);
         stats_during(Duration::from_secs_f64(seconds * 0.8))
     });

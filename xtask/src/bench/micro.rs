@@ -10,8 +10,13 @@ use crate::{compile_c, leaktrace_bin};
 
 pub const SETUPS: &[Setup] = &[Setup::Untraced, Setup::EmptyProbes, Setup::Leaktrace];
 
-/// Pairs per second in `setup`; with BPF statistics for leaktrace.
-pub fn run(root: &Path, setup: Setup, seconds: f64) -> Result<(f64, Option<BpfStats>)> {
+/// Pairs per second in `setup`; with BPF statistics if `stats` (leaktrace only).
+pub fn run(
+    root: &Path,
+    setup: Setup,
+    seconds: f64,
+    stats: bool,
+) -> Result<(f64, Option<BpfStats>)> {
     let bench = root.join("target/bench/malloc_free");
     compile_c(&root.join("xtask/bench/malloc_free.c"), &bench)?;
     let secs = seconds.to_string();
@@ -28,7 +33,7 @@ pub fn run(root: &Path, setup: Setup, seconds: f64) -> Result<(f64, Option<BpfSt
         }
     };
     cmd.arg(&secs);
-    let stats = (setup == Setup::Leaktrace).then(|| {
+    let stats = (stats && setup == Setup::Leaktrace).then(|| {
         BpfStats::enable(true);
         stats_during(Duration::from_secs_f64(seconds * 0.8 + 0.5))
     });

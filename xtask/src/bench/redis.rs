@@ -23,7 +23,8 @@ pub const SETUPS: &[Setup] = &[
 const REQUESTS: u32 = 100_000;
 
 /// (SET, GET) requests per second in `setup`.
-pub fn run(root: &Path, setup: Setup) -> Result<((f64, f64), Option<BpfStats>)> {
+/// With BPF statistics if `stats` (leaktrace only).
+pub fn run(root: &Path, setup: Setup, stats: bool) -> Result<((f64, f64), Option<BpfStats>)> {
     let port = free_port()?;
     let server = Server(
         Command::new("redis-server")
@@ -55,7 +56,7 @@ pub fn run(root: &Path, setup: Setup) -> Result<((f64, f64), Option<BpfStats>)> 
     } else {
         None
     };
-    let stats = (setup == Setup::Leaktrace).then(|| {
+    let stats = (stats && setup == Setup::Leaktrace).then(|| {
         BpfStats::enable(true);
         stats_during(Duration::from_secs(2))
     });
