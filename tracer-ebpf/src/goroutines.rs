@@ -11,14 +11,18 @@
 //! `runtime.gdestroy` (`goexit0` on Go 1.21), `gp` in RAX. Go's register ABI
 //! is not the C one: registers are read directly, not through `ctx.arg()`.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
         bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_attach_cookie, bpf_ktime_get_ns, bpf_probe_read_user as raw_read_user,
+        },
     },
     macros::{map, uprobe},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::ProbeContext,
     EbpfContext,
 };
@@ -51,6 +55,66 @@ fn read_u64(base: u64, offset: u32) -> Option<u64> {
     unsafe { bpf_probe_read_user((base + offset as u64) as *const u64) }.ok()
 }
 
+/// Bytes of a `g` read at once: its four fields lie within about 200
+/// bytes on every supported Go version.
+const G_SPAN: usize = 256;
+
+/// Per-CPU copy of the part of a new `g` holding its fields.
+#[map]
+static G_COPY: PerCpuArray<[u8; G_SPAN]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The new goroutine's (goid, gopc, startpc, parentGoid), with one user
+/// copy where the fields lie within [`G_SPAN`] bytes (one copy cost about
+/// what each of four separate reads did), else four.
+#[inline(always)]
+fn g_fields(g: u64, cfg: &GoConfig) -> Option<[u64; 4]> {
+    let offsets = [
+        cfg.goid_offset,
+        cfg.gopc_offset,
+        cfg.startpc_offset,
+        cfg.parent_goid_offset,
+    ];
+    let lo = offsets.iter().copied().min().unwrap_or(0);
+    let hi = offsets.iter().copied().max().unwrap_or(0) + 8;
+    let len = hi - lo;
+    let copy = G_COPY.get_ptr_mut(0)?;
+    if len as usize > G_SPAN {
+        return Some([
+            read_u64(g, offsets[0])?,
+            read_u64(g, offsets[1])?,
+            read_u64(g, offsets[2])?,
+            read_u64(g, offsets[3])?,
+        ]);
+    }
+    // SAFETY: this CPU's buffer, ours while the program runs; `len` is
+    // bounded by its size and the helper copes with any source address.
+    let bytes = unsafe {
+        if raw_read_user(
+            copy as *mut c_void,
+            len,
+            (g + u64::from(lo)) as *const c_void,
+        ) != 0
+        {
+            return None;
+        }
+        &*copy
+    };
+    let field = |off: u32| -> Option<u64> {
+        let at = (off - lo) as usize & (G_SPAN - 1);
+        if at + 8 > G_SPAN {
+            return None;
+        }
+        // SAFETY: `at + 8` is within the buffer.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().add(at) as *const u64) })
+    };
+    Some([
+        field(offsets[0])?,
+        field(offsets[1])?,
+        field(offsets[2])?,
+        field(offsets[3])?,
+    ])
+}
+
 /// A new goroutine, in RAX or RBX as the cookie says.
 #[uprobe]
 pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
@@ -69,12 +133,7 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
         )
     };
     let newg = if cookie == GO_NEW_G_IN_RBX { rbx } else { rax };
-    let (Some(goid), Some(gopc), Some(startpc), Some(parent_goid)) = (
-        read_u64(newg, cfg.goid_offset),
-        read_u64(newg, cfg.gopc_offset),
-        read_u64(newg, cfg.startpc_offset),
-        read_u64(newg, cfg.parent_goid_offset),
-    ) else {
+    let Some([goid, gopc, startpc, parent_goid]) = g_fields(newg, &cfg) else {
         count(Counter::GoroutineUnreadable);
         return 0;
     };

@@ -1,7 +1,7 @@
 //! leaktrace's kernel side: uprobes on the target's allocator, thread spawns and Go
 //! runtime, and the scheduler tracepoints for task lifetimes.
 //!
-//! Entry probes stash `(size, caller, stack)` per (thread, function kind);
+//! Entry probes stash `(size, caller, stack)` per thread (`inflight`);
 //! return probes turn a successful result into an [`AllocRecord`] keyed by
 //! address and add it to per-site totals; `free` removes the record and
 //! subtracts it again. Userspace only ever reads the per-site totals and the
