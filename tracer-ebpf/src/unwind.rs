@@ -94,6 +94,10 @@ const EXACT_PC: u32 = 1;
 const RBP_LOST: u32 = 2;
 /// rbp still holds the value the probe found (no frame gave it back yet).
 const BP_INITIAL: u32 = 4;
+/// rbp came from the stack word at `Walk::bp_at` and no rule has used it
+/// yet: [`walk_memo`] needs the word only once one does (code without
+/// frame pointers saves data in rbp, which changes from call to call).
+const BP_UNNOTED: u32 = 8;
 
 /// The walk's state between frames, in map memory for the same reason as
 /// [`SEARCH`]: on the BPF stack its values were tracked across iterations,
@@ -112,6 +116,8 @@ struct Walk {
     /// The next pending return probe's `return_instance` (kernel
     /// address), once the walk has met the trampoline.
     instance: u64,
+    /// Where `bp` was read from, while [`BP_UNNOTED`].
+    bp_at: u64,
     slot: u32,
     frames: u32,
     end: u32,
@@ -174,6 +180,7 @@ pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) ->
             bp,
             hash: seed,
             instance: 0,
+            bp_at: 0,
             slot,
             frames: 0,
             end: StackEnd::DepthLimit as u32,
@@ -309,29 +316,35 @@ fn walk_read_u64(addr: u64) -> Option<u64> {
     Some(v)
 }
 
-/// A frame record for the walk, noted for [`walk_memo`].
+/// A frame record for the walk; its return address noted for
+/// [`walk_memo`] (its rbp once used, by [`set_bp_from`]).
 #[inline(always)]
 fn walk_read_frame(addr: u64) -> Option<FrameRecord> {
     let rec = read_user::<FrameRecord>(addr)?;
-    walk_memo::note(addr, rec.next);
     walk_memo::note(addr + 8, rec.ret);
     Some(rec)
 }
 
-/// The walk is about to use rbp.
+/// The walk is about to use rbp: what it depends on is noted.
 #[inline(always)]
-fn use_bp(w: &Walk) -> u64 {
+fn use_bp(w: &mut Walk) -> u64 {
     if w.flags & BP_INITIAL != 0 {
         walk_memo::note_initial_bp();
+    }
+    if w.flags & BP_UNNOTED != 0 {
+        walk_memo::note(w.bp_at, w.bp);
+        w.flags &= !BP_UNNOTED;
     }
     w.bp
 }
 
-/// rbp comes from the stack from here on.
+/// rbp is the stack word `bp` read at `addr` from here on.
 #[inline(always)]
-fn set_bp(w: &mut Walk, bp: u64) {
+fn set_bp_from(w: &mut Walk, addr: u64, bp: u64) {
+    walk_memo::cover(addr);
     w.bp = bp;
-    w.flags &= !(RBP_LOST | BP_INITIAL);
+    w.bp_at = addr;
+    w.flags = (w.flags & !(RBP_LOST | BP_INITIAL)) | BP_UNNOTED;
 }
 
 /// One frame: find `w.pc`'s mapping, record it, then find the caller's
@@ -567,7 +580,7 @@ fn rule_step(w: &mut Walk, rule: u32) -> i64 {
         // side, one read.
         match walk_read_frame(cfa - 16) {
             Some(rec) => {
-                set_bp(w, rec.next);
+                set_bp_from(w, cfa - 16, rec.next);
                 rec.ret
             }
             None => return stop(w, StackEnd::Unreadable),
@@ -577,10 +590,13 @@ fn rule_step(w: &mut Walk, rule: u32) -> i64 {
             return stop(w, StackEnd::Unreadable);
         };
         match rule.rbp {
-            rbp::AT_CFA => match walk_read_u64(cfa.wrapping_add(rule.rbp_offset as i64 as u64)) {
-                Some(bp) => set_bp(w, bp),
-                None => return stop(w, StackEnd::Unreadable),
-            },
+            rbp::AT_CFA => {
+                let at = cfa.wrapping_add(rule.rbp_offset as i64 as u64);
+                match read_user::<u64>(at) {
+                    Some(bp) => set_bp_from(w, at, bp),
+                    None => return stop(w, StackEnd::Unreadable),
+                }
+            }
             rbp::LOST => w.flags |= RBP_LOST,
             _ => {}
         }
@@ -641,6 +657,6 @@ fn frame_pointer_step(w: &mut Walk) -> i64 {
     }
     w.pc = rec.ret;
     w.sp = fp + 16;
-    set_bp(w, rec.next);
+    set_bp_from(w, fp, rec.next);
     0
 }

@@ -4,7 +4,8 @@
 //! A walk is a function of its starting registers (pc, sp, and rbp when a
 //! rule used it before the stack gave rbp back), the process's unwind
 //! tables (one [`ProcessMappings::generation`] never changes) and the
-//! stack words it read. If a new walk starts from the same registers in
+//! stack words it read and used (a saved rbp no rule used before the next
+//! one replaced it changes nothing). If a new walk starts from the same registers in
 //! the same tables and every one of those words still holds the value the
 //! remembered walk read, it would read and do exactly the same: its stack
 //! id is the remembered one. Checking costs one copy of the stack span the
@@ -158,6 +159,23 @@ pub(crate) fn note(addr: u64, value: u64) {
         }
     }
     r.words = n as u32 + 1;
+    r.span = r.span.max(off as u32 + 8);
+}
+
+/// Keeps the word at `addr`, read but not (yet) needed, within the span a
+/// replay copies: the copy succeeding then says it is still readable.
+#[inline(always)]
+pub(crate) fn cover(addr: u64) {
+    let Some(r) = RECORDING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's recording state.
+    let r = unsafe { &mut *r };
+    let off = addr.wrapping_sub(r.sp);
+    if off > (WINDOW_ROOM - 8) as u64 {
+        r.words = NOT_REMEMBERED;
+        return;
+    }
     r.span = r.span.max(off as u32 + 8);
 }
 
