@@ -137,10 +137,24 @@ pub(crate) fn begin(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
     if word != 0 && word as u32 == tid {
         // SAFETY: the call data of a slot is only written by its holder.
         let outer = unsafe { &(*slot).call };
-        return if inside(outer, entry_sp, now) {
-            None
-        } else {
+        if inside(outer, entry_sp, now) {
+            return None;
+        }
+        // The thread still holds the slot from a call whose return was not
+        // seen: a new call renews the claim time, or other threads would
+        // take the slot from under it as stale.
+        // SAFETY: as above.
+        let seen = unsafe {
+            compare_exchange(
+                core::ptr::addr_of_mut!((*slot).holder),
+                word,
+                holder_word(tid, now),
+            )
+        };
+        return if seen == word {
             Some(Place::Slot(slot))
+        } else {
+            in_hash(tid, entry_sp, now)
         };
     }
     if word != 0 && !stale_holder(word, now) {
