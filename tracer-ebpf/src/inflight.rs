@@ -5,9 +5,9 @@
 //! slot is claimed with one compare-and-swap at entry and given back with a
 //! store at return, where a hash map keyed by thread id cost four hash
 //! operations per call (on the malloc/free microbenchmark the entry and
-//! return programs went from 448 + 211 ns to 359 + 144 ns). Threads whose slot another thread holds (ids equal modulo the
-//! slot count and both inside an allocator at once) use the hash map, as
-//! before.
+//! return programs went from 448 + 211 ns to 359 + 144 ns). Threads whose
+//! slot another thread holds (ids equal modulo the slot count and both
+//! inside an allocator at once) use the hash map, as before.
 //!
 //! The return gives the slot back, as the hash map's delete did: keeping
 //! a thread's state between calls lost calls now and then while other
@@ -33,7 +33,7 @@ const SLOTS: u32 = 1 << 14;
 static INFLIGHT_MASK: u32 = SLOTS - 1;
 
 #[inline(always)]
-fn slot_of(tid: u32) -> Option<*mut Slot> {
+fn slot_for(tid: u32) -> Option<*mut Slot> {
     // SAFETY: a constant userspace may set at load time.
     let mask = unsafe { core::ptr::read_volatile(&INFLIGHT_MASK) };
     INFLIGHT.get_ptr_mut(tid & mask & (SLOTS - 1))
@@ -130,7 +130,7 @@ fn pending_used(delta: i64) {
 /// internal to an outer call of the same thread.
 #[inline(always)]
 pub(crate) fn begin(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
-    let slot = slot_of(tid)?;
+    let slot = slot_for(tid)?;
     // SAFETY: a live map value; the holder word is only ever changed whole
     // (store or compare-and-swap), so this read is one of its values.
     let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).holder)) };
@@ -143,19 +143,7 @@ pub(crate) fn begin(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
         // The thread still holds the slot from a call whose return was not
         // seen: a new call renews the claim time, or other threads would
         // take the slot from under it as stale.
-        // SAFETY: as above.
-        let seen = unsafe {
-            compare_exchange(
-                core::ptr::addr_of_mut!((*slot).holder),
-                word,
-                holder_word(tid, now),
-            )
-        };
-        return if seen == word {
-            Some(Place::Slot(slot))
-        } else {
-            in_hash(tid, entry_sp, now)
-        };
+        return claim(slot, word, tid, entry_sp, now);
     }
     if word != 0 && !stale_holder(word, now) {
         return in_hash(tid, entry_sp, now);
@@ -170,7 +158,14 @@ pub(crate) fn begin(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
             }
         }
     }
-    // SAFETY: as above.
+    claim(slot, word, tid, entry_sp, now)
+}
+
+/// Takes `slot`, last seen holding `word`, for a new call of `tid`; if
+/// another thread changed it meanwhile, the call goes to the hash map.
+#[inline(always)]
+fn claim(slot: *mut Slot, word: u64, tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
+    // SAFETY: a live map value (from `slot_for`).
     let seen = unsafe {
         compare_exchange(
             core::ptr::addr_of_mut!((*slot).holder),
@@ -181,7 +176,6 @@ pub(crate) fn begin(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
     if seen == word {
         Some(Place::Slot(slot))
     } else {
-        // Another thread claimed it first.
         in_hash(tid, entry_sp, now)
     }
 }
@@ -219,7 +213,7 @@ pub(crate) fn stash(place: Place, tid: u32, call: Pending) {
 #[inline(always)]
 pub(crate) fn finish(tid: u32, kind: u32, rsp: u64) -> Option<Pending> {
     let ends = |p: &Pending| p.entry_sp != 0 && p.kind == kind && rsp == p.entry_sp + 8;
-    let slot = slot_of(tid)?;
+    let slot = slot_for(tid)?;
     // SAFETY: as in `begin`.
     let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).holder)) };
     if word != 0 && word as u32 == tid {

@@ -52,11 +52,10 @@ pub(crate) struct Memo {
 #[map]
 static WALK_MEMO: PerCpuArray<Memo> = PerCpuArray::with_max_entries(MEMO_ENTRIES, 0);
 
-/// The walk being recorded. Layout: 2×u64, 4×u32.
+/// The walk being recorded. Layout: u64, 4×u32; no implicit padding.
 #[repr(C)]
 struct Recording {
     sp: u64,
-    _unused: u64,
     entry: u32,
     /// Words noted so far; past [`MEMO_WORDS`] when the walk is not to be
     /// remembered.
@@ -127,7 +126,6 @@ pub(crate) fn start(pc: u64, sp: u64) {
         unsafe {
             r.write(Recording {
                 sp,
-                _unused: 0,
                 entry,
                 words: 0,
                 uses_bp: 0,
