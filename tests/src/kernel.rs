@@ -19,11 +19,11 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
     assert!(out.status.success(), "bpftool prog show failed");
     let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
     const OURS: &[&str] = &[
-        "alloc_entry_siz",
-        "alloc_entry_cal",
-        "alloc_entry_rea",
-        "alloc_entry_pos",
+        "alloc_entry",
         "alloc_return",
+        "stack_walk",
+        "stack_store",
+        "seccomp_check_r",
         "free_entry",
         "empty_entry",
         "spawn_entry",

@@ -31,7 +31,10 @@ use tracer_common::{
     GO_NEW_G_IN_RBX, STACK_UNKNOWN,
 };
 
-use crate::{heap::count, stacks::user_stack_id};
+use crate::{
+    heap::count,
+    walker::{walk_for, WalkFor, FOR_GOROUTINE},
+};
 
 #[map]
 static GOROUTINES: HashMap<u64, GoroutineRecord> =
@@ -140,16 +143,8 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
     };
     let site = [gopc, startpc];
     // SAFETY: plain data copied out of the map.
-    let stack_id = match unsafe { SITE_STACKS.get(&site) } {
-        Some(&id) => id,
-        None => {
-            let id = user_stack_id(&ctx);
-            if id != STACK_UNKNOWN {
-                let _ = SITE_STACKS.insert(&site, &id, 0);
-            }
-            id
-        }
-    };
+    let known = unsafe { SITE_STACKS.get(&site) }.copied();
+    let stack_id = known.unwrap_or(STACK_UNKNOWN);
     let rec = GoroutineRecord {
         gopc,
         startpc,
@@ -161,8 +156,35 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
     };
     if GOROUTINES.insert(&goid, &rec, 0).is_err() {
         count(Counter::GoroutineMapFull);
+        return 0;
+    }
+    if known.is_none() {
+        walk_for(
+            &ctx,
+            WalkFor {
+                what: FOR_GOROUTINE,
+                tid: 0,
+                a: goid,
+                b: gopc,
+                c: startpc,
+                tgid: 0,
+                _pad: 0,
+            },
+        );
     }
     0
+}
+
+/// The walk's result for the goroutine `goid` just recorded, created at
+/// `site`: its record's stack, and the site's for those created after it.
+#[inline(always)]
+pub(crate) fn set_stack(_tgid: u32, goid: u64, site: [u64; 2], stack_id: u32) {
+    if let Some(rec) = GOROUTINES.get_ptr_mut(&goid) {
+        // SAFETY: the record was inserted by this program's probe just
+        // before; the goroutine is not runnable yet, so nobody removes it.
+        unsafe { (*rec).stack_id = stack_id };
+    }
+    let _ = SITE_STACKS.insert(&site, &stack_id, 0);
 }
 
 /// Entry of `runtime.gdestroy(gp)` / `runtime.goexit0(gp)`: `gp` in RAX.

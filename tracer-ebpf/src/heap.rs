@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_probe_read_user,
         generated::{bpf_get_attach_cookie, bpf_jiffies64},
     },
     macros::{map, uprobe, uretprobe},
@@ -13,13 +13,13 @@ use aya_ebpf::{
 };
 use tracer_common::{
     cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, Pending, SiteKey,
-    SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, DEFAULT_MAX_THREADS,
+    SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, STACK_UNKNOWN,
 };
 
 use crate::{
     inflight::{self, tid},
-    stacks::user_stack_id,
     unwind::read_stack_word,
+    walker::{walk_for, WalkFor, FOR_ALLOC},
 };
 
 // Sizes here are defaults; userspace resizes every map from its flags
@@ -186,10 +186,25 @@ fn record(addr: u64, p: &Pending) {
     }
 }
 
-#[inline(always)]
-fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
-    let c = cookie(ctx);
-    let r = regs(ctx);
+/// Entry of every allocation function; the cookie says which, and so
+/// where its size (and old pointer or out-parameter) are. One program for
+/// all of them: each program costs a verification at load.
+#[uprobe]
+pub fn alloc_entry(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    let r = regs(&ctx);
+    let (rdi, rsi, rdx) = (r.rdi, r.rsi, r.rdx);
+    let kind = cookie_kind(c);
+    let (size, aux) = match AllocKind::from_u32(kind) {
+        Some(AllocKind::AlignedAlloc | AllocKind::Memalign) => (rsi, 0),
+        Some(AllocKind::Calloc) => (rdi.wrapping_mul(rsi), 0),
+        Some(AllocKind::Realloc | AllocKind::Rallocx | AllocKind::ReallocAligned) => (rsi, rdi),
+        Some(AllocKind::Reallocarray) => (rsi.wrapping_mul(rdx), rdi),
+        Some(AllocKind::PosixMemalign) => (rdx, rdi),
+        // malloc, valloc, pvalloc, operator new, mallocx, mi_malloc_aligned.
+        Some(_) => (rdi, 0),
+        None => return 0,
+    };
     // Stack pointer as it was at the function's first instruction.
     let entry_sp = r.rsp + cookie_stack_delta(c);
     let tid = tid();
@@ -199,74 +214,52 @@ fn on_entry(ctx: &ProbeContext, size: u64, aux: u64) -> u32 {
     let Some(place) = inflight::begin(tid, entry_sp, now) else {
         return 0; // inside another probed allocator call
     };
+    // The stack and caller come from the walk, which runs next.
+    let pending = Pending {
+        size,
+        aux,
+        caller: 0,
+        entry_sp,
+        since_jiffies: now,
+        stack_id: STACK_UNKNOWN,
+        kind,
+    };
+    if !inflight::stash(place, tid, pending) {
+        return 0;
+    }
+    walk_for(
+        &ctx,
+        WalkFor {
+            what: FOR_ALLOC,
+            tid,
+            a: entry_sp,
+            b: 0,
+            c: 0,
+            tgid: 0,
+            _pad: 0,
+        },
+    );
+    // Only if the walk could not run: the caller at least (read directly:
+    // the stack window may hold another thread's stack).
+    // SAFETY: bpf_probe_read_user copes with any address.
+    match unsafe { bpf_probe_read_user(entry_sp as *const u64) } {
+        Ok(caller) => inflight::set_stack(tid, entry_sp, STACK_UNKNOWN, caller),
+        Err(_) => count(Counter::CallerUnreadable),
+    }
+    0
+}
 
-    // The frame-pointer walk starts at the caller's frame: frame 0 is the
-    // probed instruction and the immediate caller is missing, hence `caller`.
-    let stack_id = user_stack_id(ctx);
-    // The return address, out of the stack the walk just copied.
-    let caller = match read_stack_word(entry_sp) {
-        Some(ra) => ra,
+/// The return address at the entry stack pointer `entry_sp`, right after
+/// a walk of this thread's stack (out of the stack window it filled).
+#[inline(always)]
+pub(crate) fn caller_after_walk(entry_sp: u64) -> u64 {
+    match read_stack_word(entry_sp) {
+        Some(caller) => caller,
         None => {
             count(Counter::CallerUnreadable);
             0
         }
-    };
-
-    let pending = Pending {
-        size,
-        aux,
-        caller,
-        entry_sp,
-        since_jiffies: now,
-        stack_id,
-        kind: cookie_kind(c),
-    };
-    inflight::stash(place, tid, pending);
-    0
-}
-
-/// malloc, valloc, pvalloc, operator new, mallocx, mi_malloc_aligned: size
-/// in the first argument.
-#[uprobe]
-pub fn alloc_entry_size0(ctx: ProbeContext) -> u32 {
-    let r = regs(&ctx);
-    on_entry(&ctx, r.rdi, 0)
-}
-
-/// memalign, aligned_alloc: (alignment, size).
-#[uprobe]
-pub fn alloc_entry_size1(ctx: ProbeContext) -> u32 {
-    let r = regs(&ctx);
-    on_entry(&ctx, r.rsi, 0)
-}
-
-/// calloc(nmemb, size).
-#[uprobe]
-pub fn alloc_entry_calloc(ctx: ProbeContext) -> u32 {
-    let r = regs(&ctx);
-    on_entry(&ctx, r.rdi.wrapping_mul(r.rsi), 0)
-}
-
-/// realloc(ptr, size), rallocx(ptr, size, flags),
-/// mi_realloc_aligned(ptr, size, align).
-#[uprobe]
-pub fn alloc_entry_realloc(ctx: ProbeContext) -> u32 {
-    let r = regs(&ctx);
-    on_entry(&ctx, r.rsi, r.rdi)
-}
-
-/// reallocarray(ptr, nmemb, size).
-#[uprobe]
-pub fn alloc_entry_reallocarray(ctx: ProbeContext) -> u32 {
-    let r = regs(&ctx);
-    on_entry(&ctx, r.rsi.wrapping_mul(r.rdx), r.rdi)
-}
-
-/// posix_memalign(memptr, alignment, size).
-#[uprobe]
-pub fn alloc_entry_posix_memalign(ctx: ProbeContext) -> u32 {
-    let r = regs(&ctx);
-    on_entry(&ctx, r.rdx, r.rdi)
+    }
 }
 
 /// Return of every allocation function; the cookie says which.
@@ -340,5 +333,13 @@ pub fn empty_entry(_ctx: ProbeContext) -> u32 {
 /// Does nothing; the return-probe twin of [`empty_entry`].
 #[uretprobe]
 pub fn empty_return(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+/// Does nothing: the return probe of the seccomp check (see
+/// `tracer/src/probes/seccomp_check.rs`), attached through a perf event,
+/// so loaded on its own rather than for uprobe-multi links.
+#[uretprobe]
+pub fn seccomp_check_return(_ctx: RetProbeContext) -> u32 {
     0
 }

@@ -190,17 +190,52 @@ fn in_hash(tid: u32, entry_sp: u64, now: u64) -> Option<Place> {
     }
 }
 
-/// Stashes `call` where [`begin`] said.
+/// Stashes `call` where [`begin`] said; false if it could not be.
 #[inline(always)]
-pub(crate) fn stash(place: Place, tid: u32, call: Pending) {
+pub(crate) fn stash(place: Place, tid: u32, call: Pending) -> bool {
     match place {
-        // SAFETY: this thread holds the slot; only the holder writes it.
-        Place::Slot(slot) => unsafe { (*slot).call = call },
+        Place::Slot(slot) => {
+            // SAFETY: this thread holds the slot; only the holder writes it.
+            unsafe { (*slot).call = call };
+            true
+        }
         Place::Hash { existing } => {
             if PENDING.insert(&tid, &call, 0).is_err() {
                 count(Counter::PendingMapFull);
-            } else if !existing {
+                return false;
+            }
+            if !existing {
                 pending_used(1);
+            }
+            true
+        }
+    }
+}
+
+/// Fills in the stack and caller of the call `tid` stashed at `entry_sp`
+/// (the walk runs after the stash: see `walker`).
+#[inline(always)]
+pub(crate) fn set_stack(tid: u32, entry_sp: u64, stack_id: u32, caller: u64) {
+    let Some(slot) = slot_for(tid) else {
+        return;
+    };
+    // SAFETY: as in `begin`.
+    let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*slot).holder)) };
+    if word != 0 && word as u32 == tid {
+        // SAFETY: this thread holds the slot; only the holder writes it.
+        let call = unsafe { &mut (*slot).call };
+        if call.entry_sp == entry_sp {
+            call.stack_id = stack_id;
+            call.caller = caller;
+            return;
+        }
+    }
+    if let Some(call) = PENDING.get_ptr_mut(&tid) {
+        // SAFETY: this thread's own entry; only it writes it.
+        unsafe {
+            if (*call).entry_sp == entry_sp {
+                (*call).stack_id = stack_id;
+                (*call).caller = caller;
             }
         }
     }

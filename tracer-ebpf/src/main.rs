@@ -24,6 +24,8 @@ mod tasks;
 mod unwind;
 #[cfg(target_arch = "bpf")]
 mod walk_memo;
+#[cfg(target_arch = "bpf")]
+mod walker;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -19,7 +19,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
@@ -31,7 +31,7 @@ use tracer_common::{
 
 use crate::{
     heap::{count, EEXIST},
-    unwind::{clear_window, generation_of, slot_of, walk_by_tables},
+    unwind::{clear_window, generation_of, slot_of, walk, FRAME_POINTERS_ONLY},
     walk_memo,
 };
 
@@ -54,20 +54,6 @@ const KNOWN_STACKS_SIZE: u32 = 1 << 10;
 #[map]
 pub(crate) static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// The user stack of the probed thread (by unwind tables, or frame
-/// pointers), as an id into
-/// `STACKS`; a stack that could not be recorded is counted as lost.
-#[inline(always)]
-pub(crate) fn user_stack_id(ctx: &ProbeContext) -> u32 {
-    match record_user_stack(ctx) {
-        Some(id) => id,
-        None => {
-            count(Counter::StackLost);
-            STACK_UNKNOWN
-        }
-    }
-}
-
 /// A frame record as `push %rbp; mov %rsp,%rbp` leaves it.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -87,90 +73,107 @@ pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
 
 const HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// The frame-pointer walk (`--unwind fp`): frame records from rbp. Why it
-/// ended goes straight into the record: a value per loop exit held in a
-/// register would multiply the states the verifier explores after the loop.
-#[inline(always)]
-fn walk_by_frame_pointers(scratch: *mut StackRecord, ip: u64, mut fp: u64) -> (u32, u64) {
-    let mut hash = mix(HASH_SEED, ip);
-    let mut frames = 1;
-    // SAFETY (for every access to `scratch`): the per-CPU slot is ours;
-    // i < MAX_STACK_DEPTH.
-    unsafe { (*scratch).end = StackEnd::DepthLimit as u32 };
-    for i in 1..MAX_STACK_DEPTH {
-        if fp == 0 {
-            unsafe { (*scratch).end = StackEnd::FramePointers as u32 };
-            break;
-        }
-        if fp & 7 != 0 {
-            unsafe { (*scratch).end = StackEnd::Unreadable as u32 };
-            break;
-        }
-        // SAFETY: bpf_probe_read_user copes with any address.
-        let Ok(rec) = (unsafe { bpf_probe_read_user(fp as *const FrameRecord) }) else {
-            unsafe { (*scratch).end = StackEnd::Unreadable as u32 };
-            break;
-        };
-        if rec.ret == 0 {
-            unsafe { (*scratch).end = StackEnd::FramePointers as u32 };
-            break;
-        }
-        unsafe { (*scratch).ips[i] = rec.ret };
-        hash = mix(hash, rec.ret);
-        frames = i + 1;
-        fp = rec.next;
-    }
-    (frames as u32, hash)
+/// What the walk ([`walk_user_stack`]) leaves for the store
+/// ([`store_walked`]), which runs as another program. Layout: 4×u64, 6×u32;
+/// no implicit padding.
+#[repr(C)]
+pub(crate) struct Walked {
+    ip: u64,
+    sp: u64,
+    fp: u64,
+    hash: u64,
+    /// The id, when a remembered walk gave it; else [`STACK_UNKNOWN`].
+    id: u32,
+    frames: u32,
+    end: u32,
+    /// The process's unwind slot, or [`FRAME_POINTERS_ONLY`].
+    slot: u32,
+    generation: u32,
+    _pad: u32,
 }
 
+#[map]
+static WALKED: PerCpuArray<Walked> = PerCpuArray::with_max_entries(1, 0);
+
+/// Walks the probed thread's user stack (by unwind tables, or frame
+/// pointers) into the per-CPU scratch record, or finds it remembered;
+/// false if there is nowhere to walk it to.
 #[inline(always)]
-fn record_user_stack(ctx: &ProbeContext) -> Option<u32> {
+pub(crate) fn walk_user_stack(ctx: &ProbeContext) -> bool {
     // SAFETY: the context of a uprobe program is the task's pt_regs.
     let (ip, sp, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(out) = WALKED.get_ptr_mut(0) else {
+        return false;
+    };
     // Callers may read the walked stack through the window: from here on
     // it holds this thread's stack only.
     clear_window();
     let by_tables = slot_of(tgid).and_then(|slot| Some((slot, generation_of(slot)?)));
-    if let Some((slot, generation)) = by_tables {
-        if let Some(id) = walk_memo::replay(slot, generation, ip, sp, fp) {
-            return Some(id); // the common case: the same walk as before
-        }
+    let (slot, generation) = by_tables.unwrap_or((FRAME_POINTERS_ONLY, 0));
+    let mut walked = Walked {
+        ip,
+        sp,
+        fp,
+        hash: 0,
+        id: STACK_UNKNOWN,
+        frames: 0,
+        end: 0,
+        slot,
+        generation,
+        _pad: 0,
+    };
+    let replayed = match by_tables {
+        Some((slot, generation)) => walk_memo::replay(slot, generation, ip, sp, fp),
+        None => None,
+    };
+    if let Some(id) = replayed {
+        walked.id = id; // the common case: the same walk as before
+    } else {
+        let (frames, hash, end) = walk(slot, ip, sp, fp, HASH_SEED);
+        walked.frames = frames;
+        walked.hash = hash;
+        walked.end = end;
+    }
+    // SAFETY: this CPU's entry, ours while the programs run.
+    unsafe { out.write(walked) };
+    true
+}
+
+/// The id of the stack [`walk_user_stack`] walked, stored if new and its
+/// walk remembered; `None` (counted) if it could not be stored.
+#[inline(always)]
+pub(crate) fn store_walked() -> Option<u32> {
+    let w = WALKED.get_ptr(0)?;
+    // SAFETY: this CPU's entry, written by the walk just before.
+    let w = unsafe { &*w };
+    if w.id != STACK_UNKNOWN {
+        return Some(w.id);
     }
     let scratch = STACK_SCRATCH.get_ptr_mut(0)?;
     // SAFETY (for every access to `scratch` below): the per-CPU slot is
     // ours for the duration of this program, and indices stay below
     // MAX_STACK_DEPTH.
-    unsafe { (*scratch).ips[0] = ip };
-    let (frames, mut hash) = match by_tables {
-        Some((slot, _)) => {
-            let (frames, hash, end) = walk_by_tables(slot, ip, sp, fp, HASH_SEED);
-            // SAFETY: as above.
-            unsafe { (*scratch).end = end };
-            (frames, hash)
-        }
-        None => walk_by_frame_pointers(scratch, ip, fp),
-    };
-    let frames = frames as usize;
+    unsafe { (*scratch).end = w.end };
+    let frames = w.frames as usize;
     if frames < MAX_STACK_DEPTH {
         // Readers stop at the first empty slot; the slots after it may
         // still hold an earlier stack's frames.
         // SAFETY: as above.
         unsafe { (*scratch).ips[frames] = 0 };
     }
+    let mut hash = w.hash;
     hash = (hash ^ (hash >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     hash ^= hash >> 32;
     // SAFETY: as above.
     unsafe { (*scratch).hash = hash };
-    // SAFETY: as above.
-    let end = unsafe { core::ptr::read_volatile(&(*scratch).end) };
-
-    let id = known_or_stored(scratch, hash, end)?;
-    if let Some((slot, generation)) = by_tables {
-        // A walk that met an unreadable word might read it next time.
-        if end != StackEnd::Unreadable as u32 {
-            walk_memo::commit(id, slot, generation, ip, sp, fp);
-        }
+    let Some(id) = known_or_stored(scratch, hash, w.end) else {
+        count(Counter::StackLost);
+        return None;
+    };
+    // A walk that met an unreadable word might read it next time.
+    if w.slot != FRAME_POINTERS_ONLY && w.end != StackEnd::Unreadable as u32 {
+        walk_memo::commit(id, w.slot, w.generation, w.ip, w.sp, w.fp);
     }
     Some(id)
 }

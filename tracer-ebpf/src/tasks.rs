@@ -16,14 +16,16 @@ use aya_ebpf::{
     macros::{map, raw_tracepoint, uprobe},
     maps::{Array, HashMap},
     programs::{ProbeContext, RawTracePointContext},
-    EbpfContext,
 };
 use tracer_common::{
     Counter, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
     SPAWN_STALE_NS, STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD,
 };
 
-use crate::{heap::count, stacks::user_stack_id};
+use crate::{
+    heap::count,
+    walker::{walk_for, WalkFor, FOR_SPAWN},
+};
 
 #[map]
 static SPAWN_PENDING: HashMap<u32, SpawnPending> =
@@ -57,18 +59,39 @@ pub fn spawn_entry(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: reading the return address at the user stack pointer.
     let caller = unsafe { bpf_probe_read_user(entry_sp as *const u64) }.unwrap_or(0);
-    let stack_id = user_stack_id(&ctx);
     let pending = SpawnPending {
         caller,
         entry_sp,
         since_ns: now,
-        stack_id,
+        stack_id: STACK_UNKNOWN,
         _pad: 0,
     };
     if SPAWN_PENDING.insert(&tid, &pending, 0).is_err() {
         count(Counter::PendingMapFull);
+        return 0;
     }
+    walk_for(
+        &ctx,
+        WalkFor {
+            what: FOR_SPAWN,
+            tid,
+            a: 0,
+            b: 0,
+            c: 0,
+            tgid: 0,
+            _pad: 0,
+        },
+    );
     0
+}
+
+/// The walk's result for the spawn call `tid` stashed.
+#[inline(always)]
+pub(crate) fn set_spawn_stack(tid: u32, stack_id: u32) {
+    if let Some(p) = SPAWN_PENDING.get_ptr_mut(&tid) {
+        // SAFETY: this thread's own entry; only it writes it.
+        unsafe { (*p).stack_id = stack_id };
+    }
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`,

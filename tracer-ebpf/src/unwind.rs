@@ -1,6 +1,7 @@
 //! Walking a user stack by the unwind tables userspace built from each
 //! mapped object's `.eh_frame` (see `tracer-common`'s unwind types), for
-//! code without frame pointers; frame pointers where a mapping is Go code.
+//! code without frame pointers; frame pointers where a mapping is Go code,
+//! and for a whole walk when the process has no tables.
 //!
 //! One frame per `bpf_loop` iteration: the callback is verified once, so the
 //! two bounded binary searches inside it (mapping, then row) do not multiply
@@ -161,17 +162,30 @@ pub(crate) fn generation_of(slot: u32) -> Option<u32> {
         .map(|p| unsafe { (*p).generation })
 }
 
+/// The `slot` of a walk by frame pointers alone (`--unwind fp`, or a
+/// process without tables yet).
+pub(crate) const FRAME_POINTERS_ONLY: u32 = u32::MAX;
+
 /// Walks the stack from `(pc, sp, bp)` into the per-CPU scratch record:
-/// frames, their hash seed folded in, and why the walk ended.
+/// frames, their hash seed folded in, and why the walk ended. By the
+/// tables of process `slot`, or by frame pointers alone
+/// ([`FRAME_POINTERS_ONLY`]). The words a walk by tables reads are noted
+/// for [`walk_memo`]. The caller has emptied the stack window (or filled it
+/// from this thread's stack).
+///
+/// Both kinds run one frame per `bpf_loop` iteration: a loop the verifier
+/// unrolled left as many states after it as it had exits (the frame count
+/// indexes the record), and each went through the rest of the program.
 #[inline(always)]
-/// The words it reads are noted for [`walk_memo`]. The caller has emptied
-/// the stack window (or filled it from this thread's stack).
-#[inline(always)]
-pub(crate) fn walk_by_tables(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) -> (u32, u64, u32) {
+pub(crate) fn walk(slot: u32, pc: u64, sp: u64, bp: u64, seed: u64) -> (u32, u64, u32) {
     let Some(w) = WALK.get_ptr_mut(0) else {
         return (0, seed, StackEnd::Unreadable as u32);
     };
-    walk_memo::start(pc, sp);
+    if slot == FRAME_POINTERS_ONLY {
+        walk_memo::abandon(); // nothing to remember it by
+    } else {
+        walk_memo::start(pc, sp);
+    }
     // SAFETY: this CPU's slot, ours while the program runs.
     unsafe {
         w.write(Walk {
@@ -361,6 +375,10 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let n = w.frames as usize;
     if n >= MAX_STACK_DEPTH {
         return stop(w, StackEnd::DepthLimit);
+    }
+    if w.slot == FRAME_POINTERS_ONLY {
+        record_frame(w, scratch, n);
+        return frame_pointer_step(w);
     }
     // A return address points after its call, possibly past the end of the
     // caller's last row: look up the call instruction itself.

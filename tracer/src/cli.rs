@@ -185,6 +185,12 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "KIND", exclusive = true)]
     pub generate: Option<Generate>,
 
+    /// Print to stderr how long each step of attaching took: each eBPF
+    /// program's load (the kernel verifies it then), the unwind tables,
+    /// the probes' attach calls.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+
     /// Benchmarking aid: `empty` attaches do-nothing probes at the same sites.
     #[arg(long, value_enum, default_value_t = ProbeMode::Full, hide = true)]
     pub probe_mode: ProbeMode,

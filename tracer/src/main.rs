@@ -19,6 +19,10 @@ fn main() -> ExitCode {
     match session::run(cli) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<session::stop::Interrupted>() {
+                eprintln!("leaktrace: {stopped}");
+                return ExitCode::from(u8::try_from(stopped.exit_code()).unwrap_or(130));
+            }
             // One line, whole cause chain, exit code 2.
             eprintln!("leaktrace: error: {e:#}");
             ExitCode::from(2)

@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long)]
         record: bool,
         /// Run only these workloads (default: all).
-        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http", "attach"])]
         only: Vec<String>,
     },
 }
@@ -178,6 +178,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root)
         .env("LEAKTRACE_BIN", leaktrace_bin(root))
-        .args(["test", "--workspace"])
+        // Every test binary runs even when one fails: one failure shows all.
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra))
 }

@@ -1,28 +1,30 @@
 //! Attaching programs to the target: uprobes on its allocator and spawn
 //! functions, the task tracepoints, and a Go target's goroutine probes.
-//! Every link is kept so that [`Probes::detach`] can remove it.
+//! Each program is attached to each probed object by one uprobe-multi link
+//! ([`multi_link`]), kept so that [`Probes::detach`] can remove it.
 
-use std::{num::NonZeroU32, path::Path};
+use std::{os::fd::OwnedFd, path::Path};
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::{ProbeKind, UProbe};
+use aya::programs::ProbeKind;
 use tracer_common::{cookie, TaskConfig};
 
-use super::{btf, entry_program, error_chain, ProbeError, Probes, TASK_TRACEPOINTS};
+use super::{btf, entry_program, error_chain, multi_link, ProbeError, Probes, TASK_TRACEPOINTS};
 use crate::{
     cli::ProbeMode,
     golang::{is_go_code, GoTarget},
     process::allocator::{Allocator, ProbeFn, ProbedObject},
 };
 
-/// An attached probe: which program, and the link to detach.
+/// An attached link: which program, at how many points, and the fd that
+/// holds it in the kernel.
 pub(super) struct Link {
-    pub(super) program: &'static str,
-    pub(super) id: UProbeLinkId,
+    pub(super) probes: usize,
+    /// Held for as long as the probes stay: closing it removes them.
+    pub(super) _fd: OwnedFd,
 }
 
 /// An object proven not to be Go code: the only kind of object a return
-/// probe can be attached to (see [`Probes::attach_return`]).
+/// probe can be attached to (see [`Probes::attach_returns`]).
 struct NotGo<'a>(&'a ProbedObject);
 
 impl<'a> NotGo<'a> {
@@ -33,6 +35,38 @@ impl<'a> NotGo<'a> {
             return Err(ProbeError::ReturnProbeOnGo(object.display.clone()));
         }
         Ok(NotGo(object))
+    }
+}
+
+/// Probe points of one program in one object, gathered for one link.
+struct Points<'a> {
+    program: &'static str,
+    /// Function names, for messages.
+    functions: Vec<String>,
+    display: &'a str,
+    path: &'a Path,
+    offsets: Vec<u64>,
+    cookies: Vec<u64>,
+}
+
+impl<'a> Points<'a> {
+    fn new(program: &'static str, display: &'a str, path: &'a Path) -> Self {
+        Points {
+            program,
+            functions: Vec::new(),
+            display,
+            path,
+            offsets: Vec::new(),
+            cookies: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, function: &str, offset: u64, cookie: u64) {
+        if !self.functions.iter().any(|f| f == function) {
+            self.functions.push(function.to_string());
+        }
+        self.offsets.push(offset);
+        self.cookies.push(cookie);
     }
 }
 
@@ -51,7 +85,6 @@ impl Probes {
             tgid_offset,
         };
         self.set_config("TASK_CONFIG", cfg)?;
-        let scope = one_process(pid)?;
         // Exit first: a task created once fork is watched always has its
         // exit seen.
         for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
@@ -65,17 +98,12 @@ impl Probes {
             self.tracepoint_links.push((name, id));
         }
         if let Some(object) = alloc.objects.first() {
+            let mut points = Points::new("spawn_entry", &object.display, &object.path);
             for spawn in &object.spawns {
-                self.attach_entry(
-                    "spawn_entry",
-                    spawn.name,
-                    &object.display,
-                    &object.path,
-                    spawn.probe.offset,
-                    0,
-                    scope,
-                )?;
+                points.add(spawn.name, spawn.probe.offset, 0);
             }
+            let link = self.link(points, false, pid)?;
+            self.entry_links.extend(link);
         }
         Ok(())
     }
@@ -86,11 +114,6 @@ impl Probes {
     /// probe of the same call is guaranteed to fire as well, so no entry
     /// state is ever left behind by the attach itself.
     pub fn attach(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(ProbeError::Attach {
-            function: "malloc".into(),
-            library: alloc.display().to_string(),
-            reason: "PID 0".into(),
-        })?);
         let (entry_of, return_prog) = match self.mode {
             ProbeMode::Full => (entry_program as fn(ProbeFn) -> &'static str, "alloc_return"),
             ProbeMode::Empty => (
@@ -100,143 +123,123 @@ impl Probes {
         };
         for object in &alloc.objects {
             let native = NotGo::check(object)?;
-            for site in &object.sites {
-                if let ProbeFn::Alloc(kind) = site.func {
-                    let id = self.attach_return(
-                        return_prog,
-                        kind.name(),
-                        &native,
-                        site.probe.offset,
-                        cookie(kind, 0),
-                        scope,
-                    )?;
-                    self.return_links.push(Link {
-                        program: return_prog,
-                        id,
-                    });
-                }
-            }
+            self.attach_returns(return_prog, &native, pid)?;
         }
         for object in &alloc.objects {
+            let mut by_program: Vec<Points<'_>> = Vec::new();
             for site in &object.sites {
                 let (name, c) = match site.func {
                     ProbeFn::Alloc(kind) => (kind.name(), cookie(kind, 0)),
                     ProbeFn::Free => ("free", 0),
                 };
-                let prog = entry_of(site.func);
-                self.attach_entry(
-                    prog,
-                    name,
-                    &object.display,
-                    &object.path,
-                    site.probe.offset,
-                    c,
-                    scope,
-                )?;
+                let program = entry_of(site.func);
+                let at = match by_program.iter().position(|p| p.program == program) {
+                    Some(i) => i,
+                    None => {
+                        by_program.push(Points::new(program, &object.display, &object.path));
+                        by_program.len() - 1
+                    }
+                };
+                by_program[at].add(name, site.probe.offset, c);
+            }
+            for points in by_program {
+                let link = self.link(points, false, pid)?;
+                self.entry_links.extend(link);
             }
         }
         Ok(())
     }
 
     /// Starts tracking a Go target's goroutines at the probe points
-    /// [`GoTarget::probe_plan`] gives, in its order (plain uprobes only,
-    /// never return probes).
+    /// [`GoTarget::probe_plan`] gives (plain uprobes only, never return
+    /// probes).
     pub fn attach_go(&mut self, go: &GoTarget, pid: u32) -> Result<(), ProbeError> {
         if !self.go {
             return Ok(());
         }
         let plan = go.probe_plan();
         self.set_config("GO_CONFIG", plan.config)?;
-        let scope = one_process(pid)?;
-        for point in plan.points {
+        let mut by_program: Vec<Points<'_>> = Vec::new();
+        for point in &plan.points {
             let program = match self.mode {
                 ProbeMode::Full => point.program,
                 ProbeMode::Empty => "empty_entry",
             };
-            self.attach_entry(
-                program,
-                &point.function,
-                &go.display,
-                &go.path,
-                point.offset,
-                point.cookie,
-                scope,
-            )?;
+            let at = match by_program.iter().position(|p| p.program == program) {
+                Some(i) => i,
+                None => {
+                    by_program.push(Points::new(program, &go.display, &go.path));
+                    by_program.len() - 1
+                }
+            };
+            by_program[at].add(&point.function, point.offset, point.cookie);
+        }
+        // The exit probes first (the plan's order): a goroutine whose
+        // creation is seen always has its exit seen.
+        by_program.reverse();
+        for points in by_program {
+            let link = self.link(points, false, pid)?;
+            self.entry_links.extend(link);
         }
         Ok(())
     }
 
-    /// Attaches an entry-kind program (a plain uprobe at `offset`) and
-    /// keeps its link for detach.
-    #[allow(clippy::too_many_arguments)]
-    fn attach_entry(
+    /// Attaches the return program to every allocation function of an
+    /// object proven not to be Go code.
+    fn attach_returns(
         &mut self,
         program: &'static str,
-        function: &str,
-        display: &str,
-        path: &Path,
-        offset: u64,
-        cookie: u64,
-        scope: UProbeScope,
-    ) -> Result<(), ProbeError> {
-        let prog = self.program(program)?;
-        if !matches!(prog.kind(), ProbeKind::Entry) {
-            return Err(ProbeError::Missing("an entry program"));
-        }
-        let id = attach_uprobe(prog, function, display, path, offset, cookie, scope)?;
-        self.entry_links.push(Link { program, id });
-        Ok(())
-    }
-
-    /// Attaches a return probe: only ever on an object proven not to be Go.
-    fn attach_return(
-        &mut self,
-        program: &'static str,
-        function: &str,
         object: &NotGo<'_>,
-        offset: u64,
-        cookie: u64,
-        scope: UProbeScope,
-    ) -> Result<UProbeLinkId, ProbeError> {
-        let prog = self.program(program)?;
-        attach_uprobe(
-            prog,
-            function,
-            &object.0.display,
-            &object.0.path,
-            offset,
-            cookie,
-            scope,
-        )
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        let object = object.0;
+        let mut points = Points::new(program, &object.display, &object.path);
+        for site in &object.sites {
+            if let ProbeFn::Alloc(kind) = site.func {
+                points.add(kind.name(), site.probe.offset, cookie(kind, 0));
+            }
+        }
+        let link = self.link(points, true, pid)?;
+        self.return_links.extend(link);
+        Ok(())
     }
-}
 
-/// Probes fire only in the target process.
-fn one_process(pid: u32) -> Result<UProbeScope, ProbeError> {
-    NonZeroU32::new(pid)
-        .map(UProbeScope::OneProcess)
-        .ok_or(ProbeError::Missing("target pid"))
-}
-
-fn attach_uprobe(
-    prog: &mut UProbe,
-    function: &str,
-    display: &str,
-    path: &Path,
-    offset: u64,
-    cookie: u64,
-    scope: UProbeScope,
-) -> Result<UProbeLinkId, ProbeError> {
-    let point = UProbeAttachPoint {
-        location: UProbeAttachLocation::AbsoluteOffset(offset),
-        cookie: Some(cookie),
-    };
-    prog.attach(point, path, scope)
-        .map_err(|e| ProbeError::Attach {
-            function: function.to_string(),
-            library: display.to_string(),
-            reason: error_chain(&e),
-        })
+    /// One link attaching `points.program` at all its points (none: no
+    /// link), for process `pid` only.
+    fn link(
+        &mut self,
+        points: Points<'_>,
+        returns: bool,
+        pid: u32,
+    ) -> Result<Option<Link>, ProbeError> {
+        if points.offsets.is_empty() {
+            return Ok(None);
+        }
+        let prog = self.program(points.program)?;
+        let is_return = matches!(prog.kind(), ProbeKind::Return);
+        if is_return != returns {
+            return Err(ProbeError::Missing("a program of the right probe kind"));
+        }
+        let prog_fd = prog.fd().map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let multi = multi_link::MultiPoints {
+            path: points.path,
+            offsets: points.offsets,
+            cookies: points.cookies,
+            returns,
+            pid: Some(pid),
+        };
+        let fd = multi_link::attach(std::os::fd::AsFd::as_fd(prog_fd), &multi).map_err(|e| {
+            ProbeError::Attach {
+                function: points.functions.join(", "),
+                library: points.display.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Some(Link {
+            probes: multi.offsets.len(),
+            _fd: fd,
+        }))
+    }
 }
 
 #[cfg(test)]

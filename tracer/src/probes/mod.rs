@@ -7,6 +7,7 @@ mod attach;
 mod btf;
 mod error;
 pub mod maps;
+mod multi_link;
 pub mod placement;
 mod seccomp_check;
 pub mod table;
@@ -16,10 +17,13 @@ pub use error::ProbeError;
 pub use maps::{HeapMaps, MapSizes, Maps, TaskMaps};
 pub use seccomp_check::has_seccomp_filter;
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, MapData, ProgramArray},
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
@@ -36,8 +40,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const UPROBE_PMU: &str = "/sys/bus/event_source/devices/uprobe/type";
 
-/// Loaded programs and the links that attach them. Dropping this detaches
-/// everything too; [`Probes::detach`] does it in a safe order.
+/// Loaded programs and the links that attach them. Dropping this removes
+/// every probe, in a safe order.
 pub struct Probes {
     ebpf: Ebpf,
     entry_links: Vec<Link>,
@@ -45,6 +49,16 @@ pub struct Probes {
     tracepoint_links: Vec<(&'static str, RawTracePointLinkId)>,
     mode: ProbeMode,
     go: bool,
+    load_times: Vec<ProgramLoad>,
+}
+
+/// One program's load: how long it took, and how many instructions the
+/// kernel's verifier went through (what the time is spent on).
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramLoad {
+    pub name: &'static str,
+    pub took: Duration,
+    pub verified_insns: Option<u32>,
 }
 
 const TASK_TRACEPOINTS: [(&str, &str); 3] = [
@@ -66,26 +80,19 @@ fn check_uprobe_pmu(pmu: &Path) -> Result<(), ProbeError> {
     }
 }
 
+/// One entry program serves every allocation function: the attach cookie
+/// says which (and so where its arguments are).
 fn entry_program(f: ProbeFn) -> &'static str {
     match f {
         ProbeFn::Free => "free_entry",
-        ProbeFn::Alloc(k) => match k {
-            AllocKind::Malloc
-            | AllocKind::Valloc
-            | AllocKind::Pvalloc
-            | AllocKind::OperatorNew
-            | AllocKind::Mallocx
-            | AllocKind::MallocAligned => "alloc_entry_size0",
-            AllocKind::AlignedAlloc | AllocKind::Memalign => "alloc_entry_size1",
-            AllocKind::Calloc => "alloc_entry_calloc",
-            AllocKind::Realloc | AllocKind::Rallocx | AllocKind::ReallocAligned => {
-                "alloc_entry_realloc"
-            }
-            AllocKind::Reallocarray => "alloc_entry_reallocarray",
-            AllocKind::PosixMemalign => "alloc_entry_posix_memalign",
-        },
+        ProbeFn::Alloc(_) => "alloc_entry",
     }
 }
+
+/// The stack walk and store, tail-called in turn by every program that
+/// records a stack (see `tracer-ebpf/src/walker.rs`): each verified once
+/// per load. Their index in `WALKERS` is their place here.
+const STACK_WALKERS: [&str; 2] = ["stack_walk", "stack_store"];
 
 /// The argument registers each entry program reads (see
 /// `tracer-ebpf/src/heap.rs`): what decides how far its probe may move
@@ -162,15 +169,13 @@ impl Probes {
             tracepoint_links: Vec::new(),
             mode,
             go,
+            load_times: Vec::new(),
         };
         let mut names: Vec<&'static str> = match mode {
             ProbeMode::Full => vec![
-                "alloc_entry_size0",
-                "alloc_entry_size1",
-                "alloc_entry_calloc",
-                "alloc_entry_realloc",
-                "alloc_entry_reallocarray",
-                "alloc_entry_posix_memalign",
+                STACK_WALKERS[0],
+                STACK_WALKERS[1],
+                "alloc_entry",
                 "alloc_return",
                 "free_entry",
                 "spawn_entry",
@@ -181,20 +186,65 @@ impl Probes {
             names.extend(golang::PROBE_PROGRAMS);
         }
         for name in names {
-            probes
-                .program(name)?
-                .load()
+            let started = Instant::now();
+            let prog = probes.program(name)?;
+            prog.load_for_uprobe_multi()
                 .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+            let insns = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count());
+            probes.load_times.push(ProgramLoad {
+                name,
+                took: started.elapsed(),
+                verified_insns: insns,
+            });
         }
         if mode == ProbeMode::Full {
             for (name, _) in TASK_TRACEPOINTS {
-                probes
-                    .tracepoint(name)?
-                    .load()
-                    .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+                let started = Instant::now();
+                let prog = probes.tracepoint(name)?;
+                prog.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
+                let insns = prog
+                    .info()
+                    .ok()
+                    .and_then(|i| i.verified_instruction_count());
+                probes.load_times.push(ProgramLoad {
+                    name,
+                    took: started.elapsed(),
+                    verified_insns: insns,
+                });
             }
+            probes.install_stack_walk()?;
         }
         Ok(probes)
+    }
+
+    /// Puts the loaded stack walk where the probes tail-call it.
+    fn install_stack_walk(&mut self) -> Result<(), ProbeError> {
+        for (index, name) in STACK_WALKERS.into_iter().enumerate() {
+            let fd = self
+                .program(name)?
+                .fd()
+                .map_err(|e| ProbeError::Load(error_chain(&e)))?
+                .try_clone()
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
+            let mut walkers: ProgramArray<&mut MapData> = self
+                .ebpf
+                .map_mut("WALKERS")
+                .ok_or(ProbeError::Missing("WALKERS"))?
+                .try_into()
+                .map_err(|_| ProbeError::Missing("WALKERS"))?;
+            walkers
+                .set(index as u32, &fd, 0)
+                .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// How long each program took to load (mostly the kernel's verifier).
+    pub fn load_times(&self) -> &[ProgramLoad] {
+        &self.load_times
     }
 
     /// Writes the one element of a configuration array map.
@@ -224,29 +274,68 @@ impl Probes {
             .ok_or(ProbeError::Missing(name))
     }
 
+    /// Removes every probe (what dropping does too; see [`Drop`]).
+    pub fn detach(self) {
+        drop(self);
+    }
+
+    /// Probes attached: every uprobe point, and the tracepoints.
+    pub fn probe_count(&self) -> usize {
+        let points: usize = self
+            .entry_links
+            .iter()
+            .chain(&self.return_links)
+            .map(|l| l.probes)
+            .sum();
+        points + self.tracepoint_links.len()
+    }
+}
+
+impl Drop for Probes {
     /// Removes every probe: entries first, so that no new call starts being
     /// traced while its return probe is already gone.
-    pub fn detach(mut self) {
-        let entries = std::mem::take(&mut self.entry_links);
-        let returns = std::mem::take(&mut self.return_links);
-        for link in entries.into_iter().chain(returns) {
-            if let Ok(p) = self.program(link.program) {
-                // Errors here mean the link is already gone (target exited).
-                let _ = p.detach(link.id);
-            }
-        }
+    ///
+    /// Removing a link waits for the kernel's RCU grace periods (about
+    /// 85 ms here, for each): the links of each kind are closed all at
+    /// once, on threads of their own.
+    fn drop(&mut self) {
+        drop_all_at_once(std::mem::take(&mut self.entry_links));
+        drop_all_at_once(std::mem::take(&mut self.return_links));
         for (name, id) in std::mem::take(&mut self.tracepoint_links) {
             if let Ok(p) = self.tracepoint(name) {
                 let _ = p.detach(id);
             }
         }
-        // Dropping `self.ebpf` unloads the programs and closes the maps.
-    }
-
-    pub fn probe_count(&self) -> usize {
-        self.entry_links.len() + self.return_links.len() + self.tracepoint_links.len()
+        // `self.ebpf`, dropped next, unloads the programs and closes the maps.
     }
 }
+
+/// Drops `items` on threads of their own (at most [`DETACH_THREADS`]), and
+/// returns once all are dropped.
+fn drop_all_at_once<T: Send>(items: Vec<T>) {
+    if items.len() <= 1 {
+        return;
+    }
+    let per_thread = items.len().div_ceil(DETACH_THREADS);
+    let mut items = items;
+    std::thread::scope(|scope| {
+        while !items.is_empty() {
+            let batch: Vec<T> = items.drain(..per_thread.min(items.len())).collect();
+            // A thread that cannot start drops its batch here instead.
+            if std::thread::Builder::new()
+                .name("detach".into())
+                .spawn_scoped(scope, move || drop(batch))
+                .is_err()
+            {
+                continue;
+            }
+        }
+    });
+}
+
+/// Threads closing links at once: each close waits for grace periods,
+/// which concurrent closes share.
+const DETACH_THREADS: usize = 64;
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Raising it can
 /// fail without CAP_SYS_RESOURCE; that is harmless on newer kernels, where
@@ -278,7 +367,7 @@ mod tests {
     #[test]
     fn every_alloc_kind_has_an_entry_program() {
         for kind in AllocKind::ALL {
-            assert!(entry_program(ProbeFn::Alloc(kind)).starts_with("alloc_entry_"));
+            assert_eq!(entry_program(ProbeFn::Alloc(kind)), "alloc_entry");
         }
         assert_eq!(entry_program(ProbeFn::Free), "free_entry");
     }

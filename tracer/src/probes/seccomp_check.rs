@@ -52,7 +52,7 @@ impl Probes {
             .ok_or(ProbeError::Missing("getppid in our libc"))?;
 
         let child = SeccompChild::spawn()?;
-        let prog = self.program("empty_return")?;
+        let prog = self.program("seccomp_check_return")?;
         prog.load().or_else(|e| match e {
             aya::programs::ProgramError::AlreadyLoaded => Ok(()),
             e => Err(ProbeError::Load(error_chain(&e))),
@@ -72,7 +72,7 @@ impl Probes {
                 reason: error_chain(&e),
             })?;
         let survived = child.run();
-        let _ = self.program("empty_return")?.detach(link);
+        let _ = self.program("seccomp_check_return")?.detach(link);
         Ok(survived)
     }
 }

@@ -5,6 +5,7 @@
 mod container;
 mod exit_watch;
 mod one;
+pub mod stop;
 
 use anyhow::Context;
 
@@ -16,6 +17,7 @@ use crate::{
 
 /// Runs leaktrace; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    stop::install();
     privileges::check()?;
     probes::check_kernel_support()?;
     if let Some(id) = cli.container.clone() {

@@ -12,7 +12,7 @@ use tokio::{
     time::{interval, interval_at, MissedTickBehavior},
 };
 
-use super::{exit_watch::ExitWatcher, Outputs};
+use super::{exit_watch::ExitWatcher, stop, Outputs};
 use crate::{
     cli::{Cli, ColorChoice, ProbeMode, UnwindMode},
     collect::{self, stacks::Stacks, tasks::TaskCollector, Collector},
@@ -85,7 +85,26 @@ pub(super) fn attach(
         goroutines: cli.max_goroutines,
         unwind_rows: cli.max_unwind_rows,
     };
+    let loading = Instant::now();
     let mut probes = Probes::load(sizes, cli.probe_mode, go.is_some())?;
+    if cli.verbose {
+        let each: Vec<String> = probes
+            .load_times()
+            .iter()
+            .map(|p| {
+                let insns = p
+                    .verified_insns
+                    .map(|n| format!(", {n} insns verified"))
+                    .unwrap_or_default();
+                format!("{} {:.1} ms{insns}", p.name, p.took.as_secs_f64() * 1e3)
+            })
+            .collect();
+        eprintln!(
+            "leaktrace: eBPF programs loaded in {:.1} ms: {}",
+            loading.elapsed().as_secs_f64() * 1e3,
+            each.join(", ")
+        );
+    }
     // Tables before probes: the first stacks recorded are walked whole.
     let unwind = unwind_tables(cli, pid, paused.is_some(), candidates, &mut probes)?;
     // A target under seccomp may be killed by return probes on some kernels:
@@ -97,10 +116,17 @@ pub(super) fn attach(
     {
         return Err(probes::ProbeError::ReturnProbesUnsafe(pid).into());
     }
+    // From here on a signal is acted on by this code (what is attached must
+    // be removed), between the steps.
+    stop::attaching();
+    stop::check()?;
     probes.attach(&allocator, pid)?;
+    stop::check()?;
     probes.attach_tasks(&allocator, pid)?;
+    stop::check()?;
     if let Some(go) = &go {
         probes.attach_go(go, pid)?;
+        stop::check()?;
     }
     let maps = probes.take_maps()?;
     Ok(Prepared {
@@ -321,43 +347,45 @@ pub async fn trace(cli: Cli, prepared: Prepared, outputs: Outputs) -> anyhow::Re
     let mut exporter = Exporter::new(outputs.paths, pid, live);
     let mut ticks = 0u32;
     let mut exit_status: Option<i32> = None;
-    let mut stop_signal: Option<i32> = None;
+    // A signal that came while the reading was set up ends the run now.
+    let mut stop_signal: Option<i32> = stop::requested();
     // Locked per report: in container mode several targets share stdout.
-    let final_done = loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                collector.tick(Instant::now()).context("reading the eBPF maps")?;
-                ticks += 1;
-                if ticks <= EARLY_MAP_REFRESH_TICKS {
-                    symbolizer.refresh();
-                    if let Some(tables) = unwind.as_mut() {
-                        tables.refresh().context("updating the unwind tables")?;
+    let final_done = stop_signal.is_none()
+        && loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    collector.tick(Instant::now()).context("reading the eBPF maps")?;
+                    ticks += 1;
+                    if ticks <= EARLY_MAP_REFRESH_TICKS {
+                        symbolizer.refresh();
+                        if let Some(tables) = unwind.as_mut() {
+                            tables.refresh().context("updating the unwind tables")?;
+                        }
                     }
                 }
+                _ = report_timer.tick() => {
+                    symbolizer.refresh();
+                    if let Some(tables) = unwind.as_mut() {
+                        // Objects mapped since (dlopen) get their tables.
+                        tables.refresh().context("updating the unwind tables")?;
+                    }
+                    collector.prune_dead_threads(pid);
+                    let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
+                    let last = cli.count.is_some_and(|n| builder.seq() + 1 >= n);
+                    let report = builder.build(&symbolizer, snap, last, false).await?;
+                    export_report(&mut exporter, &report);
+                    if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
+                        break true; // reader went away (e.g. `| head`): stop quietly
+                    }
+                    if last {
+                        break true;
+                    }
+                }
+                _ = sigint.recv() => { stop_signal = Some(libc::SIGINT); break false; }
+                _ = sigterm.recv() => { stop_signal = Some(libc::SIGTERM); break false; }
+                status = exit.exited() => { exit_status = status; break false; }
             }
-            _ = report_timer.tick() => {
-                symbolizer.refresh();
-                if let Some(tables) = unwind.as_mut() {
-                    // Objects mapped since (dlopen) get their tables.
-                    tables.refresh().context("updating the unwind tables")?;
-                }
-                collector.prune_dead_threads(pid);
-                let snap = collector.read(Instant::now()).context("reading the eBPF maps")?;
-                let last = cli.count.is_some_and(|n| builder.seq() + 1 >= n);
-                let report = builder.build(&symbolizer, snap, last, false).await?;
-                export_report(&mut exporter, &report);
-                if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
-                    break true; // reader went away (e.g. `| head`): stop quietly
-                }
-                if last {
-                    break true;
-                }
-            }
-            _ = sigint.recv() => { stop_signal = Some(libc::SIGINT); break false; }
-            _ = sigterm.recv() => { stop_signal = Some(libc::SIGTERM); break false; }
-            status = exit.exited() => { exit_status = status; break false; }
-        }
-    };
+        };
     if !final_done {
         let snap = collector
             .read(Instant::now())

@@ -7,8 +7,10 @@
 //! memleak-style bpftrace script. Ratios are printed, with the BPF time per
 //! program run (`kernel.bpf_stats_enabled`) and every probe point with the
 //! instruction under it; and what walking stacks by unwind tables costs
-//! against frame pointers (`unwind`). Timing stays out of the tests.
+//! against frame pointers (`unwind`); and how long attaching and
+//! detaching take (`attach`). Timing stays out of the tests.
 
+mod attach;
 mod http;
 mod measure;
 mod micro;
@@ -117,6 +119,13 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
         ));
     }
 
+    // Attach and detach time.
+    let mut attached = if want("attach") {
+        attach::measure(root, &service)?
+    } else {
+        Vec::new()
+    };
+
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
         .unwrap_or_default()
         .trim()
@@ -126,6 +135,10 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
     );
     if !rows.is_empty() {
         out.push_str(&results_table(&rows));
+    }
+    if !attached.is_empty() {
+        out.push_str("\nAttach and detach, leaktrace --pid on a running service:\n\n");
+        out.push_str(&attach::table(&mut attached));
     }
     if !deep.is_empty() {
         out.push_str("\nStack walking, malloc(64)+free ten calls below main:\n\n");
