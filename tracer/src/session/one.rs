@@ -86,6 +86,7 @@ pub(super) fn attach(
         unwind_rows: cli.max_unwind_rows,
     };
     let loading = Instant::now();
+    stop::test_hold("load");
     let mut probes = Probes::load(sizes, cli.probe_mode, go.is_some())?;
     if cli.verbose {
         let each: Vec<String> = probes
@@ -121,6 +122,7 @@ pub(super) fn attach(
     stop::attaching();
     stop::check()?;
     probes.attach(&allocator, pid)?;
+    stop::test_hold("attach");
     stop::check()?;
     probes.attach_tasks(&allocator, pid)?;
     stop::check()?;
@@ -166,6 +168,7 @@ fn unwind_tables(
         let paths: Vec<&std::path::Path> = candidates.iter().map(|c| c.path.as_path()).collect();
         tables.preload(&paths);
     } else {
+        stop::test_hold("unwind");
         tables.refresh().context("cannot build the unwind tables")?;
         eprintln!("leaktrace: {}", describe_unwind(&tables.summary));
     }

@@ -101,3 +101,24 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
     let _ = STOP.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
 }
+
+/// Tests only: when `LEAKTRACE_TEST_HOLD_AT` names `moment`, says so on
+/// stderr ("leaktrace: test: at MOMENT") and, except at "load" (right
+/// before the programs are loaded and verified), waits (up to 30 s) for a
+/// stop signal, so that a test can signal leaktrace at that very moment. While
+/// nothing is attached the handler ends the process; after that, the
+/// caller's next [`check`] sees the signal.
+pub fn test_hold(moment: &str) {
+    if std::env::var("LEAKTRACE_TEST_HOLD_AT").ok().as_deref() != Some(moment) {
+        return;
+    }
+    eprintln!("leaktrace: test: at {moment}");
+    if moment == "load" {
+        // Not held: the test's signal is to land in the verifier's work.
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while requested().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
