@@ -138,6 +138,12 @@ pub const fn cookie(kind: AllocKind, stack_delta: u8) -> u64 {
     (kind as u64) | ((stack_delta as u64) << 8)
 }
 
+/// Attach cookie bit of a probe attached for every process that maps the
+/// object (one link shared by a container's processes): the program first
+/// checks that the process is traced (in `TRACED`). Probes attached for one
+/// process carry no such check, and cost nothing more.
+pub const COOKIE_CHECK_TRACED: u64 = 1 << 63;
+
 pub const fn cookie_kind(cookie: u64) -> u32 {
     (cookie & 0xff) as u32
 }
@@ -149,9 +155,51 @@ pub const fn cookie_stack_delta(cookie: u64) -> u64 {
 /// Capacity of the Go probes' cache of creating stacks by creation site.
 pub const DEFAULT_MAX_GO_SITES: u32 = 16384;
 
-/// Attach cookie of a goroutine-creation probe where the new `g` is in RBX
-/// (handed to `runqput`); 0 means RAX (`newproc1`'s result).
+/// Attach cookie bit of a goroutine-creation probe where the new `g` is in
+/// RBX (handed to `runqput`); clear means RAX (`newproc1`'s result).
 pub const GO_NEW_G_IN_RBX: u64 = 1;
+
+/// A Go probe's attach cookie: where the probed binary's `runtime.g` keeps
+/// the fields the probes read, each offset in 8-byte units in a byte of its
+/// own (bits 8..40; every supported version keeps them below 2 KiB), so that
+/// one loaded program serves Go binaries of different versions.
+pub const fn go_cookie(new_g_in_rbx: bool, g: GoConfig) -> u64 {
+    (new_g_in_rbx as u64)
+        | (go_offset_unit(g.goid_offset) << 8)
+        | (go_offset_unit(g.gopc_offset) << 16)
+        | (go_offset_unit(g.startpc_offset) << 24)
+        | (go_offset_unit(g.parent_goid_offset) << 32)
+}
+
+const fn go_offset_unit(off: u32) -> u64 {
+    ((off / 8) & 0xff) as u64
+}
+
+const fn go_offset_at(cookie: u64, shift: u32) -> u32 {
+    (((cookie >> shift) & 0xff) as u32) * 8
+}
+
+/// The `runtime.g` offsets a Go probe's cookie carries.
+pub const fn go_cookie_offsets(cookie: u64) -> GoConfig {
+    GoConfig {
+        goid_offset: go_offset_at(cookie, 8),
+        gopc_offset: go_offset_at(cookie, 16),
+        startpc_offset: go_offset_at(cookie, 24),
+        parent_goid_offset: go_offset_at(cookie, 32),
+    }
+}
+
+const fn go_offset_fits(off: u32) -> bool {
+    off % 8 == 0 && off / 8 <= 0xff
+}
+
+/// Whether the offsets fit a Go cookie (multiples of 8 below 2 KiB).
+pub const fn go_offsets_fit(g: GoConfig) -> bool {
+    go_offset_fits(g.goid_offset)
+        && go_offset_fits(g.gopc_offset)
+        && go_offset_fits(g.startpc_offset)
+        && go_offset_fits(g.parent_goid_offset)
+}
 
 /// Stack id used when no stack could be recorded (stack table full,
 /// unreadable user stack). The bytes are still accounted, under
@@ -190,7 +238,18 @@ pub struct Pending {
 /// a second before making its internal calls.
 pub const INFLIGHT_STALE_JIFFIES: u64 = 1000;
 
-/// One live allocation, keyed by its address. 24 bytes, no implicit padding.
+/// Key of a live allocation: the process and the block's address (forked
+/// processes hand out the same addresses). 16 bytes: tgid, explicit
+/// padding, address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllocKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
+/// One live allocation, keyed by [`AllocKey`]. 24 bytes, no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct AllocRecord {
@@ -203,13 +262,16 @@ pub struct AllocRecord {
 
 /// Key of the per-site totals: an allocation site (stack + immediate caller)
 /// and an age generation. Generation 0 is the "folded" bucket of everything
-/// older than the horizon (see [`Config`]). 16 bytes, no implicit padding.
+/// older than the horizon (see [`Config`]), in one traced process. 24
+/// bytes, explicit padding at the end.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SiteKey {
     pub caller: u64,
     pub stack_id: u32,
     pub generation: u32,
+    pub tgid: u32,
+    pub _pad: u32,
 }
 
 /// Outstanding bytes and blocks of one [`SiteKey`], and what it allocated
@@ -276,9 +338,15 @@ pub enum Counter {
     StackNoMapping = 11,
     StackUnreadable = 12,
     StackUnsupported = 13,
+    /// A process that joined the traced set (forked by a traced process,
+    /// or exec'd in a followed container) not recorded: the table of
+    /// traced processes was full.
+    ProcessMapFull = 14,
+    /// A process event userspace never got (its ring buffer was full).
+    EventLost = 15,
 }
 
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 16;
 
 /// Spawn functions probed at entry to learn where a thread or child process
 /// comes from (the frame chain is intact at their public entry, unlike at
@@ -323,19 +391,51 @@ pub struct TaskRecord {
     pub stack_id: u32,
     pub kind: u32,
     pub parent_tid: u32,
-    pub _pad: u32,
+    /// The traced process that created it (its tgid).
+    pub owner: u32,
 }
 
-/// Written by userspace before attach: whose tasks to track and where
-/// `pid`/`tgid` live in this kernel's `struct task_struct` (from its BTF).
-/// 12 bytes, no padding.
+/// Written by userspace before attach: where `pid`/`tgid` live in this
+/// kernel's `struct task_struct` (from its BTF), and the PID namespace of
+/// a traced container (a process that execs in it is traced from then
+/// on). 32 bytes, explicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskConfig {
-    pub target_tgid: u32,
     pub pid_offset: u32,
     pub tgid_offset: u32,
+    /// The namespace's nsfs device and inode (`stat /proc/PID/ns/pid`).
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+    /// Non-zero when `pidns_*` name a container to follow.
+    pub follow_pidns: u32,
+    pub _pad: u32,
 }
+
+/// `TRACED` value flags: children this process forks are traced too, from
+/// the fork on (a container's processes).
+pub const TRACE_CHILDREN: u32 = 1;
+
+/// What the kernel tells userspace about traced processes (`EVENTS` ring
+/// buffer). 16 bytes, no padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEvent {
+    /// One of the `EVENT_*` constants.
+    pub kind: u32,
+    pub tgid: u32,
+    /// EVENT_FORKED: the traced parent's tgid.
+    pub parent: u32,
+    pub _pad: u32,
+}
+
+/// A traced process forked a child, traced from its first instruction.
+pub const EVENT_FORKED: u32 = 1;
+/// A traced process replaced its image (exec): new objects to probe.
+pub const EVENT_EXECED: u32 = 2;
+/// A process exec'd in the followed PID namespace (`docker exec`) and is
+/// traced from then on.
+pub const EVENT_ENTERED: u32 = 3;
 
 /// Written by userspace before attach: where the fields the probes read
 /// live in this Go binary's `runtime.g` (from its DWARF, else a per-version
@@ -349,8 +449,18 @@ pub struct GoConfig {
     pub parent_goid_offset: u32,
 }
 
-/// A goroutine created after attach, keyed by its goid (`g` structs are
-/// reused, goids never). 40 bytes, no implicit padding.
+/// Key of a goroutine: its process and its goid (`g` structs are reused,
+/// goids never). 16 bytes, explicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GoroutineKey {
+    pub goid: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// A goroutine created after attach, keyed by [`GoroutineKey`]. 40 bytes,
+/// no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct GoroutineRecord {
@@ -409,6 +519,12 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AllocRecord {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::AllocKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::GoroutineKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessEvent {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SpawnPending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TaskRecord {}
@@ -443,12 +559,15 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<Pending>(), 48);
         assert_eq!(size_of::<AllocRecord>(), 24);
-        assert_eq!(size_of::<SiteKey>(), 16);
+        assert_eq!(size_of::<SiteKey>(), 24);
+        assert_eq!(size_of::<AllocKey>(), 16);
+        assert_eq!(size_of::<GoroutineKey>(), 16);
+        assert_eq!(size_of::<ProcessEvent>(), 16);
         assert_eq!(size_of::<SiteTotals>(), 32);
         assert_eq!(size_of::<Config>(), 8);
         assert_eq!(size_of::<SpawnPending>(), 32);
         assert_eq!(size_of::<TaskRecord>(), 32);
-        assert_eq!(size_of::<TaskConfig>(), 12);
+        assert_eq!(size_of::<TaskConfig>(), 32);
         assert_eq!(size_of::<GoConfig>(), 16);
         assert_eq!(size_of::<GoroutineRecord>(), 40);
         assert_eq!(size_of::<StackRecord>(), 1032);
@@ -457,6 +576,26 @@ mod tests {
         assert_eq!(size_of::<UnwindMapping>(), 40);
         assert_eq!(size_of::<CachedStep>(), 16);
         assert_eq!(size_of::<ProcessMappings>(), 40 + 40 * MAX_UNWIND_MAPPINGS);
+    }
+
+    #[test]
+    fn go_cookie_round_trips() {
+        let g = GoConfig {
+            goid_offset: 160,
+            gopc_offset: 288,
+            startpc_offset: 304,
+            parent_goid_offset: 280,
+        };
+        assert!(go_offsets_fit(g));
+        let c = go_cookie(true, g);
+        assert_eq!(c & GO_NEW_G_IN_RBX, GO_NEW_G_IN_RBX);
+        assert_eq!(c & COOKIE_CHECK_TRACED, 0);
+        let back = go_cookie_offsets(c | COOKIE_CHECK_TRACED);
+        assert_eq!(
+            (back.goid_offset, back.gopc_offset, back.startpc_offset, back.parent_goid_offset),
+            (160, 288, 304, 280)
+        );
+        assert!(!go_offsets_fit(GoConfig { goid_offset: 4, ..g }));
     }
 
     #[test]

@@ -174,8 +174,9 @@ pub const UNWIND_CACHE_ENTRIES: u32 = 1 << 12;
 pub const MAX_UNWIND_RULES: u32 = 1 << 14;
 /// Default capacity of the row table (8 MiB).
 pub const DEFAULT_MAX_UNWIND_ROWS: u32 = 1 << 20;
-/// Traced processes whose mappings the kernel table holds.
-pub const MAX_UNWIND_PROCESSES: u32 = 64;
+/// Slots of per-process mappings the kernel table holds (two per traced
+/// process: one live, one being rewritten). 10 KiB each.
+pub const MAX_UNWIND_PROCESSES: u32 = 256;
 
 /// Why a recorded stack ends ([`crate::StackRecord::end`]).
 #[repr(u32)]

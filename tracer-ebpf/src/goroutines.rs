@@ -22,34 +22,32 @@ use aya_ebpf::{
         },
     },
     macros::{map, uprobe},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::ProbeContext,
     EbpfContext,
 };
 use tracer_common::{
-    Counter, GoConfig, GoroutineRecord, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_GO_SITES,
-    GO_NEW_G_IN_RBX, STACK_UNKNOWN,
+    go_cookie_offsets, Counter, GoConfig, GoroutineKey, GoroutineRecord, DEFAULT_MAX_GOROUTINES,
+    DEFAULT_MAX_GO_SITES, GO_NEW_G_IN_RBX, STACK_UNKNOWN,
 };
 
 use crate::{
     heap::count,
+    traced,
     walker::{walk_for, WalkFor, FOR_GOROUTINE},
 };
 
 #[map]
-static GOROUTINES: HashMap<u64, GoroutineRecord> =
+static GOROUTINES: HashMap<GoroutineKey, GoroutineRecord> =
     HashMap::with_max_entries(DEFAULT_MAX_GOROUTINES, BPF_F_NO_PREALLOC);
 
-#[map]
-static GO_CONFIG: Array<GoConfig> = Array::with_max_entries(1, 0);
-
-/// Creating stack by (gopc, startpc): reports show one stack per creation
+/// Creating stack by (gopc, startpc, tgid): reports show one stack per creation
 /// site (`go` statement and function), so a site's first stack serves for
 /// every goroutine it creates after it, and the walk (the bulk of this
 /// probe's cost: Go stacks run deep) is done once per site. A full cache
 /// only means walking again.
 #[map]
-static SITE_STACKS: HashMap<[u64; 2], u32> =
+static SITE_STACKS: HashMap<[u64; 3], u32> =
     HashMap::with_max_entries(DEFAULT_MAX_GO_SITES, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
@@ -122,11 +120,13 @@ fn g_fields(g: u64, cfg: &GoConfig) -> Option<[u64; 4]> {
 /// A new goroutine, in RAX or RBX as the cookie says.
 #[uprobe]
 pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
-    let Some(cfg) = GO_CONFIG.get(0).copied() else {
-        return 0;
-    };
     // SAFETY: helper call with the program's own context pointer.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let tgid = traced::tgid();
+    if !traced::wanted(cookie, tgid) {
+        return 0;
+    }
+    let cfg = go_cookie_offsets(cookie);
     // Both loads at fixed context offsets: the verifier rejects a context
     // access at an offset computed from the cookie.
     // SAFETY: the context of a uprobe program is the task's pt_regs.
@@ -136,12 +136,12 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&(*ctx.regs).rbx),
         )
     };
-    let newg = if cookie == GO_NEW_G_IN_RBX { rbx } else { rax };
+    let newg = if cookie & GO_NEW_G_IN_RBX != 0 { rbx } else { rax };
     let Some([goid, gopc, startpc, parent_goid]) = g_fields(newg, &cfg) else {
         count(Counter::GoroutineUnreadable);
         return 0;
     };
-    let site = [gopc, startpc];
+    let site = [gopc, startpc, u64::from(tgid)];
     // SAFETY: plain data copied out of the map.
     let known = unsafe { SITE_STACKS.get(&site) }.copied();
     let stack_id = known.unwrap_or(STACK_UNKNOWN);
@@ -154,7 +154,12 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
         stack_id,
         _pad: 0,
     };
-    if GOROUTINES.insert(&goid, &rec, 0).is_err() {
+    let key = GoroutineKey {
+        goid,
+        tgid,
+        _pad: 0,
+    };
+    if GOROUTINES.insert(&key, &rec, 0).is_err() {
         count(Counter::GoroutineMapFull);
         return 0;
     }
@@ -167,7 +172,7 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
                 a: goid,
                 b: gopc,
                 c: startpc,
-                tgid: 0,
+                tgid,
                 _pad: 0,
             },
         );
@@ -175,29 +180,41 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The walk's result for the goroutine `goid` just recorded, created at
-/// `site`: its record's stack, and the site's for those created after it.
+/// The walk's result for goroutine `goid` of process `tgid`, just
+/// recorded, created at `site` (gopc, startpc): its record's stack, and the
+/// site's for those created after it.
 #[inline(always)]
-pub(crate) fn set_stack(_tgid: u32, goid: u64, site: [u64; 2], stack_id: u32) {
-    if let Some(rec) = GOROUTINES.get_ptr_mut(&goid) {
+pub(crate) fn set_stack(tgid: u32, goid: u64, site: [u64; 2], stack_id: u32) {
+    let key = GoroutineKey {
+        goid,
+        tgid,
+        _pad: 0,
+    };
+    if let Some(rec) = GOROUTINES.get_ptr_mut(&key) {
         // SAFETY: the record was inserted by this program's probe just
         // before; the goroutine is not runnable yet, so nobody removes it.
         unsafe { (*rec).stack_id = stack_id };
     }
-    let _ = SITE_STACKS.insert(&site, &stack_id, 0);
+    let _ = SITE_STACKS.insert(&[site[0], site[1], u64::from(tgid)], &stack_id, 0);
 }
 
 /// Entry of `runtime.gdestroy(gp)` / `runtime.goexit0(gp)`: `gp` in RAX.
 #[uprobe]
 pub fn go_goroutine_exit(ctx: ProbeContext) -> u32 {
-    let Some(cfg) = GO_CONFIG.get(0).copied() else {
-        return 0;
-    };
+    // SAFETY: helper call with the program's own context pointer.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let cfg = go_cookie_offsets(cookie);
     // SAFETY: the context of a uprobe program is the task's pt_regs.
     let gp = unsafe { (*ctx.regs).rax };
     if let Some(goid) = read_u64(gp, cfg.goid_offset) {
-        // Goroutines from before attach are not in the map: nothing to do.
-        let _ = GOROUTINES.remove(&goid);
+        let key = GoroutineKey {
+            goid,
+            tgid: traced::tgid(),
+            _pad: 0,
+        };
+        // Goroutines from before attach (and in processes not traced) are
+        // not in the map: nothing to do.
+        let _ = GOROUTINES.remove(&key);
     }
     0
 }

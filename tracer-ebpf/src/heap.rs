@@ -12,12 +12,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use tracer_common::{
-    cookie_kind, cookie_stack_delta, AllocKind, AllocRecord, Config, Counter, Pending, SiteKey,
+    cookie_kind, cookie_stack_delta, AllocKey, AllocKind, AllocRecord, Config, Counter, Pending,
+    SiteKey,
     SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, STACK_UNKNOWN,
 };
 
 use crate::{
     inflight::{self, tid},
+    traced::{self, tgid},
     unwind::read_stack_word,
     walker::{walk_for, WalkFor, FOR_ALLOC},
 };
@@ -25,7 +27,7 @@ use crate::{
 // Sizes here are defaults; userspace resizes every map from its flags
 // before loading.
 #[map]
-static ALLOCS: HashMap<u64, AllocRecord> =
+static ALLOCS: HashMap<AllocKey, AllocRecord> =
     HashMap::with_max_entries(DEFAULT_MAX_ALLOCS, BPF_F_NO_PREALLOC);
 
 #[map]
@@ -119,16 +121,21 @@ fn site_add(key: &SiteKey, bytes: i64, count: i64, allocated: bool) -> bool {
     false
 }
 
-/// Forgets the block at `addr` (if we recorded it) and subtracts it from its
-/// site's totals.
+/// Forgets process `tgid`'s block at `addr` (if we recorded it) and
+/// subtracts it from its site's totals.
 #[inline(always)]
-fn release(addr: u64) {
+fn release(tgid: u32, addr: u64) {
+    let at = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
     // SAFETY: the record is copied out before the entry is removed.
-    let rec = match unsafe { ALLOCS.get(&addr) } {
+    let rec = match unsafe { ALLOCS.get(&at) } {
         Some(r) => *r,
         None => return,
     };
-    if ALLOCS.remove(&addr).is_err() {
+    if ALLOCS.remove(&at).is_err() {
         // Another thread released it first (a double free in the target).
         return;
     }
@@ -142,20 +149,25 @@ fn release(addr: u64) {
         caller: rec.caller,
         stack_id: rec.stack_id,
         generation,
+        tgid,
+        _pad: 0,
     };
     if !site_add(&key, -(rec.size as i64), -1, false) {
         count(Counter::SiteMapFull);
     }
 }
 
-/// Records a successful allocation of `size` bytes at `addr`.
+/// Records process `tgid`'s successful allocation of `p.size` bytes at
+/// `addr`.
 #[inline(always)]
-fn record(addr: u64, p: &Pending) {
+fn record(tgid: u32, addr: u64, p: &Pending) {
     let generation = config().generation;
     let key = SiteKey {
         caller: p.caller,
         stack_id: p.stack_id,
         generation,
+        tgid,
+        _pad: 0,
     };
     if !site_add(&key, p.size as i64, 1, true) {
         count(Counter::SiteMapFull);
@@ -171,11 +183,16 @@ fn record(addr: u64, p: &Pending) {
     // operation on ALLOCS. An address already recorded means the block
     // there was freed by a path we do not see (or by an inner allocator
     // call that we already recorded): the newest, outermost call wins.
-    let inserted = match ALLOCS.insert(&addr, &rec, BPF_NOEXIST as u64) {
+    let at = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    let inserted = match ALLOCS.insert(&at, &rec, BPF_NOEXIST as u64) {
         Ok(()) => true,
         Err(e) if e == -EEXIST => {
-            release(addr);
-            ALLOCS.insert(&addr, &rec, 0).is_ok()
+            release(tgid, addr);
+            ALLOCS.insert(&at, &rec, 0).is_ok()
         }
         Err(_) => false,
     };
@@ -192,6 +209,9 @@ fn record(addr: u64, p: &Pending) {
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     let c = cookie(&ctx);
+    if !traced::wanted(c, tgid()) {
+        return 0;
+    }
     let r = regs(&ctx);
     let (rdi, rsi, rdx) = (r.rdi, r.rsi, r.rdx);
     let kind = cookie_kind(c);
@@ -273,6 +293,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     };
 
     let ret = r.rax;
+    let tgid = tgid();
     match AllocKind::from_u32(kind) {
         Some(
             AllocKind::Realloc
@@ -283,12 +304,12 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             if ret != 0 {
                 // Success: the old block is gone (even if moved in place).
                 if p.aux != 0 {
-                    release(p.aux);
+                    release(tgid, p.aux);
                 }
-                record(ret, &p);
+                record(tgid, ret, &p);
             } else if p.size == 0 && p.aux != 0 {
                 // realloc(p, 0) freed p and returned NULL.
-                release(p.aux);
+                release(tgid, p.aux);
             }
             // Otherwise the call failed and the old block is still live.
         }
@@ -296,7 +317,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             if ret as u32 == 0 {
                 // SAFETY: reading the user's out-parameter; failure handled.
                 match unsafe { bpf_probe_read_user(p.aux as *const u64) } {
-                    Ok(addr) if addr != 0 => record(addr, &p),
+                    Ok(addr) if addr != 0 => record(tgid, addr, &p),
                     Ok(_) => {}
                     Err(_) => count(Counter::ResultUnreadable),
                 }
@@ -304,7 +325,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
         }
         Some(_) => {
             if ret != 0 {
-                record(ret, &p);
+                record(tgid, ret, &p);
             }
         }
         None => {}
@@ -318,7 +339,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 pub fn free_entry(ctx: ProbeContext) -> u32 {
     let ptr = regs(&ctx).rdi;
     if ptr != 0 {
-        release(ptr);
+        // In a process not traced nothing is found: no check needed.
+        release(tgid(), ptr);
     }
     0
 }

@@ -21,6 +21,8 @@ mod stacks;
 #[cfg(target_arch = "bpf")]
 mod tasks;
 #[cfg(target_arch = "bpf")]
+mod traced;
+#[cfg(target_arch = "bpf")]
 mod unwind;
 #[cfg(target_arch = "bpf")]
 mod walk_memo;

@@ -11,19 +11,23 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_ktime_get_ns,
+        generated::{bpf_get_attach_cookie, bpf_get_ns_current_pid_tgid, bpf_ktime_get_ns},
     },
     macros::{map, raw_tracepoint, uprobe},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, RingBuf},
     programs::{ProbeContext, RawTracePointContext},
+    EbpfContext,
 };
 use tracer_common::{
-    Counter, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
-    SPAWN_STALE_NS, STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD,
+    Counter, ProcessEvent, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS,
+    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, SPAWN_STALE_NS,
+    STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD, TRACE_CHILDREN,
 };
 
 use crate::{
     heap::count,
+    traced::{self, TRACED},
+    unwind,
     walker::{walk_for, WalkFor, FOR_SPAWN},
 };
 
@@ -38,13 +42,36 @@ static TASKS: HashMap<u32, TaskRecord> =
 #[map]
 static TASK_CONFIG: Array<TaskConfig> = Array::with_max_entries(1, 0);
 
-/// When the OOM killer chose the target (bpf_ktime_get_ns), 0 until then.
+/// tgid → when the OOM killer chose that traced process (bpf_ktime_get_ns).
 #[map]
-static OOM_KILLED: Array<u64> = Array::with_max_entries(1, 0);
+static OOM_KILLED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Processes that joined the traced set or exec'd, for userspace.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// Tells userspace about a traced process; a full buffer is counted.
+#[inline(always)]
+fn tell(kind: u32, tgid: u32, parent: u32) {
+    let event = ProcessEvent {
+        kind,
+        tgid,
+        parent,
+        _pad: 0,
+    };
+    if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
+        count(Counter::EventLost);
+    }
+}
 
 /// Entry of a spawn function.
 #[uprobe]
 pub fn spawn_entry(ctx: ProbeContext) -> u32 {
+    // SAFETY: helper call with the program's own context pointer.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    if !traced::wanted(cookie, traced::tgid()) {
+        return 0;
+    }
     // SAFETY: the context of a uprobe program is the task's pt_regs.
     let entry_sp = unsafe { (*ctx.regs).rsp };
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -95,7 +122,7 @@ pub(crate) fn set_spawn_stack(tid: u32, stack_id: u32) {
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`,
-/// in the parent's context.
+/// in the parent's context, before the child runs.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn task_fork(ctx: RawTracePointContext) -> i32 {
     let cfg = match TASK_CONFIG.get(0) {
@@ -103,9 +130,10 @@ pub fn task_fork(ctx: RawTracePointContext) -> i32 {
         None => return 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if cfg.target_tgid == 0 || (pid_tgid >> 32) as u32 != cfg.target_tgid {
+    let parent_tgid = (pid_tgid >> 32) as u32;
+    let Some(flags) = traced::flags_of(parent_tgid) else {
         return 0;
-    }
+    };
     let parent_tid = pid_tgid as u32;
     let child: u64 = ctx.arg(1);
     // SAFETY: reading two integers of a live task_struct at offsets taken
@@ -119,6 +147,7 @@ pub fn task_fork(ctx: RawTracePointContext) -> i32 {
     let (Ok(tid), Ok(tgid)) = (tid, tgid) else {
         return 0;
     };
+    let (tid, tgid) = (tid as u32, tgid as u32);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: plain data copied out of the map.
@@ -130,20 +159,67 @@ pub fn task_fork(ctx: RawTracePointContext) -> i32 {
     if spawn.is_some() {
         let _ = SPAWN_PENDING.remove(&parent_tid);
     }
+    let new_process = tgid != parent_tgid;
     let rec = TaskRecord {
         caller,
         start_ns: now,
         stack_id,
-        kind: if tgid as u32 == cfg.target_tgid {
-            TASK_THREAD
-        } else {
-            TASK_PROCESS
-        },
+        kind: if new_process { TASK_PROCESS } else { TASK_THREAD },
         parent_tid,
-        _pad: 0,
+        owner: parent_tgid,
     };
-    if TASKS.insert(&(tid as u32), &rec, 0).is_err() {
+    if TASKS.insert(&tid, &rec, 0).is_err() {
         count(Counter::TaskMapFull);
+    }
+    if new_process && flags & TRACE_CHILDREN != 0 {
+        // Traced from its first instruction, with its parent's mappings
+        // (a fork copies them) until userspace gives it its own.
+        if TRACED.insert(&tgid, &flags, 0).is_err() {
+            count(Counter::ProcessMapFull);
+            return 0;
+        }
+        unwind::inherit_slot(parent_tgid, tgid);
+        tell(EVENT_FORKED, tgid, parent_tgid);
+    }
+    0
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct
+/// linux_binprm *bprm)`, in the exec'ing task's context, once the new
+/// image is in place.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn task_exec(_ctx: RawTracePointContext) -> i32 {
+    let tgid = traced::tgid();
+    if traced::flags_of(tgid).is_some() {
+        // Its mappings are gone: frame pointers until userspace has read
+        // the new ones.
+        unwind::forget_slot(tgid);
+        tell(EVENT_EXECED, tgid, 0);
+        return 0;
+    }
+    let Some(cfg) = TASK_CONFIG.get(0).copied() else {
+        return 0;
+    };
+    if cfg.follow_pidns == 0 {
+        return 0;
+    }
+    let mut ns = [0u32; 2];
+    // SAFETY: the helper writes at most `size` bytes into `ns`; it fails
+    // unless the current task's PID namespace is the one named.
+    let in_ns = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            cfg.pidns_dev,
+            cfg.pidns_ino,
+            ns.as_mut_ptr().cast(),
+            core::mem::size_of_val(&ns) as u32,
+        )
+    } == 0;
+    if in_ns {
+        if TRACED.insert(&tgid, &TRACE_CHILDREN, 0).is_err() {
+            count(Counter::ProcessMapFull);
+            return 0;
+        }
+        tell(EVENT_ENTERED, tgid, 0);
     }
     0
 }
@@ -176,13 +252,15 @@ pub fn oom_victim(ctx: RawTracePointContext) -> i32 {
     // SAFETY: reading one integer of a live task_struct at an offset taken
     // from this kernel's BTF; a failure is handled.
     let tgid = unsafe { bpf_probe_read_kernel((victim + cfg.tgid_offset as u64) as *const i32) };
-    if cfg.target_tgid == 0 || tgid != Ok(cfg.target_tgid as i32) {
+    let Ok(tgid) = tgid else {
+        return 0;
+    };
+    let tgid = tgid as u32;
+    if traced::flags_of(tgid).is_none() {
         return 0;
     }
-    if let Some(slot) = OOM_KILLED.get_ptr_mut(0) {
-        // SAFETY: a valid pointer into the array's one element; a racing
-        // writer could only write the same kind of value.
-        unsafe { *slot = bpf_ktime_get_ns() };
-    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = OOM_KILLED.insert(&tgid, &now, 0);
     0
 }

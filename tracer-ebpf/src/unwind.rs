@@ -45,14 +45,41 @@ static UNWIND_PROCESSES: Array<ProcessMappings> = Array::with_max_entries(MAX_UN
 #[map]
 static UNWIND_SLOTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
 
-/// Bumped by userspace after every change to `UNWIND_SLOTS`.
+/// Bumped after every change to `UNWIND_SLOTS`: [0] by userspace, [1] by
+/// the task tracepoints (one counter each, so that neither overwrites the
+/// other's count).
 #[map]
-static UNWIND_PUBLISHED: Array<u64> = Array::with_max_entries(1, 0);
+static UNWIND_PUBLISHED: Array<u64> = Array::with_max_entries(2, 0);
 
-/// This CPU's last answer of `UNWIND_SLOTS`: [tgid, slot, publish count].
-/// Saves the hash lookup on every walk while nothing was published since.
+/// This CPU's last answer of `UNWIND_SLOTS`: [tgid, slot, both publish
+/// counts]. Saves the hash lookup on every walk while nothing was
+/// published since.
 #[map]
-static LAST_SLOT: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+static LAST_SLOT: PerCpuArray<[u64; 4]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A forked child walks by its parent's tables (a fork copies the
+/// mappings) until userspace publishes its own.
+#[inline(always)]
+pub(crate) fn inherit_slot(parent: u32, child: u32) {
+    // SAFETY: plain data copied out of the map.
+    if let Some(slot) = unsafe { UNWIND_SLOTS.get(&parent) }.copied() {
+        let _ = UNWIND_SLOTS.insert(&child, &slot, 0);
+    }
+}
+
+/// A process that exec'd has none of the mappings its tables describe:
+/// frame pointers until userspace publishes new ones.
+#[inline(always)]
+pub(crate) fn forget_slot(tgid: u32) {
+    // SAFETY: only checks presence.
+    if unsafe { UNWIND_SLOTS.get(&tgid) }.is_some() {
+        let _ = UNWIND_SLOTS.remove(&tgid);
+        if let Some(n) = UNWIND_PUBLISHED.get_ptr_mut(1) {
+            // SAFETY: the map's value; other CPUs add to it too.
+            unsafe { crate::heap::atomic_add(n as *mut i64, 1) };
+        }
+    }
+}
 
 /// Return addresses already looked up, direct-mapped by address: a hit
 /// replaces the two binary searches (mapping, then row), about half of a
@@ -131,16 +158,17 @@ struct Walk {
 pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
     // Read before the slot: an answer is kept with the count it was read
     // under, so a publish in between only makes it miss next time.
-    let published = match UNWIND_PUBLISHED.get_ptr(0) {
-        // SAFETY: the map's only value; a u64 is read whole.
+    let read = |i: u32| match UNWIND_PUBLISHED.get_ptr(i) {
+        // SAFETY: a value of the map; a u64 is read whole.
         Some(p) => unsafe { core::ptr::read_volatile(p) },
         None => 0,
     };
+    let (by_user, by_kernel) = (read(0), read(1));
     let last = LAST_SLOT.get_ptr_mut(0);
     if let Some(last) = last {
         // SAFETY: this CPU's entry, ours while the program runs.
-        let [t, slot, count] = unsafe { *last };
-        if published != 0 && count == published && t == u64::from(tgid) {
+        let [t, slot, user, kernel] = unsafe { *last };
+        if by_user != 0 && user == by_user && kernel == by_kernel && t == u64::from(tgid) {
             return Some(slot as u32);
         }
     }
@@ -148,7 +176,7 @@ pub(crate) fn slot_of(tgid: u32) -> Option<u32> {
     let slot = unsafe { UNWIND_SLOTS.get(&tgid) }.copied()?;
     if let Some(last) = last {
         // SAFETY: as above.
-        unsafe { *last = [u64::from(tgid), u64::from(slot), published] };
+        unsafe { *last = [u64::from(tgid), u64::from(slot), by_user, by_kernel] };
     }
     Some(slot)
 }

@@ -86,6 +86,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_TASKS)]
     pub max_tasks: u32,
 
+    /// Capacity of the table of traced processes (`--container`: the
+    /// container's processes at once, forked ones included); a process
+    /// beyond it is counted, not traced.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub max_processes: u32,
+
     /// Go targets: capacity of the table of goroutines created after attach.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GOROUTINES)]
     pub max_goroutines: u32,

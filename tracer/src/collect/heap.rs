@@ -21,12 +21,14 @@ use tracer_common::{Config, Counter, SiteKey, SiteTotals, COUNTER_COUNT};
 
 use crate::probes::HeapMaps;
 
-/// An allocation site: the kernel stack id plus the immediate caller, which
-/// the frame-pointer walk from the probe cannot see.
+/// An allocation site of one process: the kernel stack id plus the
+/// immediate caller, which the frame-pointer walk from the probe cannot
+/// see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SiteId {
     pub caller: u64,
     pub stack_id: u32,
+    pub tgid: u32,
 }
 
 impl From<&SiteKey> for SiteId {
@@ -34,6 +36,20 @@ impl From<&SiteKey> for SiteId {
         SiteId {
             caller: k.caller,
             stack_id: k.stack_id,
+            tgid: k.tgid,
+        }
+    }
+}
+
+impl SiteId {
+    /// The kernel's key of this site in `generation`.
+    fn key(&self, generation: u32) -> SiteKey {
+        SiteKey {
+            caller: self.caller,
+            stack_id: self.stack_id,
+            generation,
+            tgid: self.tgid,
+            _pad: 0,
         }
     }
 }
@@ -98,7 +114,8 @@ impl Dropped {
     }
 }
 
-/// One reading of the tables.
+/// One reading of the tables: of every traced process, or (after
+/// [`Snapshot::of`]) of one.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Survivors older than the threshold, largest first.
@@ -110,6 +127,34 @@ pub struct Snapshot {
     /// Every site that allocated since attach: bytes and blocks allocated,
     /// freed or not (pprof's `alloc_space` / `alloc_objects`).
     pub allocated: HashMap<SiteId, Allocated>,
+    /// Outstanding (bytes, blocks) by process.
+    pub live_by_process: HashMap<u32, (u64, u64)>,
+}
+
+impl Snapshot {
+    /// What of this reading is process `tgid`'s (the counters of what
+    /// could not be recorded are the run's, not one process's).
+    pub fn of(&self, tgid: u32) -> Snapshot {
+        let (live_bytes, live_blocks) = self.live_by_process.get(&tgid).copied().unwrap_or_default();
+        Snapshot {
+            sites: self
+                .sites
+                .iter()
+                .filter(|s| s.site.tgid == tgid)
+                .cloned()
+                .collect(),
+            live_bytes,
+            live_blocks,
+            dropped: self.dropped,
+            allocated: self
+                .allocated
+                .iter()
+                .filter(|(s, _)| s.tgid == tgid)
+                .map(|(s, a)| (*s, *a))
+                .collect(),
+            live_by_process: HashMap::from([(tgid, (live_bytes, live_blocks))]),
+        }
+    }
 }
 
 /// What one site allocated since attach.
@@ -157,6 +202,8 @@ pub trait SiteTable {
     fn get(&self, key: &SiteKey) -> SiteTotals;
     fn remove(&mut self, key: &SiteKey);
     fn publish(&mut self, config: Config) -> Result<(), MapError>;
+    /// Removes the live-block records of process `tgid`.
+    fn forget_blocks(&mut self, tgid: u32);
 }
 
 impl SiteTable for HeapMaps {
@@ -175,6 +222,18 @@ impl SiteTable for HeapMaps {
 
     fn publish(&mut self, config: Config) -> Result<(), MapError> {
         self.config.set(0, config, 0)
+    }
+
+    fn forget_blocks(&mut self, tgid: u32) {
+        let keys: Vec<_> = self
+            .allocs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for k in keys {
+            let _ = self.allocs.remove(&k);
+        }
     }
 }
 
@@ -285,22 +344,12 @@ impl<T: SiteTable> Collector<T> {
             .folded
             .iter()
             .filter_map(|(site, f)| {
-                let key = SiteKey {
-                    caller: site.caller,
-                    stack_id: site.stack_id,
-                    generation: 0,
-                };
-                let k = self.maps.get(&key);
+                let k = self.maps.get(&site.key(0));
                 (f.count + k.count == 0 && f.bytes + k.bytes == 0).then_some(*site)
             })
             .collect();
         for site in settled {
-            let key = SiteKey {
-                caller: site.caller,
-                stack_id: site.stack_id,
-                generation: 0,
-            };
-            self.maps.remove(&key);
+            self.maps.remove(&site.key(0));
             self.folded.remove(&site);
         }
         Ok(())
@@ -311,12 +360,16 @@ impl<T: SiteTable> Collector<T> {
         let mut acc: HashMap<SiteId, Acc> = HashMap::new();
         let mut allocated = self.allocated.clone();
         let (mut live_bytes, mut live_blocks) = (0i64, 0i64);
+        let mut live: HashMap<u32, (i64, i64)> = HashMap::new();
         for (key, v) in self.maps.entries()? {
             if v.allocated_count != 0 {
                 allocated.entry(SiteId::from(&key)).or_default().add(&v);
             }
             live_bytes += v.bytes;
             live_blocks += v.count;
+            let l = live.entry(key.tgid).or_default();
+            l.0 += v.bytes;
+            l.1 += v.count;
             let a = acc.entry(SiteId::from(&key)).or_default();
             if key.generation == 0 {
                 a.bytes += v.bytes;
@@ -334,6 +387,9 @@ impl<T: SiteTable> Collector<T> {
         for (site, f) in &self.folded {
             live_bytes += f.bytes;
             live_blocks += f.count;
+            let l = live.entry(site.tgid).or_default();
+            l.0 += f.bytes;
+            l.1 += f.count;
             let a = acc.entry(*site).or_default();
             a.bytes += f.bytes;
             a.count += f.count;
@@ -367,7 +423,25 @@ impl<T: SiteTable> Collector<T> {
             live_blocks: live_blocks.max(0) as u64,
             dropped: Dropped::default(),
             allocated,
+            live_by_process: live
+                .into_iter()
+                .map(|(t, (b, c))| (t, (b.max(0) as u64, c.max(0) as u64)))
+                .collect(),
         })
+    }
+
+    /// Forgets everything of process `tgid` (gone, and reported on): its
+    /// folded sites, allocated totals and table entries.
+    pub fn forget_process(&mut self, tgid: u32) -> Result<(), MapError> {
+        self.folded.retain(|s, _| s.tgid != tgid);
+        self.allocated.retain(|s, _| s.tgid != tgid);
+        for (key, _) in self.maps.entries()? {
+            if key.tgid == tgid {
+                self.maps.remove(&key);
+            }
+        }
+        self.maps.forget_blocks(tgid);
+        Ok(())
     }
 }
 
@@ -407,8 +481,9 @@ impl Collector<HeapMaps> {
 
     /// Forgets per-thread entry state of threads that no longer exist (a
     /// thread killed inside malloc never returns).
-    pub fn prune_dead_threads(&mut self, pid: u32) {
-        let alive = |tid: u32| std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+    pub fn prune_dead_threads(&mut self) {
+        // /proc/TID exists for every thread, listed or not.
+        let alive = |tid: u32| std::path::Path::new(&format!("/proc/{tid}")).exists();
         let dead: Vec<u32> = self
             .maps
             .pending
@@ -448,30 +523,14 @@ mod tests {
 
         fn alloc(&mut self, addr: u64, site: SiteId, size: u64) {
             let generation = self.config.generation;
-            self.add(
-                SiteKey {
-                    caller: site.caller,
-                    stack_id: site.stack_id,
-                    generation,
-                },
-                size as i64,
-                1,
-            );
+            self.add(site.key(generation), size as i64, 1);
             self.live.insert(addr, (site, size, generation));
         }
 
         fn free(&mut self, addr: u64) {
             let (site, size, g) = self.live.remove(&addr).expect("live block");
             let generation = if g < self.config.horizon { 0 } else { g };
-            self.add(
-                SiteKey {
-                    caller: site.caller,
-                    stack_id: site.stack_id,
-                    generation,
-                },
-                -(size as i64),
-                -1,
-            );
+            self.add(site.key(generation), -(size as i64), -1);
         }
     }
 
@@ -489,16 +548,23 @@ mod tests {
             self.config = config;
             Ok(())
         }
+        fn forget_blocks(&mut self, tgid: u32) {
+            self.live.retain(|_, (s, _, _)| s.tgid != tgid);
+        }
     }
 
     const A: SiteId = SiteId {
         caller: 0x1000,
         stack_id: 1,
+        tgid: 7,
     };
     const B: SiteId = SiteId {
         caller: 0x2000,
         stack_id: 2,
+        tgid: 7,
     };
+    /// The same site in another process (a forked worker).
+    const A2: SiteId = SiteId { tgid: 8, ..A };
     const MS: Duration = Duration::from_millis(1);
 
     fn collector(older_than: Duration, t0: Instant) -> Collector<SimKernel> {
@@ -592,6 +658,30 @@ mod tests {
         assert_eq!((snap.live_bytes, snap.live_blocks), (0, 0));
         assert!(c.folded.is_empty());
         assert!(c.maps.sites.is_empty(), "{:?}", c.maps.sites);
+    }
+
+    #[test]
+    fn processes_are_read_apart_and_forgotten_apart() {
+        let t0 = Instant::now();
+        let mut c = collector(Duration::ZERO, t0);
+        // Forked processes: same addresses, same site, different tgid.
+        c.maps.alloc(1, A, 5);
+        c.maps.alloc(1, A2, 7);
+        c.maps.alloc(2, A2, 9);
+        let all = c.snapshot(t0).expect("snapshot");
+        let (seven, eight) = (all.of(7), all.of(8));
+        assert_eq!((seven.live_bytes, seven.live_blocks), (5, 1));
+        assert_eq!((eight.live_bytes, eight.live_blocks), (16, 2));
+        assert_eq!(seven.sites.len(), 1);
+        assert_eq!((eight.sites[0].site, eight.sites[0].bytes), (A2, 16));
+        assert_eq!(eight.allocated[&A2].bytes, 16);
+        assert!(!eight.allocated.contains_key(&A));
+        c.forget_process(8).expect("forget");
+        let all = c.snapshot(t0).expect("snapshot");
+        assert_eq!(all.sites.len(), 1);
+        assert_eq!(all.sites[0].site, A);
+        assert!(all.of(8).sites.is_empty());
+        assert!(c.maps.live.values().all(|(s, _, _)| s.tgid == 7));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! probe from the user stack) followed by the probes' walk (by unwind
 //! tables or frame pointers), and why that walk ended.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, rc::Rc};
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use tracer_common::{StackEnd, StackRecord, STACK_UNKNOWN};
@@ -13,12 +13,14 @@ pub type StackTable = BpfHashMap<MapData, u32, StackRecord>;
 /// Reads stacks out of the probes' stack table, once per stack id (a
 /// recorded stack never changes).
 pub struct Stacks {
-    map: StackTable,
+    /// Shared by every traced process's reports: stacks are addresses,
+    /// each process symbolizes them in its own mappings.
+    map: Rc<StackTable>,
     cache: HashMap<u32, (Vec<u64>, StackEnd)>,
 }
 
 impl Stacks {
-    pub fn new(map: StackTable) -> Self {
+    pub fn new(map: Rc<StackTable>) -> Self {
         Stacks {
             map,
             cache: HashMap::new(),

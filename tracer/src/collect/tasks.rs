@@ -2,7 +2,8 @@
 //! kernel's task table (tasks created after attach, with their spawn
 //! stacks) and from /proc (tasks that already existed at attach).
 
-use std::{collections::HashMap, fs, time::Duration};
+use std::{
+    rc::Rc,collections::HashMap, fs, time::Duration};
 
 use aya::maps::MapError;
 use tracer_common::{TaskRecord, TASK_PROCESS};
@@ -56,7 +57,9 @@ pub struct TaskSnapshot {
 }
 
 pub struct TaskCollector {
-    maps: TaskMaps,
+    /// Shared by every traced process's collector; records carry their
+    /// owner.
+    maps: Rc<TaskMaps>,
     pid: u32,
     older_than: Duration,
     existing_at_attach: Vec<u32>,
@@ -64,7 +67,7 @@ pub struct TaskCollector {
 
 impl TaskCollector {
     /// Call right after the fork/exit tracepoints are attached.
-    pub fn new(maps: TaskMaps, pid: u32, older_than: Duration) -> Self {
+    pub fn new(maps: Rc<TaskMaps>, pid: u32, older_than: Duration) -> Self {
         let existing_at_attach = list_tids(pid);
         TaskCollector {
             maps,
@@ -80,6 +83,9 @@ impl TaskCollector {
         let maps = procfs::read_maps(self.pid).unwrap_or_default();
         let mut groups: HashMap<(TaskKind, u64, u32), SpawnGroup> = HashMap::new();
         for (tid, rec) in records {
+            if rec.owner != self.pid {
+                continue;
+            }
             let age = Duration::from_nanos(now.saturating_sub(rec.start_ns));
             if age < self.older_than {
                 continue;
@@ -124,7 +130,11 @@ impl TaskCollector {
                 })
             })
             .collect();
-        let oom_killed = self.maps.oom_killed.get(&0, 0)? != 0;
+        let oom_killed = match self.maps.oom_killed.get(&self.pid, 0) {
+            Ok(at) => at != 0,
+            Err(MapError::KeyNotFound) => false,
+            Err(e) => return Err(e),
+        };
         Ok(TaskSnapshot {
             groups,
             existing,

@@ -6,10 +6,12 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, MapData, MapError};
-use tracer_common::GoroutineRecord;
+use std::rc::Rc;
 
-use crate::collect::monotonic_ns;
+use aya::maps::MapError;
+use tracer_common::{GoroutineKey, GoroutineRecord};
+
+use crate::{collect::monotonic_ns, probes::maps::GoroutineTable};
 
 /// Goroutines created at one `go` statement with one start function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,19 +42,18 @@ pub struct GoroutineSnapshot {
 }
 
 pub struct GoroutineCollector {
-    map: HashMap<MapData, u64, GoroutineRecord>,
+    /// Shared by every traced Go process's collector.
+    map: Rc<GoroutineTable>,
+    tgid: u32,
     older_than: Duration,
     capacity: usize,
 }
 
 impl GoroutineCollector {
-    pub fn new(
-        map: HashMap<MapData, u64, GoroutineRecord>,
-        older_than: Duration,
-        capacity: u32,
-    ) -> Self {
+    pub fn new(map: Rc<GoroutineTable>, tgid: u32, older_than: Duration, capacity: u32) -> Self {
         GoroutineCollector {
             map,
+            tgid,
             older_than,
             capacity: capacity as usize,
         }
@@ -71,8 +72,10 @@ impl GoroutineCollector {
                 complete = true;
                 break;
             };
-            let (goid, rec) = entry?;
-            records.insert(goid, rec);
+            let (key, rec) = entry?;
+            if key.tgid == self.tgid {
+                records.insert(key.goid, rec);
+            }
         }
         let goids = records.keys().copied().collect();
         let mut snap = group(records.into_values(), now, self.older_than);
@@ -83,7 +86,12 @@ impl GoroutineCollector {
 
     /// Whether the probes recorded goroutine `goid` (and it has not exited).
     pub fn contains(&self, goid: u64) -> Result<bool, MapError> {
-        match self.map.get(&goid, 0) {
+        let key = GoroutineKey {
+            goid,
+            tgid: self.tgid,
+            _pad: 0,
+        };
+        match self.map.get(&key, 0) {
             Ok(_) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
             Err(e) => Err(e),

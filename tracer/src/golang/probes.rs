@@ -1,7 +1,7 @@
 //! Where the goroutine probes go in a Go executable, and what the kernel
 //! side needs to know to read a `g` there.
 
-use tracer_common::{GoConfig, GO_NEW_G_IN_RBX};
+use tracer_common::{go_cookie, GoConfig};
 
 use super::{binary::NewG, GoTarget};
 
@@ -19,12 +19,13 @@ pub struct GoProbePoint {
     pub offset: u64,
     /// File offset of the entry of the function it sits in, when known.
     pub entry: Option<u64>,
-    /// Attach cookie: which register holds the new `g` at a creation probe.
+    /// Attach cookie: where the binary's `g` keeps the fields the probes
+    /// read, and which register holds the new `g` at a creation probe.
     pub cookie: u64,
 }
 
-/// What the goroutine probes need: the `g` field offsets, and the points to
-/// attach in order.
+/// What the goroutine probes need: the `g` field offsets (which the
+/// points' cookies carry), and the points to attach in order.
 pub struct GoProbePlan {
     pub config: GoConfig,
     /// The exit probe first, so that every goroutine recorded has its exit
@@ -48,7 +49,7 @@ impl GoTarget {
             function: exit_fn.to_string(),
             offset: bin.exit_probe,
             entry: bin.vaddr_to_file_offset(exit_entry),
-            cookie: 0,
+            cookie: go_cookie(false, config),
         }];
         // Probe points were checked to lie in the file when found.
         points.extend(bin.creation_probes.iter().filter_map(|p| {
@@ -57,10 +58,7 @@ impl GoTarget {
                 function: p.function.clone(),
                 offset: bin.vaddr_to_file_offset(p.at)?,
                 entry: bin.vaddr_to_file_offset(p.entry),
-                cookie: match p.new_g {
-                    NewG::Rax => 0,
-                    NewG::Rbx => GO_NEW_G_IN_RBX,
-                },
+                cookie: go_cookie(matches!(p.new_g, NewG::Rbx), config),
             })
         }));
         GoProbePlan { config, points }

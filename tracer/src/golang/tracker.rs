@@ -6,11 +6,10 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::FileExt,
+    rc::Rc,
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use tracer_common::GoroutineRecord;
 
 use super::heap::SiteTrends;
 use super::leakcheck::LeakCheck;
@@ -28,6 +27,7 @@ use super::{
 };
 use crate::{
     collect::stacks::Stacks,
+    probes::maps::GoroutineTable,
     process::procfs,
     report::aggregate::{GrowthTracker, Trend},
     symbolize::{Frame, Symbolizer, SymbolizerGone},
@@ -92,13 +92,14 @@ impl GoTracker {
     pub fn new(
         pid: u32,
         target: GoTarget,
-        goroutines: Option<BpfHashMap<MapData, u64, GoroutineRecord>>,
+        goroutines: Option<Rc<GoroutineTable>>,
         older_than: Duration,
         max_goroutines: u32,
         launched: bool,
         top: usize,
     ) -> Self {
-        let collector = goroutines.map(|m| GoroutineCollector::new(m, older_than, max_goroutines));
+        let collector =
+            goroutines.map(|m| GoroutineCollector::new(m, pid, older_than, max_goroutines));
         let mut t = GoTracker {
             pid,
             target,

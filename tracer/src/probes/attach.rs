@@ -1,26 +1,54 @@
-//! Attaching programs to the target: uprobes on its allocator and spawn
-//! functions, the task tracepoints, and a Go target's goroutine probes.
-//! Each program is attached to each probed object by one uprobe-multi link
-//! ([`multi_link`]), kept so that [`Probes::detach`] can remove it.
+//! Attaching programs to traced processes: uprobes on their allocator and
+//! spawn functions, the task tracepoints, and a Go program's goroutine
+//! probes. Each program is attached to each probed object by one
+//! uprobe-multi link ([`multi_link`]) per [`Scope`]: for one process, or
+//! once for every traced process mapping the object. Every link is kept,
+//! with whom it serves, so that it can be removed when its process goes
+//! and all of them when leaktrace does.
 
-use std::{os::fd::OwnedFd, path::Path};
+use std::{
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::Path,
+};
 
 use aya::programs::ProbeKind;
-use tracer_common::{cookie, TaskConfig};
+use tracer_common::{cookie, go_offsets_fit, TaskConfig, COOKIE_CHECK_TRACED};
 
-use super::{btf, entry_program, error_chain, multi_link, ProbeError, Probes, TASK_TRACEPOINTS};
+use super::{
+    btf, drop_all_at_once, entry_program, error_chain, multi_link, ProbeError, Probes, Scope,
+    TASK_TRACEPOINTS,
+};
 use crate::{
     cli::ProbeMode,
     golang::{is_go_code, GoTarget},
     process::allocator::{Allocator, ProbeFn, ProbedObject},
 };
 
-/// An attached link: which program, at how many points, and the fd that
-/// holds it in the kernel.
+/// An attached link: at how many points, for whom, in which file, and the
+/// fd that holds it in the kernel.
 pub(super) struct Link {
     pub(super) probes: usize,
+    pub(super) scope: Scope,
+    pub(super) file: FileId,
+    pub(super) purpose: Purpose,
     /// Held for as long as the probes stay: closing it removes them.
     pub(super) _fd: OwnedFd,
+}
+
+/// What a link's probes are for: one file may carry several kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    Heap,
+    Spawns,
+    Goroutines,
+}
+
+/// A probed file, by device and inode (the same file under two paths, as
+/// two container processes see it, is one).
+pub(super) type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// An object proven not to be Go code: the only kind of object a return
@@ -41,6 +69,7 @@ impl<'a> NotGo<'a> {
 /// Probe points of one program in one object, gathered for one link.
 struct Points<'a> {
     program: &'static str,
+    purpose: Purpose,
     /// Function names, for messages.
     functions: Vec<String>,
     display: &'a str,
@@ -50,9 +79,10 @@ struct Points<'a> {
 }
 
 impl<'a> Points<'a> {
-    fn new(program: &'static str, display: &'a str, path: &'a Path) -> Self {
+    fn new(program: &'static str, purpose: Purpose, display: &'a str, path: &'a Path) -> Self {
         Points {
             program,
+            purpose,
             functions: Vec::new(),
             display,
             path,
@@ -70,50 +100,93 @@ impl<'a> Points<'a> {
     }
 }
 
+/// Points grouped by program, in the order programs first appear.
+fn by_program<'a>(
+    points: impl IntoIterator<Item = (&'static str, &'a str, u64, u64)>,
+    purpose: Purpose,
+    display: &'a str,
+    path: &'a Path,
+) -> Vec<Points<'a>> {
+    let mut out: Vec<Points<'a>> = Vec::new();
+    for (program, function, offset, cookie) in points {
+        let at = match out.iter().position(|p| p.program == program) {
+            Some(i) => i,
+            None => {
+                out.push(Points::new(program, purpose, display, path));
+                out.len() - 1
+            }
+        };
+        out[at].add(function, offset, cookie);
+    }
+    out
+}
+
 impl Probes {
-    /// Starts tracking the threads and child processes `pid` creates: the
-    /// spawn functions of its C library and the kernel's fork and exit
-    /// tracepoints (which see every task; the programs filter by process).
-    pub fn attach_tasks(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
+    /// Attaches the task tracepoints (once per run: they see every task,
+    /// and the programs look up `TRACED`) and the spawn probes of
+    /// `alloc`'s C library for `scope`.
+    pub fn attach_tasks(&mut self, alloc: &Allocator, scope: Scope) -> Result<(), ProbeError> {
         if self.mode != ProbeMode::Full {
             return Ok(());
         }
-        let (pid_offset, tgid_offset) = btf::task_pid_offsets()?;
-        let cfg = TaskConfig {
-            target_tgid: pid,
-            pid_offset,
-            tgid_offset,
-        };
-        self.set_config("TASK_CONFIG", cfg)?;
-        // Exit first: a task created once fork is watched always has its
-        // exit seen.
-        for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
-            let id =
-                self.tracepoint(name)?
-                    .attach(tracepoint)
-                    .map_err(|e| ProbeError::Tracepoint {
+        if self.task_config.is_none() {
+            let (pid_offset, tgid_offset) = btf::task_pid_offsets()?;
+            let cfg = TaskConfig {
+                pid_offset,
+                tgid_offset,
+                ..TaskConfig::default()
+            };
+            self.set_config("TASK_CONFIG", cfg)?;
+            self.task_config = Some(cfg);
+            // Exit first: a task created once fork is watched always has
+            // its exit seen.
+            for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
+                let id = self.tracepoint(name)?.attach(tracepoint).map_err(|e| {
+                    ProbeError::Tracepoint {
                         tracepoint,
                         reason: error_chain(&e),
-                    })?;
-            self.tracepoint_links.push((name, id));
+                    }
+                })?;
+                self.tracepoint_links.push((name, id));
+            }
         }
         if let Some(object) = alloc.objects.first() {
-            let mut points = Points::new("spawn_entry", &object.display, &object.path);
-            for spawn in &object.spawns {
-                points.add(spawn.name, spawn.probe.offset, 0);
+            if self.attached(&object.path, scope, Purpose::Spawns) {
+                return Ok(());
             }
-            let link = self.link(points, false, pid)?;
-            self.entry_links.extend(link);
+            let spawns = object
+                .spawns
+                .iter()
+                .map(|s| ("spawn_entry", s.name, s.probe.offset, 0));
+            for points in by_program(spawns, Purpose::Spawns, &object.display, &object.path) {
+                let link = self.link(points, false, scope)?;
+                self.entry_links.extend(link);
+            }
         }
         Ok(())
     }
 
-    /// Attaches to every probe site of `alloc`, only for process `pid`.
+    /// A process exec'ing in the PID namespace `(dev, ino)` is traced from
+    /// then on (`docker exec`): the exec tracepoint checks.
+    pub fn follow_pid_namespace(&mut self, dev: u64, ino: u64) -> Result<(), ProbeError> {
+        let Some(mut cfg) = self.task_config else {
+            return Err(ProbeError::Missing("task tracepoints before the namespace"));
+        };
+        cfg.pidns_dev = dev;
+        cfg.pidns_ino = ino;
+        cfg.follow_pidns = 1;
+        self.set_config("TASK_CONFIG", cfg)?;
+        self.task_config = Some(cfg);
+        Ok(())
+    }
+
+    /// Attaches to every probe site of `alloc` for `scope` (an object
+    /// already probed for every process is not probed again).
     ///
     /// Return probes go in first: once an entry probe can fire, the return
     /// probe of the same call is guaranteed to fire as well, so no entry
     /// state is ever left behind by the attach itself.
-    pub fn attach(&mut self, alloc: &Allocator, pid: u32) -> Result<(), ProbeError> {
+    pub fn attach(&mut self, alloc: &Allocator, scope: Scope) -> Result<(), ProbeError> {
         let (entry_of, return_prog) = match self.mode {
             ProbeMode::Full => (entry_program as fn(ProbeFn) -> &'static str, "alloc_return"),
             ProbeMode::Empty => (
@@ -121,67 +194,83 @@ impl Probes {
                 "empty_return",
             ),
         };
-        for object in &alloc.objects {
+        let objects: Vec<&ProbedObject> = alloc
+            .objects
+            .iter()
+            .filter(|o| !self.attached(&o.path, scope, Purpose::Heap))
+            .collect();
+        for object in &objects {
             let native = NotGo::check(object)?;
-            self.attach_returns(return_prog, &native, pid)?;
+            self.attach_returns(return_prog, &native, scope)?;
         }
-        for object in &alloc.objects {
-            let mut by_program: Vec<Points<'_>> = Vec::new();
-            for site in &object.sites {
+        for object in &objects {
+            let sites = object.sites.iter().map(|site| {
                 let (name, c) = match site.func {
                     ProbeFn::Alloc(kind) => (kind.name(), cookie(kind, 0)),
                     ProbeFn::Free => ("free", 0),
                 };
-                let program = entry_of(site.func);
-                let at = match by_program.iter().position(|p| p.program == program) {
-                    Some(i) => i,
-                    None => {
-                        by_program.push(Points::new(program, &object.display, &object.path));
-                        by_program.len() - 1
-                    }
-                };
-                by_program[at].add(name, site.probe.offset, c);
-            }
-            for points in by_program {
-                let link = self.link(points, false, pid)?;
+                (entry_of(site.func), name, site.probe.offset, c)
+            });
+            for points in by_program(sites, Purpose::Heap, &object.display, &object.path) {
+                let link = self.link(points, false, scope)?;
                 self.entry_links.extend(link);
             }
         }
         Ok(())
     }
 
-    /// Starts tracking a Go target's goroutines at the probe points
+    /// Starts tracking a Go program's goroutines at the probe points
     /// [`GoTarget::probe_plan`] gives (plain uprobes only, never return
     /// probes).
-    pub fn attach_go(&mut self, go: &GoTarget, pid: u32) -> Result<(), ProbeError> {
-        if !self.go {
+    pub fn attach_go(&mut self, go: &GoTarget, scope: Scope) -> Result<(), ProbeError> {
+        if !self.go || self.attached(&go.path, scope, Purpose::Goroutines) {
             return Ok(());
         }
         let plan = go.probe_plan();
-        self.set_config("GO_CONFIG", plan.config)?;
-        let mut by_program: Vec<Points<'_>> = Vec::new();
-        for point in &plan.points {
-            let program = match self.mode {
+        if !go_offsets_fit(plan.config) {
+            return Err(ProbeError::Missing("runtime.g offsets the Go probes can carry"));
+        }
+        let mode = self.mode;
+        let points = plan.points.iter().map(|point| {
+            let program = match mode {
                 ProbeMode::Full => point.program,
                 ProbeMode::Empty => "empty_entry",
             };
-            let at = match by_program.iter().position(|p| p.program == program) {
-                Some(i) => i,
-                None => {
-                    by_program.push(Points::new(program, &go.display, &go.path));
-                    by_program.len() - 1
-                }
-            };
-            by_program[at].add(&point.function, point.offset, point.cookie);
-        }
-        // The exit probes first (the plan's order): a goroutine whose
+            (program, point.function.as_str(), point.offset, point.cookie)
+        });
+        // In the plan's order, the exit probe first: a goroutine whose
         // creation is seen always has its exit seen.
-        by_program.reverse();
-        for points in by_program {
-            let link = self.link(points, false, pid)?;
+        for points in by_program(points, Purpose::Goroutines, &go.display, &go.path) {
+            let link = self.link(points, false, scope)?;
             self.entry_links.extend(link);
         }
         Ok(())
+    }
+
+    /// Removes the probes attached for process `pid` alone (entries first).
+    pub fn detach_process(&mut self, pid: u32) {
+        let mine = |links: &mut Vec<Link>| {
+            let (gone, kept): (Vec<Link>, Vec<Link>) = std::mem::take(links)
+                .into_iter()
+                .partition(|l| l.scope == Scope::Process(pid));
+            *links = kept;
+            gone
+        };
+        let entries = mine(&mut self.entry_links);
+        let returns = mine(&mut self.return_links);
+        drop_all_at_once(entries);
+        drop_all_at_once(returns);
+    }
+
+    /// Whether the file at `path` is probed for `scope` already, or for
+    /// every process (which covers any one).
+    fn attached(&self, path: &Path, scope: Scope, purpose: Purpose) -> bool {
+        let Some(file) = file_id(path) else {
+            return false;
+        };
+        self.entry_links.iter().any(|l| {
+            l.file == file && l.purpose == purpose && (l.scope == scope || l.scope == Scope::Shared)
+        })
     }
 
     /// Attaches the return program to every allocation function of an
@@ -190,31 +279,46 @@ impl Probes {
         &mut self,
         program: &'static str,
         object: &NotGo<'_>,
-        pid: u32,
+        scope: Scope,
     ) -> Result<(), ProbeError> {
         let object = object.0;
-        let mut points = Points::new(program, &object.display, &object.path);
+        let mut points = Points::new(program, Purpose::Heap, &object.display, &object.path);
         for site in &object.sites {
             if let ProbeFn::Alloc(kind) = site.func {
                 points.add(kind.name(), site.probe.offset, cookie(kind, 0));
             }
         }
-        let link = self.link(points, true, pid)?;
+        let link = self.link(points, true, scope)?;
         self.return_links.extend(link);
         Ok(())
     }
 
     /// One link attaching `points.program` at all its points (none: no
-    /// link), for process `pid` only.
+    /// link), for `scope`.
     fn link(
         &mut self,
-        points: Points<'_>,
+        mut points: Points<'_>,
         returns: bool,
-        pid: u32,
+        scope: Scope,
     ) -> Result<Option<Link>, ProbeError> {
         if points.offsets.is_empty() {
             return Ok(None);
         }
+        let file = file_id(points.path).ok_or_else(|| {
+            ProbeError::Unreadable(
+                points.display.to_string(),
+                std::io::Error::last_os_error(),
+            )
+        })?;
+        let pid = match scope {
+            Scope::Process(pid) => Some(pid),
+            Scope::Shared => {
+                for c in &mut points.cookies {
+                    *c |= COOKIE_CHECK_TRACED;
+                }
+                None
+            }
+        };
         let prog = self.program(points.program)?;
         let is_return = matches!(prog.kind(), ProbeKind::Return);
         if is_return != returns {
@@ -226,7 +330,7 @@ impl Probes {
             offsets: points.offsets,
             cookies: points.cookies,
             returns,
-            pid: Some(pid),
+            pid,
         };
         let fd = multi_link::attach(std::os::fd::AsFd::as_fd(prog_fd), &multi).map_err(|e| {
             ProbeError::Attach {
@@ -237,6 +341,9 @@ impl Probes {
         })?;
         Ok(Some(Link {
             probes: multi.offsets.len(),
+            scope,
+            file,
+            purpose: points.purpose,
             _fd: fd,
         }))
     }

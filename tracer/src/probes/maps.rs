@@ -1,9 +1,12 @@
 //! The kernel-side tables: their capacities, and the handles userspace
 //! keeps to read them while tracing.
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use std::rc::Rc;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use tracer_common::{
-    Config, GoroutineRecord, Pending, SiteKey, SiteTotals, SpawnPending, TaskRecord,
+    AllocKey, AllocRecord, Config, GoroutineKey, GoroutineRecord, Pending, SiteKey, SiteTotals,
+    SpawnPending, TaskRecord,
 };
 
 use super::{ProbeError, Probes};
@@ -19,20 +22,31 @@ pub struct MapSizes {
     pub tasks: u32,
     pub goroutines: u32,
     pub unwind_rows: u32,
+    /// Traced processes at once.
+    pub processes: u32,
 }
 
-/// The maps userspace reads while tracing.
+/// The probes' goroutine table.
+pub type GoroutineTable = HashMap<MapData, GoroutineKey, GoroutineRecord>;
+
+/// The maps userspace reads while tracing. The heap tables have one
+/// owner (the collector, which also removes entries); the others are only
+/// read, by every traced process's reports.
 pub struct Maps {
     pub heap: HeapMaps,
-    pub tasks: TaskMaps,
-    pub stacks: StackTable,
-    /// Present when the target is a Go program.
-    pub goroutines: Option<HashMap<MapData, u64, GoroutineRecord>>,
+    pub tasks: Rc<TaskMaps>,
+    pub stacks: Rc<StackTable>,
+    /// Present when Go programs are traced.
+    pub goroutines: Option<Rc<GoroutineTable>>,
+    /// Processes that joined the traced set or exec'd.
+    pub events: RingBuf<MapData>,
 }
 
 /// Heap tables.
 pub struct HeapMaps {
     pub sites: HashMap<MapData, SiteKey, SiteTotals>,
+    /// The live allocations, read only to forget those of a process gone.
+    pub allocs: HashMap<MapData, AllocKey, AllocRecord>,
     pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, u64>,
     pub pending: HashMap<MapData, u32, Pending>,
@@ -42,8 +56,8 @@ pub struct HeapMaps {
 pub struct TaskMaps {
     pub tasks: HashMap<MapData, u32, TaskRecord>,
     pub spawn_pending: HashMap<MapData, u32, SpawnPending>,
-    /// Non-zero once the OOM killer has chosen the target.
-    pub oom_killed: Array<MapData, u64>,
+    /// tgid → when the OOM killer chose that traced process.
+    pub oom_killed: HashMap<MapData, u32, u64>,
 }
 
 impl Probes {
@@ -75,21 +89,23 @@ impl Probes {
         Ok(Maps {
             heap: HeapMaps {
                 sites: take!("SITES"),
+                allocs: take!("ALLOCS"),
                 config: take!("CONFIG"),
                 counters: take!("COUNTERS"),
                 pending: take!("PENDING"),
             },
-            tasks: TaskMaps {
+            tasks: Rc::new(TaskMaps {
                 tasks: take!("TASKS"),
                 spawn_pending: take!("SPAWN_PENDING"),
                 oom_killed: take!("OOM_KILLED"),
-            },
-            stacks: take!("STACKS"),
+            }),
+            stacks: Rc::new(take!("STACKS")),
             goroutines: if self.go && self.mode == crate::cli::ProbeMode::Full {
-                Some(take!("GOROUTINES"))
+                Some(Rc::new(take!("GOROUTINES")))
             } else {
                 None
             },
+            events: take!("EVENTS"),
         })
     }
 }

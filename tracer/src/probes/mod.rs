@@ -28,7 +28,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use iced_x86::Register;
-use tracer_common::AllocKind;
+use tracer_common::{AllocKind, TaskConfig};
 
 use crate::{cli::ProbeMode, golang, process::allocator::ProbeFn};
 use attach::Link;
@@ -50,6 +50,22 @@ pub struct Probes {
     mode: ProbeMode,
     go: bool,
     load_times: Vec<ProgramLoad>,
+    /// Written into `TASK_CONFIG` once the task tracepoints are attached.
+    task_config: Option<TaskConfig>,
+    /// `TRACED`: which processes probes serving every process record.
+    traced: aya::maps::HashMap<MapData, u32, u32>,
+}
+
+/// Whom a probe serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One process (its pid): the kernel runs the program in it alone.
+    Process(u32),
+    /// Every traced process that maps the object, one link for all of
+    /// them: the program checks `TRACED` first. For a container's own
+    /// files, which only its processes map, so that a process it starts is
+    /// traced from its first instruction.
+    Shared,
 }
 
 /// One program's load: how long it took, and how many instructions the
@@ -61,9 +77,10 @@ pub struct ProgramLoad {
     pub verified_insns: Option<u32>,
 }
 
-const TASK_TRACEPOINTS: [(&str, &str); 3] = [
+const TASK_TRACEPOINTS: [(&str, &str); 4] = [
     ("task_fork", "sched_process_fork"),
     ("task_exit", "sched_process_exit"),
+    ("task_exec", "sched_process_exec"),
     ("oom_victim", "mark_victim"),
 ];
 
@@ -160,8 +177,16 @@ impl Probes {
             .map_max_entries("TASKS", sizes.tasks.max(1))
             .map_max_entries("GOROUTINES", if go { sizes.goroutines.max(1) } else { 1 })
             .map_max_entries("UNWIND_ROWS", sizes.unwind_rows.max(1))
+            .map_max_entries("TRACED", sizes.processes.max(1))
+            .map_max_entries("OOM_KILLED", sizes.processes.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let mut ebpf = ebpf;
+        let traced = ebpf
+            .take_map("TRACED")
+            .ok_or(ProbeError::Missing("TRACED"))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing("TRACED"))?;
         let mut probes = Self {
             ebpf,
             entry_links: Vec::new(),
@@ -170,6 +195,8 @@ impl Probes {
             mode,
             go,
             load_times: Vec::new(),
+            task_config: None,
+            traced,
         };
         let mut names: Vec<&'static str> = match mode {
             ProbeMode::Full => vec![
@@ -277,6 +304,21 @@ impl Probes {
     /// Removes every probe (what dropping does too; see [`Drop`]).
     pub fn detach(self) {
         drop(self);
+    }
+
+    /// Process `pid` is traced (for probes serving every process; with
+    /// `TRACE_CHILDREN`, the children it forks from now on too).
+    pub fn trace(&mut self, pid: u32, flags: u32) -> Result<(), ProbeError> {
+        self.traced
+            .insert(pid, flags, 0)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))
+    }
+
+    /// Process `pid` is no longer traced: it exited, or leaktrace let go of
+    /// it. Its probes of its own are removed.
+    pub fn untrace(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
+        self.detach_process(pid);
     }
 
     /// Probes attached: every uprobe point, and the tracepoints.

@@ -44,6 +44,28 @@ impl ExitWatcher {
         self.exited
     }
 
+    /// Whether the target has exited by now, without waiting (a pidfd is
+    /// readable once it has). For processes leaktrace did not start.
+    pub(super) fn check_now(&mut self) -> bool {
+        if self.exited {
+            return true;
+        }
+        if let Some(fd) = &self.fd {
+            use std::os::fd::AsRawFd;
+            let mut p = libc::pollfd {
+                fd: fd.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid pollfd we own, without waiting.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            if n > 0 && p.revents != 0 {
+                self.exited = true;
+            }
+        }
+        self.exited
+    }
+
     /// Resolves when the target exits; for our own child, with its exit
     /// code (128 + signal if killed). Pending forever once it has resolved.
     pub(super) async fn exited(&mut self) -> Option<i32> {

@@ -6,6 +6,8 @@ mod container;
 mod exit_watch;
 mod one;
 pub mod stop;
+mod target;
+mod tracer;
 
 use anyhow::Context;
 
@@ -30,8 +32,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let outputs = Outputs::from_cli(&cli)?;
 
     // Fork the command (if any) before any other thread exists.
-    let prepared = match cli.pid {
-        Some(pid) => one::prepare(&cli, pid)?,
+    let plan = match cli.pid {
+        Some(pid) => tracer::Plan::of_process(&cli, pid)?,
         None => {
             let paused = launch::spawn_paused(&cli.command)?;
             let comm = paused
@@ -41,14 +43,33 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .unwrap_or_default();
             let candidates = launch::program_objects(&paused.program)?;
             let go = golang::of_program(&paused.program)?;
-            one::attach(&cli, paused.pid, comm, Some(paused), &candidates, go)?
+            tracer::Plan::new(&cli, paused.pid, comm, Some(paused), candidates, go)?
         }
     };
+    let tracer = one::attach(&cli, &plan)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(one::trace(cli, prepared, outputs))
+    runtime.block_on(one::trace(cli, tracer, plan, outputs))
+}
+
+/// How reports are written to stdout: the format asked for, colour only on
+/// a terminal (and never with NO_COLOR).
+pub(crate) fn reporter_of(cli: &Cli) -> crate::report::Reporter {
+    use crate::{cli::ColorChoice, report::Style};
+    use std::io::IsTerminal;
+    let style = match cli.color {
+        ColorChoice::Always => Style::Color,
+        ColorChoice::Never => Style::Plain,
+        ColorChoice::Auto
+            if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() =>
+        {
+            Style::Color
+        }
+        ColorChoice::Auto => Style::Plain,
+    };
+    crate::report::Reporter::new(cli.format, style)
 }
 
 /// Where reports go besides stdout, checked before attach.
@@ -120,7 +141,7 @@ fn list_probes(cli: &Cli) -> anyhow::Result<i32> {
             )
         }
     };
-    let allocator = one::allocator_of(&candidates, go.is_some())?;
+    let allocator = tracer::allocator_of(&candidates, go.is_some())?;
     let rows = probes::table::rows(&allocator, go.as_ref());
     probes::table::write(&mut std::io::stdout().lock(), &rows)?;
     Ok(0)

@@ -1,13 +1,15 @@
-//! The probes' unwind maps, filled for one traced process: its objects'
-//! rows (written once per object through a memory mapping of the row
-//! array), the rules they name, and the process's executable mappings.
+//! The probes' unwind maps, shared by every traced process: each object's
+//! rows (written once per object, however many processes map it, through
+//! a memory mapping of the row array), the rules they name, and per
+//! process its executable mappings (two slots each: one live, one
+//! rewritten and then published).
 
 use std::{collections::HashMap, fs, os::fd::AsRawFd, ptr::NonNull};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use tracer_common::{
     walk, ProcessMappings, ReturnProbeOffsets, UnwindMapping, UnwindRow, UnwindRule,
-    MAX_UNWIND_MAPPINGS, MAX_UNWIND_RULES,
+    MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
 };
 
 use super::{key_of, object_info, ObjectKey, ObjectUnwind, UnwindError};
@@ -94,9 +96,8 @@ pub struct UnwindSummary {
     pub mappings_dropped: usize,
 }
 
-/// One process's unwind maps.
+/// The unwind maps of every traced process.
 pub struct UnwindTables {
-    pid: u32,
     mode: UnwindMode,
     rows: RowTable,
     used_rows: u32,
@@ -104,20 +105,30 @@ pub struct UnwindTables {
     rule_ids: HashMap<UnwindRule, u16>,
     processes: Array<MapData, ProcessMappings>,
     slots: BpfHashMap<MapData, u32, u32>,
-    /// Bumped after every change to `slots`: the probes' per-CPU copy of a
-    /// process's slot is good while it has not moved.
+    /// Bumped after every change to `slots` (index 0 is ours; the task
+    /// tracepoints bump index 1): the probes' per-CPU copy of a process's
+    /// slot is good while neither has moved.
     published: Array<MapData, u64>,
     publish_count: u64,
     /// Where each object's rows are: (base, count); `None` when it has none.
     placed: HashMap<ObjectKey, Option<(u32, u32)>>,
-    /// The executable mappings last written, to notice dlopen and munmap.
-    last_maps: Vec<(u64, u64, u64, u64)>,
-    /// Which of the two process slots is live (the other is rewritten and
-    /// then published, so a walk never sees a half-written table).
-    live_slot: u32,
     /// Where the kernel keeps pending return probes' real return addresses.
     offsets: ReturnProbeOffsets,
-    pub summary: UnwindSummary,
+    /// Pairs of process slots not in use, by their first slot.
+    free_pairs: Vec<u32>,
+    traced: HashMap<u32, ProcessTables>,
+}
+
+/// One traced process's part of the tables.
+struct ProcessTables {
+    /// Its two slots are `pair` and `pair + 1`.
+    pair: u32,
+    /// Which of the two is live (the other is rewritten and then
+    /// published, so a walk never sees a half-written table).
+    live: u32,
+    /// The executable mappings last written, to notice dlopen and munmap.
+    last_maps: Vec<(u64, u64, u64, u64)>,
+    summary: UnwindSummary,
 }
 
 fn array_of(map: Map, name: &'static str) -> Result<MapData, UnwindError> {
@@ -130,16 +141,10 @@ fn array_of(map: Map, name: &'static str) -> Result<MapData, UnwindError> {
 impl UnwindTables {
     /// Takes the unwind maps out of the loaded object; `row_capacity` is the
     /// size `UNWIND_ROWS` was loaded with.
-    pub fn new(
-        pid: u32,
-        mode: UnwindMode,
-        maps: [Map; 5],
-        row_capacity: u32,
-    ) -> Result<Self, UnwindError> {
+    pub fn new(mode: UnwindMode, maps: [Map; 5], row_capacity: u32) -> Result<Self, UnwindError> {
         let [rows, rules, processes, slots, published] = maps;
         let map_err = |e: aya::maps::MapError| UnwindError::Map(e.to_string());
         Ok(UnwindTables {
-            pid,
             mode,
             rows: RowTable::new(array_of(rows, "UNWIND_ROWS")?, row_capacity)?,
             used_rows: 0,
@@ -150,17 +155,26 @@ impl UnwindTables {
             published: Array::try_from(published).map_err(map_err)?,
             publish_count: 0,
             placed: HashMap::new(),
-            last_maps: Vec::new(),
-            live_slot: 1,
             offsets: return_probe_offsets()?,
-            summary: UnwindSummary::default(),
+            free_pairs: (0..MAX_UNWIND_PROCESSES / 2).rev().map(|i| 2 * i).collect(),
+            traced: HashMap::new(),
         })
     }
 
-    /// Rereads the process's mappings and, if they changed (at attach, after
-    /// a dlopen), builds tables for new objects and publishes the mappings.
-    pub fn refresh(&mut self) -> Result<(), UnwindError> {
-        let Ok(maps) = procfs::read_maps(self.pid) else {
+    /// What the tables hold for process `pid`.
+    pub fn summary(&self, pid: u32) -> UnwindSummary {
+        self.traced
+            .get(&pid)
+            .map(|p| p.summary.clone())
+            .unwrap_or_default()
+    }
+
+    /// Rereads process `pid`'s mappings and, if they changed (at attach,
+    /// after a dlopen or an exec), builds tables for new objects and
+    /// publishes the mappings. A process beyond the slots the kernel table
+    /// has keeps being walked by frame pointers, and its summary says so.
+    pub fn refresh(&mut self, pid: u32) -> Result<(), UnwindError> {
+        let Ok(maps) = procfs::read_maps(pid) else {
             return Ok(()); // the process is gone: nothing left to walk
         };
         let exec: Vec<&procfs::Mapping> = maps
@@ -171,44 +185,88 @@ impl UnwindTables {
             .iter()
             .map(|m| (m.start, m.end, m.file_offset, m.inode))
             .collect();
-        if fingerprint == self.last_maps {
+        if !self.traced.contains_key(&pid) {
+            let Some(pair) = self.free_pairs.pop() else {
+                return Err(UnwindError::Map(format!(
+                    "no room for the mappings of another process (the kernel table holds {})",
+                    MAX_UNWIND_PROCESSES / 2
+                )));
+            };
+            self.traced.insert(
+                pid,
+                ProcessTables {
+                    pair,
+                    live: 1,
+                    last_maps: Vec::new(),
+                    summary: UnwindSummary::default(),
+                },
+            );
+        }
+        if self.traced.get(&pid).is_some_and(|p| p.last_maps == fingerprint) {
             return Ok(());
         }
+        let mut summary = UnwindSummary::default();
         let mut table = Box::<ProcessMappings>::default();
         let mut entries = Vec::new();
+        let mut objects: HashMap<ObjectKey, u32> = HashMap::new();
         for m in &exec {
-            if let Some(entry) = self.mapping_entry(m) {
+            if let Some((entry, key)) = self.mapping_entry(pid, m, &mut summary) {
+                if let Some(key) = key {
+                    objects.insert(key, entry.row_count);
+                }
                 entries.push(entry);
             }
         }
         entries.sort_by_key(|e| e.start);
-        self.summary.mappings_dropped = entries.len().saturating_sub(MAX_UNWIND_MAPPINGS);
+        summary.mappings_dropped = entries.len().saturating_sub(MAX_UNWIND_MAPPINGS);
         entries.truncate(MAX_UNWIND_MAPPINGS);
         table.count = entries.len() as u32;
         table.generation = next_generation();
         table.offsets = self.offsets;
         table.mappings[..entries.len()].copy_from_slice(&entries);
 
-        let slot = 1 - self.live_slot;
+        let Some(p) = self.traced.get_mut(&pid) else {
+            return Ok(());
+        };
+        let slot = p.pair + (1 - p.live);
         self.processes
             .set(slot, *table, 0)
             .map_err(|e| UnwindError::Map(e.to_string()))?;
         self.slots
-            .insert(self.pid, slot, 0)
+            .insert(pid, slot, 0)
             .map_err(|e| UnwindError::Map(e.to_string()))?;
+        p.live = 1 - p.live;
+        p.last_maps = fingerprint;
+        summary.objects = objects.len();
+        summary.rows = objects.values().map(|&n| u64::from(n)).sum();
+        summary.rules = self.rule_ids.len();
+        summary.bytes = summary.rows * size_of::<UnwindRow>() as u64
+            + (self.rule_ids.len() * size_of::<UnwindRule>()) as u64
+            + 2 * size_of::<ProcessMappings>() as u64;
+        p.summary = summary;
+        self.publish()
+    }
+
+    /// Process `pid` is no longer traced: its slots go back.
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(p) = self.traced.remove(&pid) {
+            let _ = self.slots.remove(&pid);
+            self.free_pairs.push(p.pair);
+            let _ = self.publish();
+        }
+    }
+
+    /// Rows of every object and rules: what all traced processes share.
+    pub fn shared_bytes(&self) -> u64 {
+        u64::from(self.used_rows) * size_of::<UnwindRow>() as u64
+            + (self.rule_ids.len() * size_of::<UnwindRule>()) as u64
+    }
+
+    fn publish(&mut self) -> Result<(), UnwindError> {
         self.publish_count += 1;
         self.published
             .set(0, self.publish_count, 0)
-            .map_err(|e| UnwindError::Map(e.to_string()))?;
-        self.live_slot = slot;
-        self.last_maps = fingerprint;
-        self.summary.objects = self.placed.values().filter(|p| p.is_some()).count();
-        self.summary.rules = self.rule_ids.len();
-        self.summary.rows = u64::from(self.used_rows);
-        self.summary.bytes = u64::from(self.used_rows) * size_of::<UnwindRow>() as u64
-            + (self.rule_ids.len() * size_of::<UnwindRule>()) as u64
-            + 2 * size_of::<ProcessMappings>() as u64;
-        Ok(())
+            .map_err(|e| UnwindError::Map(e.to_string()))
     }
 
     /// Parses `paths` and writes their rows now, before the process maps
@@ -226,9 +284,15 @@ impl UnwindTables {
         }
     }
 
-    /// The kernel's view of one executable mapping.
-    fn mapping_entry(&mut self, m: &procfs::Mapping) -> Option<UnwindMapping> {
-        let open = m.open_path(self.pid);
+    /// The kernel's view of one executable mapping of process `pid`, and
+    /// its object's key when it is walked by rows.
+    fn mapping_entry(
+        &mut self,
+        pid: u32,
+        m: &procfs::Mapping,
+        summary: &mut UnwindSummary,
+    ) -> Option<(UnwindMapping, Option<ObjectKey>)> {
+        let open = m.open_path(pid);
         let size = fs::metadata(&open).map(|md| md.len()).unwrap_or(0);
         let key = ObjectKey {
             dev: m.dev.clone(),
@@ -238,24 +302,24 @@ impl UnwindTables {
         let name = m.path.clone().unwrap_or_default();
         let info = object_info(&key, &open)?;
         let bias = info.bias(m.start, m.file_offset, m.end - m.start)?;
-        let (walk_kind, row_base, row_count) = match &info.unwind {
+        let (walk_kind, row_base, row_count, walked_by_rows) = match &info.unwind {
             ObjectUnwind::FramePointers if self.mode == UnwindMode::Auto => {
-                push_once(&mut self.summary.frame_pointer_objects, &name);
-                (walk::FRAME_POINTER, 0, 0)
+                push_once(&mut summary.frame_pointer_objects, &name);
+                (walk::FRAME_POINTER, 0, 0, false)
             }
             ObjectUnwind::FramePointers | ObjectUnwind::Nothing => {
-                push_once(&mut self.summary.without_tables, &name);
-                (walk::NONE, 0, 0)
+                push_once(&mut summary.without_tables, &name);
+                (walk::NONE, 0, 0, false)
             }
             ObjectUnwind::Table(rows) => match self.place(&key, rows) {
-                Some((base, count)) => (walk::TABLE, base, count),
+                Some((base, count)) => (walk::TABLE, base, count, true),
                 None => {
-                    push_once(&mut self.summary.no_room, &name);
-                    (walk::NONE, 0, 0)
+                    push_once(&mut summary.no_room, &name);
+                    (walk::NONE, 0, 0, false)
                 }
             },
         };
-        Some(UnwindMapping {
+        let entry = UnwindMapping {
             start: m.start,
             end: m.end,
             bias,
@@ -263,7 +327,8 @@ impl UnwindTables {
             row_count,
             walk: walk_kind,
             _pad: 0,
-        })
+        };
+        Some((entry, walked_by_rows.then_some(key)))
     }
 
     /// Writes an object's rows into the kernel table once; where they are.

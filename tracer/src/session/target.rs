@@ -1,0 +1,278 @@
+//! One traced process's side of a run: its symbolizer, Go tracker, report
+//! builder, exports and exit watch. The programs and tables it reads are
+//! the run's ([`Tracer`]).
+
+use std::{
+    io,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use super::{
+    exit_watch::ExitWatcher,
+    tracer::{describe_unwind, Plan, Tracer},
+    Outputs,
+};
+use crate::{
+    cli::Cli,
+    collect::{stacks::Stacks, tasks::TaskCollector, Snapshot},
+    export::{self, Exporter},
+    golang::{GoTarget, GoTracker},
+    process::container,
+    report::{
+        builder::{ReportBuilder, Subject},
+        human_duration, Report,
+    },
+    symbolize::Symbolizer,
+};
+
+/// Ticks during which the symbolizer re-reads the target's mappings every
+/// time, so that a command started by us (or a process that just exec'd)
+/// is seen in its new image even if it exits before the first report.
+const EARLY_MAP_REFRESH_TICKS: u32 = 20;
+
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    pub launched: bool,
+    /// What a child it forks starts with (for a child gone before
+    /// leaktrace could read it: the same mappings).
+    pub candidates: Vec<crate::process::allocator::Candidate>,
+    pub allocator: crate::process::allocator::Allocator,
+    builder: ReportBuilder,
+    symbolizer: Symbolizer,
+    exporter: Exporter,
+    pub exit: ExitWatcher,
+    /// Ticks left with early refreshes.
+    early_ticks: u32,
+}
+
+impl Target {
+    /// Starts reading process `plan.pid`, attached already: releases a
+    /// command held before its exec (and builds its tables once it ran),
+    /// and says on stderr that tracing began.
+    pub fn start(
+        cli: &Cli,
+        tracer: &mut Tracer,
+        plan: Plan,
+        outputs: Outputs,
+    ) -> anyhow::Result<Target> {
+        let pid = plan.pid;
+        Target::start_reading(cli, tracer, plan, outputs, pid)
+    }
+
+    /// [`Target::start`], symbolizing with the mappings of process
+    /// `symbols_of` (a forked child gone before it could be read: its
+    /// parent's).
+    pub fn start_reading(
+        cli: &Cli,
+        tracer: &mut Tracer,
+        plan: Plan,
+        outputs: Outputs,
+        symbols_of: u32,
+    ) -> anyhow::Result<Target> {
+        let Plan {
+            pid,
+            comm,
+            paused,
+            allocator,
+            go,
+            memprofile,
+            candidates,
+        } = plan;
+        let launched = paused.is_some();
+        let tasks = TaskCollector::new(tracer.shared.tasks.clone(), pid, cli.older_than);
+        let exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
+        let symbolizer = Symbolizer::start(symbols_of, go.as_ref().map(GoTarget::symbols))
+            .context("cannot start the symbolization thread")?;
+        let go_version = go.as_ref().map(|g| g.binary.version.clone());
+        let go = go.map(|target| {
+            GoTracker::new(
+                pid,
+                target,
+                tracer.shared.goroutines.clone(),
+                cli.older_than,
+                cli.max_goroutines,
+                launched,
+                cli.top,
+            )
+        });
+        let go = match (go, memprofile) {
+            (Some(t), Some(switch)) => Some(t.with_memprofile(switch)),
+            (go, _) => go,
+        };
+        let go = match go {
+            Some(t) if cli.go_leak_check => Some(t.with_leak_check()),
+            go => go,
+        };
+        if let Some(p) = paused {
+            p.release();
+            if let Some(tables) = tracer.unwind.as_mut() {
+                // Tables for the command's own mappings as soon as it has
+                // exec'd (until then its stacks are walked by frame
+                // pointers); objects its loader maps next come in with the
+                // early ticks.
+                let objects: Vec<&str> = allocator
+                    .objects
+                    .iter()
+                    .filter_map(|o| o.path.file_name().and_then(|n| n.to_str()))
+                    .collect();
+                wait_for_exec(pid, &objects);
+                tables
+                    .refresh(pid)
+                    .context("building the unwind tables")?;
+                eprintln!("leaktrace: {}", describe_unwind(&tables.summary(pid)));
+            }
+        }
+        let heap_via = match (&go_version, allocator.objects.is_empty()) {
+            (Some(v), true) => format!("Go {v} (no C allocator)"),
+            (Some(v), false) => format!("Go {v} + C heap via {}", allocator.display()),
+            (None, _) => format!("heap via {}", allocator.display()),
+        };
+        eprintln!(
+            "leaktrace: tracing pid {pid} ({comm}): {heap_via} ({} probes); reporting every {} on what is older than {}; Ctrl-C to stop",
+            tracer.probes.probe_count(),
+            human_duration(cli.interval),
+            human_duration(cli.older_than),
+        );
+        let subject = Subject {
+            pid,
+            comm: comm.clone(),
+            container: container::inspect(pid),
+            allocator: allocator.clone(),
+        };
+        let mut builder = ReportBuilder::new(
+            subject,
+            cli.top,
+            cli.older_than,
+            Instant::now(),
+            Stacks::new(tracer.shared.stacks.clone()),
+            tasks,
+            go,
+        );
+        if outputs.wants_profiles() {
+            builder = builder.with_profiles();
+        }
+        if let Some(rules) = outputs.suppressions {
+            builder = builder.with_suppressions(rules);
+        }
+        let live = outputs.listener.map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                eprintln!(
+                    "leaktrace: serving http://{addr}/debug/pprof/heap{} and /metrics",
+                    if go_version.is_some() { ", /debug/pprof/goroutine" } else { "" }
+                );
+                if !addr.ip().is_loopback() {
+                    eprintln!(
+                        "leaktrace: warning: --listen-public: the target's heap stacks are served to anyone who can reach {addr}"
+                    );
+                }
+            }
+            export::server::serve(l)
+        });
+        let exporter = Exporter::new(outputs.paths, pid, live);
+        Ok(Target {
+            pid,
+            comm,
+            launched,
+            candidates,
+            allocator,
+            builder,
+            symbolizer,
+            exporter,
+            exit,
+            early_ticks: EARLY_MAP_REFRESH_TICKS,
+        })
+    }
+
+    /// Every tick: early on, re-reads the process's mappings (a command
+    /// just started, a process just exec'd).
+    pub fn tick(&mut self, tracer: &mut Tracer) -> anyhow::Result<()> {
+        if self.early_ticks > 0 {
+            self.early_ticks -= 1;
+            self.refresh(tracer)?;
+        }
+        Ok(())
+    }
+
+    /// The process replaced its image: its mappings are read anew for a
+    /// while, its tables rebuilt now.
+    pub fn execed(&mut self, tracer: &mut Tracer) -> anyhow::Result<()> {
+        self.early_ticks = EARLY_MAP_REFRESH_TICKS;
+        self.refresh(tracer)
+    }
+
+    /// Re-reads the mappings (objects mapped since, by dlopen).
+    pub fn refresh(&mut self, tracer: &mut Tracer) -> anyhow::Result<()> {
+        self.symbolizer.refresh();
+        if let Some(tables) = tracer.unwind.as_mut() {
+            tables
+                .refresh(self.pid)
+                .context("updating the unwind tables")?;
+        }
+        Ok(())
+    }
+
+    /// What is left once reporting is over: the exit watch (a command
+    /// leaktrace started is still waited for).
+    pub fn into_exit_watch(self) -> ExitWatcher {
+        self.exit
+    }
+
+    /// Reports made so far.
+    pub fn seq(&self) -> u64 {
+        self.builder.seq()
+    }
+
+    /// The report on this process's part of `snap`.
+    pub async fn report(
+        &mut self,
+        snap: &Snapshot,
+        last: bool,
+        exited: bool,
+    ) -> anyhow::Result<Report> {
+        let report = self
+            .builder
+            .build(&self.symbolizer, snap.of(self.pid), last, exited)
+            .await?;
+        if let Err(e) = self.exporter.write(&report) {
+            eprintln!("leaktrace: warning: report {}: {e}", report.seq);
+        }
+        Ok(report)
+    }
+}
+
+/// Waits (briefly) until a released command has replaced leaktrace's
+/// image with its own and its loader has mapped `objects` (the allocator's:
+/// nothing is probed before they are there).
+fn wait_for_exec(pid: u32, objects: &[&str]) {
+    let ours: Option<PathBuf> = std::fs::read_link("/proc/self/exe").ok();
+    for _ in 0..2000 {
+        let exec_done = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(exe) => Some(&exe) != ours.as_ref(),
+            Err(_) => return, // gone
+        };
+        if exec_done {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            if objects.iter().all(|o| maps.contains(o)) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Writes one report; `Ok(false)` when stdout's reader has gone away.
+pub(super) fn write_report(
+    reporter: &crate::report::Reporter,
+    out: &mut impl io::Write,
+    report: &Report,
+) -> anyhow::Result<bool> {
+    match reporter.write(out, report) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context("writing the report")),
+    }
+}
