@@ -165,6 +165,16 @@ const FIXTURES: &[FixtureSpec] = &[
         compile: c,
     },
     FixtureSpec {
+        name: "prefork",
+        source: "prefork.c",
+        compile: c,
+    },
+    FixtureSpec {
+        name: "prefork_child",
+        source: "prefork_child.c",
+        compile: c,
+    },
+    FixtureSpec {
         name: "probe_paths",
         source: "probe_paths.c",
         compile: c,

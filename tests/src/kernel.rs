@@ -29,6 +29,7 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
         "spawn_entry",
         "task_fork",
         "task_exit",
+        "task_exec",
         "oom_victim",
         "go_goroutine_",
         "empty_return",

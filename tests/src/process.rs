@@ -70,7 +70,13 @@ impl Fixture {
 
     /// Starts `name` inside a new [`TestContainer`]; `pid` is its host PID.
     pub fn in_container(name: &str, args: &[&str]) -> Fixture {
-        Fixture::start_in_container(name, args, false)
+        Fixture::start_in_container(name, args, false, &[])
+    }
+
+    /// As [`Fixture::in_container`], with the fixtures `extra` in the
+    /// container's /app too (programs it execs).
+    pub fn in_container_with(name: &str, args: &[&str], extra: &[&str]) -> Fixture {
+        Fixture::start_in_container(name, args, false, extra)
     }
 
     /// As [`Fixture::in_container`], with the fixture's debug info split
@@ -78,10 +84,10 @@ impl Fixture {
     /// and DWARF, the debug file only inside the container, under
     /// /usr/lib/debug/.build-id/.
     pub fn in_container_split_debug(name: &str, args: &[&str]) -> Fixture {
-        Fixture::start_in_container(name, args, true)
+        Fixture::start_in_container(name, args, true, &[])
     }
 
-    fn start_in_container(name: &str, args: &[&str], split_debug: bool) -> Fixture {
+    fn start_in_container(name: &str, args: &[&str], split_debug: bool, extra: &[&str]) -> Fixture {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let root = workspace_root().join(format!(
@@ -106,6 +112,9 @@ impl Fixture {
         .expect("copy libc");
         let app = root.join("app").join(name);
         fs::copy(fixtures().path(name), &app).expect("copy fixture");
+        for other in extra {
+            fs::copy(fixtures().path(other), root.join("app").join(other)).expect("copy fixture");
+        }
         if split_debug {
             split_debug_info(&app, &root);
         }
@@ -138,7 +147,16 @@ impl Fixture {
     /// root, and joining its cgroup.
     pub fn exec_in_container(&self, name: &str, args: &[&str]) -> Fixture {
         let container = self.container.as_ref().expect("a container fixture");
-        let child = Command::new("nsenter")
+        // Into the container's cgroup before the exec, as runc does: a
+        // shell joins it, then becomes nsenter, whose child inherits it.
+        let join = match &container.cgroup {
+            Some(cg) => format!("echo $$ > {}/cgroup.procs && ", cg.display()),
+            None => String::new(),
+        };
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{join}exec nsenter \"$@\""))
+            .arg("sh")
             .args(["--target", &self.pid.to_string()])
             .args(["--mount", "--pid", "--root", "--wd"])
             .arg(format!("/app/{name}"))
@@ -149,9 +167,6 @@ impl Fixture {
             .expect("start nsenter");
         // nsenter forks to enter the PID namespace: the fixture is its child.
         let pid = first_child(child.id());
-        if let Some(cg) = &container.cgroup {
-            fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("join the container cgroup");
-        }
         Fixture::ready(child, pid, None)
     }
 
@@ -169,6 +184,11 @@ impl Fixture {
         let stdin = self.stdin.as_mut().expect("stdin open");
         writeln!(stdin, "{line}").expect("write to fixture");
         stdin.flush().expect("flush fixture stdin");
+    }
+
+    /// The next line the fixture prints, if one comes within `wait`.
+    pub fn next_line(&mut self, wait: Duration) -> Option<String> {
+        self.stdout.recv_timeout(wait).ok()
     }
 
     pub fn expect_line(&mut self, prefix: &str) -> String {

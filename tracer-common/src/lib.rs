@@ -190,7 +190,7 @@ pub const fn go_cookie_offsets(cookie: u64) -> GoConfig {
 }
 
 const fn go_offset_fits(off: u32) -> bool {
-    off % 8 == 0 && off / 8 <= 0xff
+    off.is_multiple_of(8) && off / 8 <= 0xff
 }
 
 /// Whether the offsets fit a Go cookie (multiples of 8 below 2 KiB).
@@ -592,10 +592,18 @@ mod tests {
         assert_eq!(c & COOKIE_CHECK_TRACED, 0);
         let back = go_cookie_offsets(c | COOKIE_CHECK_TRACED);
         assert_eq!(
-            (back.goid_offset, back.gopc_offset, back.startpc_offset, back.parent_goid_offset),
+            (
+                back.goid_offset,
+                back.gopc_offset,
+                back.startpc_offset,
+                back.parent_goid_offset
+            ),
             (160, 288, 304, 280)
         );
-        assert!(!go_offsets_fit(GoConfig { goid_offset: 4, ..g }));
+        assert!(!go_offsets_fit(GoConfig {
+            goid_offset: 4,
+            ..g
+        }));
     }
 
     #[test]

@@ -136,7 +136,11 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
             core::ptr::read_volatile(&(*ctx.regs).rbx),
         )
     };
-    let newg = if cookie & GO_NEW_G_IN_RBX != 0 { rbx } else { rax };
+    let newg = if cookie & GO_NEW_G_IN_RBX != 0 {
+        rbx
+    } else {
+        rax
+    };
     let Some([goid, gopc, startpc, parent_goid]) = g_fields(newg, &cfg) else {
         count(Counter::GoroutineUnreadable);
         return 0;

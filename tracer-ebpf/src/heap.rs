@@ -13,8 +13,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     cookie_kind, cookie_stack_delta, AllocKey, AllocKind, AllocRecord, Config, Counter, Pending,
-    SiteKey,
-    SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, STACK_UNKNOWN,
+    SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, STACK_UNKNOWN,
 };
 
 use crate::{

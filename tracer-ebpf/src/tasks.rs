@@ -20,8 +20,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Counter, ProcessEvent, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS,
-    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, SPAWN_STALE_NS,
-    STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD, TRACE_CHILDREN,
+    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, SPAWN_STALE_NS, STACK_UNKNOWN,
+    TASK_PROCESS, TASK_THREAD, TRACE_CHILDREN,
 };
 
 use crate::{
@@ -164,7 +164,11 @@ pub fn task_fork(ctx: RawTracePointContext) -> i32 {
         caller,
         start_ns: now,
         stack_id,
-        kind: if new_process { TASK_PROCESS } else { TASK_THREAD },
+        kind: if new_process {
+            TASK_PROCESS
+        } else {
+            TASK_THREAD
+        },
         parent_tid,
         owner: parent_tgid,
     };

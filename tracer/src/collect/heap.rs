@@ -76,6 +76,10 @@ pub struct Dropped {
     pub task_map_full: u64,
     pub goroutine_map_full: u64,
     pub goroutine_unreadable: u64,
+    /// Processes that joined the traced set but found its table full.
+    pub process_map_full: u64,
+    /// Process events (newcomers, exec's) userspace never got.
+    pub events_lost: u64,
     /// Not drops: stacks recorded with their outer frames missing.
     pub cut_short: CutShort,
 }
@@ -111,6 +115,8 @@ impl Dropped {
             + self.task_map_full
             + self.goroutine_map_full
             + self.goroutine_unreadable
+            + self.process_map_full
+            + self.events_lost
     }
 }
 
@@ -135,7 +141,8 @@ impl Snapshot {
     /// What of this reading is process `tgid`'s (the counters of what
     /// could not be recorded are the run's, not one process's).
     pub fn of(&self, tgid: u32) -> Snapshot {
-        let (live_bytes, live_blocks) = self.live_by_process.get(&tgid).copied().unwrap_or_default();
+        let (live_bytes, live_blocks) =
+            self.live_by_process.get(&tgid).copied().unwrap_or_default();
         Snapshot {
             sites: self
                 .sites
@@ -469,6 +476,8 @@ impl Collector<HeapMaps> {
             task_map_full: at(Counter::TaskMapFull),
             goroutine_map_full: at(Counter::GoroutineMapFull),
             goroutine_unreadable: at(Counter::GoroutineUnreadable),
+            process_map_full: at(Counter::ProcessMapFull),
+            events_lost: at(Counter::EventLost),
             cut_short: CutShort {
                 depth_limit: at(Counter::StackDepthLimit),
                 no_unwind_table: at(Counter::StackNoTable),

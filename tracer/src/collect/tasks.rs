@@ -2,8 +2,7 @@
 //! kernel's task table (tasks created after attach, with their spawn
 //! stacks) and from /proc (tasks that already existed at attach).
 
-use std::{
-    rc::Rc,collections::HashMap, fs, time::Duration};
+use std::{collections::HashMap, fs, rc::Rc, time::Duration};
 
 use aya::maps::MapError;
 use tracer_common::{TaskRecord, TASK_PROCESS};

@@ -348,6 +348,8 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         ("task_map_full", d.task_map_full),
         ("goroutine_map_full", d.goroutine_map_full),
         ("goroutine_unreadable", d.goroutine_unreadable),
+        ("process_map_full", d.process_map_full),
+        ("events_lost", d.events_lost),
     ] {
         f.sample(&[("reason", reason)], v);
     }

@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-
 use super::heap::SiteTrends;
 use super::leakcheck::LeakCheck;
 use super::memprofile::{Outcome, Switch, GO_DEFAULT_RATE};

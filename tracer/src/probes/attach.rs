@@ -228,7 +228,9 @@ impl Probes {
         }
         let plan = go.probe_plan();
         if !go_offsets_fit(plan.config) {
-            return Err(ProbeError::Missing("runtime.g offsets the Go probes can carry"));
+            return Err(ProbeError::Missing(
+                "runtime.g offsets the Go probes can carry",
+            ));
         }
         let mode = self.mode;
         let points = plan.points.iter().map(|point| {
@@ -305,10 +307,7 @@ impl Probes {
             return Ok(None);
         }
         let file = file_id(points.path).ok_or_else(|| {
-            ProbeError::Unreadable(
-                points.display.to_string(),
-                std::io::Error::last_os_error(),
-            )
+            ProbeError::Unreadable(points.display.to_string(), std::io::Error::last_os_error())
         })?;
         let pid = match scope {
             Scope::Process(pid) => Some(pid),

@@ -54,6 +54,8 @@ fn to_value(r: &Report) -> Value {
             "task_map_full": r.dropped.task_map_full,
             "goroutine_map_full": r.dropped.goroutine_map_full,
             "goroutine_unreadable": r.dropped.goroutine_unreadable,
+            "process_map_full": r.dropped.process_map_full,
+            "events_lost": r.dropped.events_lost,
         },
         "stacks_cut_short": {
             "depth_limit": r.dropped.cut_short.depth_limit,

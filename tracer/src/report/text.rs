@@ -129,7 +129,7 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     }
     let d = &r.dropped;
     let line = format!(
-        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines",
+        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines{}",
         d.alloc_map_full + d.site_map_full + d.pending_map_full + d.result_unreadable,
         d.alloc_map_full,
         d.site_map_full,
@@ -138,6 +138,16 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         d.stacks_lost,
         d.task_map_full,
         d.goroutine_map_full + d.goroutine_unreadable,
+        if d.process_map_full + d.events_lost > 0 {
+            format!(
+                ", {} processes (table full {}, events lost {})",
+                d.process_map_full + d.events_lost,
+                d.process_map_full,
+                d.events_lost
+            )
+        } else {
+            String::new()
+        },
     );
     if d.total() > 0 {
         writeln!(out, "{}", style.paint("33", &line))?;

@@ -61,6 +61,12 @@ pub fn run(cli: Cli, prefix: &str) -> anyhow::Result<i32> {
     let pidns = pid_namespace(first.pid)?;
     // Go programs may start in the container later: their programs too.
     let mut tracer = Tracer::load(&cli, true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Each process's exit watch registers with the runtime.
+    let _runtime = runtime.enter();
     let mut supervisor = Supervisor {
         cli,
         id,
@@ -69,6 +75,7 @@ pub fn run(cli: Cli, prefix: &str) -> anyhow::Result<i32> {
         joined: 0,
         left: 0,
         reporter: None,
+        waiting: Vec::new(),
     };
     supervisor.reporter = Some(reporter_of(&supervisor.cli));
     eprintln!(
@@ -83,10 +90,6 @@ pub fn run(cli: Cli, prefix: &str) -> anyhow::Result<i32> {
         }
     }
     supervisor.joined = 0;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     runtime.block_on(supervisor.supervise(tracer))
 }
 
@@ -109,10 +112,7 @@ fn scope_for(plan: &Plan, inside: &HashSet<u32>) -> Scope {
         .filter(|m| {
             m.executable
                 && m.path.as_deref().is_some_and(|p| {
-                    plan.allocator
-                        .objects
-                        .iter()
-                        .any(|o| o.display == p)
+                    plan.allocator.objects.iter().any(|o| o.display == p)
                         || plan.go.as_ref().is_some_and(|g| g.display == p)
                 })
         })
@@ -151,7 +151,22 @@ struct Supervisor {
     joined: u64,
     left: u64,
     reporter: Option<Reporter>,
+    /// Processes that exec'd in the container (or in it, a new image)
+    /// before their loader had mapped the C library: tried again at every
+    /// tick until then. The kernel records their allocations meanwhile.
+    waiting: Vec<Waiting>,
 }
+
+/// A process whose image is not ready to read yet.
+struct Waiting {
+    pid: u32,
+    /// A traced process's new image (else a newcomer).
+    execed: bool,
+    until: Instant,
+}
+
+/// How long a process that exec'd may take to map its C library.
+const LOADER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Supervisor {
     /// Attaches to (or, for a forked child, only starts reading) the
@@ -165,7 +180,17 @@ impl Supervisor {
         fork_of: Option<u32>,
     ) -> anyhow::Result<()> {
         let pid = plan.pid;
-        tracer.attach(&self.cli, &plan, scope, TRACE_CHILDREN)?;
+        if fork_of.is_some() {
+            // The kernel traces it already, through its parent's probes
+            // (every process's, on the container's files): only its
+            // tables are its own. It may be gone already.
+            if let Some(tables) = tracer.unwind.as_mut() {
+                let _ = tables.refresh(pid);
+            }
+        } else if let Err(e) = tracer.attach(&self.cli, &plan, scope, TRACE_CHILDREN) {
+            tracer.release(pid);
+            return Err(e);
+        }
         let outputs = Outputs::per_process(self.suppressions.clone());
         let symbols_of = match fork_of {
             Some(parent) if !alive(pid) => parent,
@@ -205,6 +230,7 @@ impl Supervisor {
                     for t in &mut self.targets {
                         t.tick(&mut tracer)?;
                     }
+                    self.retry_waiting(&mut tracer);
                     self.reap(&mut tracer).await?;
                 }
                 ready = events.readable() => {
@@ -244,7 +270,9 @@ impl Supervisor {
             if item.len() >= std::mem::size_of::<ProcessEvent>() {
                 // SAFETY: the kernel wrote a whole ProcessEvent (checked
                 // length); read unaligned from the ring buffer's bytes.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcessEvent>()) });
+                events.push(unsafe {
+                    std::ptr::read_unaligned(item.as_ptr().cast::<ProcessEvent>())
+                });
             }
         }
         for e in events {
@@ -287,33 +315,63 @@ impl Supervisor {
         if self.targets.iter().any(|t| t.pid == pid) {
             return;
         }
-        let inside: HashSet<u32> = container::processes(&self.id).into_iter().collect();
-        match Plan::of_process(&self.cli, pid) {
-            Ok(plan) => {
-                let scope = scope_for(&plan, &inside);
-                if let Err(e) = self.add(tracer, plan, scope, None) {
-                    eprintln!("leaktrace: pid {pid}: not traced: {e:#}");
-                }
-            }
-            Err(e) => eprintln!("leaktrace: pid {pid}: not traced: {e:#}"),
-        }
+        self.waiting.push(Waiting {
+            pid,
+            execed: false,
+            until: Instant::now() + LOADER_GRACE,
+        });
+        self.retry_waiting(tracer);
     }
 
-    /// A traced process exec'd: its new objects get probes, its tables and
-    /// symbols are read anew.
+    /// A traced process exec'd: its new objects get probes (once its
+    /// loader has mapped them), its tables and symbols are read anew.
     fn execed(&mut self, tracer: &mut Tracer, pid: u32) {
         let Some(at) = self.targets.iter().position(|t| t.pid == pid) else {
             return;
         };
-        if let Ok(plan) = Plan::of_process(&self.cli, pid) {
-            let inside: HashSet<u32> = container::processes(&self.id).into_iter().collect();
-            let scope = scope_for(&plan, &inside);
-            if let Err(e) = tracer.attach(&self.cli, &plan, scope, TRACE_CHILDREN) {
-                eprintln!("leaktrace: pid {pid}: its new executable is not probed: {e:#}");
-            }
-        }
         if let Err(e) = self.targets[at].execed(tracer) {
             eprintln!("leaktrace: pid {pid}: {e:#}");
+        }
+        self.waiting.retain(|w| w.pid != pid);
+        self.waiting.push(Waiting {
+            pid,
+            execed: true,
+            until: Instant::now() + LOADER_GRACE,
+        });
+        self.retry_waiting(tracer);
+    }
+
+    /// Tries again to read the processes whose loader was not done.
+    fn retry_waiting(&mut self, tracer: &mut Tracer) {
+        let now = Instant::now();
+        for w in std::mem::take(&mut self.waiting) {
+            if !alive(w.pid) {
+                continue;
+            }
+            match Plan::of_process(&self.cli, w.pid) {
+                Ok(plan) => {
+                    let inside: HashSet<u32> = container::processes(&self.id).into_iter().collect();
+                    let scope = scope_for(&plan, &inside);
+                    let outcome = if w.execed {
+                        let attached = tracer.attach(&self.cli, &plan, scope, TRACE_CHILDREN);
+                        if let Some(t) = self.targets.iter_mut().find(|t| t.pid == w.pid) {
+                            let _ = t.refresh(tracer);
+                        }
+                        attached
+                    } else {
+                        self.add(tracer, plan, scope, None)
+                    };
+                    if let Err(e) = outcome {
+                        eprintln!("leaktrace: pid {}: not traced: {e:#}", w.pid);
+                    }
+                }
+                Err(_) if now < w.until => self.waiting.push(w),
+                Err(e) if w.execed => eprintln!(
+                    "leaktrace: pid {}: its new image was not read (its stacks may stay unsymbolized): {e:#}",
+                    w.pid
+                ),
+                Err(e) => eprintln!("leaktrace: pid {}: not traced: {e:#}", w.pid),
+            }
         }
     }
 
@@ -378,6 +436,7 @@ impl Supervisor {
     }
 }
 
+/// Whether process `pid` runs (exists and is not a zombie).
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    procfs::read_stat(pid).is_ok_and(|s| s.state != 'Z')
 }

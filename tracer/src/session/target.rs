@@ -120,9 +120,7 @@ impl Target {
                     .filter_map(|o| o.path.file_name().and_then(|n| n.to_str()))
                     .collect();
                 wait_for_exec(pid, &objects);
-                tables
-                    .refresh(pid)
-                    .context("building the unwind tables")?;
+                tables.refresh(pid).context("building the unwind tables")?;
                 eprintln!("leaktrace: {}", describe_unwind(&tables.summary(pid)));
             }
         }

@@ -164,7 +164,8 @@ impl Tracer {
     /// `flags` (`TRACE_CHILDREN`: its children from their fork on).
     /// Unwind tables go in before the probes, so the first stacks recorded
     /// are walked whole. A signal during the attach removes what this
-    /// attached and ends with [`stop::Interrupted`].
+    /// attached and ends with [`stop::Interrupted`]; so does a failure
+    /// (and the caller lets go of the process, or not).
     pub fn attach(
         &mut self,
         cli: &Cli,
@@ -217,7 +218,9 @@ impl Tracer {
             Ok(())
         })();
         if attached.is_err() {
-            self.release(pid);
+            // What this attached for it alone goes; what the kernel
+            // recorded of it stays for the caller to report or let go.
+            self.probes.detach_process(pid);
         }
         attached
     }

@@ -202,7 +202,11 @@ impl UnwindTables {
                 },
             );
         }
-        if self.traced.get(&pid).is_some_and(|p| p.last_maps == fingerprint) {
+        if self
+            .traced
+            .get(&pid)
+            .is_some_and(|p| p.last_maps == fingerprint)
+        {
             return Ok(());
         }
         let mut summary = UnwindSummary::default();
