@@ -65,3 +65,24 @@ pub fn assert_nothing_dropped(report: &Value) {
         assert_eq!(v, 0, "dropped.{k} should be 0: {report}");
     }
 }
+
+/// The value of the `/metrics` series `name` whose labels include every
+/// one of `labels` (the first such line).
+pub fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        if line.starts_with('#') {
+            return None;
+        }
+        let (series, value) = line.rsplit_once(' ')?;
+        let (n, rest) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        if n != name {
+            return None;
+        }
+        let has =
+            |(k, v): &(&str, &str)| rest.contains(&format!("{k}=\"{}\"", v.replace('"', "\\\"")));
+        labels.iter().all(has).then(|| value.parse().ok())?
+    })
+}

@@ -180,43 +180,190 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    let value = |series: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    let pid = fixture.pid.to_string();
+    // Every series names the process.
+    let value = |name: &str, labels: &[(&str, &str)]| -> u64 {
+        let mut all = vec![("pid", pid.as_str()), ("comm", "heap_c")];
+        all.extend_from_slice(labels);
+        metric(&metrics, name, &all).unwrap_or_else(|| panic!("no {name} {all:?} in\n{metrics}"))
+            as u64
     };
     // The leaks are settled: whichever report the endpoint holds says
     // what the checked report says.
     assert_eq!(
-        value("leaktrace_live_bytes"),
+        value("leaktrace_live_bytes", &[]),
         report["live_bytes"].as_u64().unwrap()
     );
     for &(function, bytes, blocks, _) in C_LEAKS {
         let site = &stacks_at(&report, function)[0]["frames"][0];
         let label = format!(
-            "{{site=\"{function} (heap_c.c:{})\"}}",
+            "{function} (heap_c.c:{})",
             site["line"].as_u64().expect("line")
         );
-        assert_eq!(value(&format!("leaktrace_outstanding_bytes{label}")), bytes);
-        assert_eq!(
-            value(&format!("leaktrace_outstanding_allocations{label}")),
-            blocks
-        );
+        let site = [("site", label.as_str())];
+        assert_eq!(value("leaktrace_outstanding_bytes", &site), bytes);
+        assert_eq!(value("leaktrace_outstanding_allocations", &site), blocks);
     }
-    assert_eq!(value("leaktrace_outstanding_bytes{site=\"other\"}"), 0);
     assert_eq!(
-        value("leaktrace_dropped_events_total{reason=\"alloc_map_full\"}"),
+        value("leaktrace_outstanding_bytes", &[("site", "other")]),
+        0
+    );
+    assert_eq!(
+        value(
+            "leaktrace_dropped_events_total",
+            &[("reason", "alloc_map_full")]
+        ),
         0
     );
     assert!(
-        metrics.contains("leaktrace_cpu_seconds_total "),
+        metric(&metrics, "leaktrace_cpu_seconds_total", &[]).is_some(),
         "{metrics}"
     );
     lt.signal(libc::SIGINT);
     let (status, _, _) = lt.finish();
     assert!(status.success());
+}
+
+/// `promtool check metrics` on `metrics`.
+fn assert_promtool_accepts(metrics: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package, installed by cargo xtask setup)");
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("stdin"),
+        metrics.as_bytes(),
+    )
+    .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+/// `--container` with every export: per-process pprof files named by pid,
+/// the endpoint's `?pid=N` and its merged view of the container, `/metrics`
+/// with every series labelled by process, all read by `go tool pprof` and
+/// `promtool`.
+#[test]
+fn container_exports_per_process_and_merged() {
+    const WORKERS: usize = 4;
+    let dir = scratch_dir("pprof-container");
+    let d = path_arg(&dir);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut service = Fixture::in_container_with("prefork", &[], &["prefork_child"]);
+    let id = service
+        .container()
+        .map(|c| c.id.clone())
+        .expect("container");
+    let mut lt = Leaktrace::start(&[
+        "--container",
+        &id,
+        "-i",
+        "0.5",
+        "--older-than",
+        "0",
+        "--pprof-dir",
+        &d,
+        "--listen",
+        &listen,
+    ]);
+    service.send(&format!("start {WORKERS}"));
+    // Workers that stay: PID inside → bytes leaked at worker_leak.
+    let mut staying: std::collections::HashMap<u64, u64> = Default::default();
+    for _ in 0..WORKERS {
+        let line = service.expect_line("worker ");
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().expect("a number"))
+            .collect();
+        if f[1].is_multiple_of(2) {
+            staying.insert(f[0], f[2]);
+        }
+    }
+    // Their host PIDs, from reports that hold their leaks.
+    let mut host: std::collections::HashMap<u64, u32> = Default::default();
+    while host.len() < staying.len() {
+        let r = lt.next_report();
+        let (Some(inside), Some(pid)) = (r["pid_in_container"].as_u64(), r["pid"].as_u64()) else {
+            continue;
+        };
+        if let Some(&bytes) = staying.get(&inside) {
+            if totals_through(&r, "worker_leak") == (bytes, 1) {
+                host.insert(inside, pid as u32);
+            }
+        }
+    }
+    // A round that began after those reports: every export holds them
+    // (each round ends with its summary line, after the exports).
+    lt.drain_stderr();
+    lt.wait_stderr("leaktrace: container ");
+    let wanted: u64 = staying.values().sum();
+    for (inside, pid) in &host {
+        let bytes = staying[inside];
+        let url = format!("http://{listen}/debug/pprof/heap?pid={pid}");
+        let top = pprof_top(&url, &["-sample_index=inuse_space", "-unit=B"]);
+        assert_eq!(
+            flat_of(&top, "worker_leak"),
+            Some(format!("{bytes}B")),
+            "{url}"
+        );
+        let newest = std::fs::read_dir(&dir)
+            .expect("pprof dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("heap-{pid}-")) && n.ends_with(".pb.gz"))
+            .max_by_key(|n| {
+                n.trim_start_matches(&format!("heap-{pid}-"))
+                    .trim_end_matches(".pb.gz")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+            .unwrap_or_else(|| panic!("no heap-{pid}-N.pb.gz in {d}"));
+        let top = pprof_top(
+            &path_arg(&dir.join(&newest)),
+            &["-sample_index=inuse_space", "-unit=B"],
+        );
+        assert_eq!(
+            flat_of(&top, "worker_leak"),
+            Some(format!("{bytes}B")),
+            "{newest}"
+        );
+    }
+    // The container merged: both staying workers' leaks at one site.
+    let merged = format!("http://{listen}/debug/pprof/heap");
+    let top = pprof_top(&merged, &["-sample_index=inuse_space", "-unit=B"]);
+    assert_eq!(
+        flat_of(&top, "worker_leak"),
+        Some(format!("{wanted}B")),
+        "{merged}"
+    );
+    let metrics = http_get(port, "/metrics");
+    assert_promtool_accepts(&metrics);
+    for (inside, pid) in &host {
+        let pid = pid.to_string();
+        let labels = [
+            ("pid", pid.as_str()),
+            ("comm", "prefork"),
+            ("container", id.as_str()),
+        ];
+        assert_eq!(
+            metric(&metrics, "leaktrace_live_bytes", &labels),
+            Some(staying[inside] as f64),
+            "{metrics}"
+        );
+    }
+    lt.signal(libc::SIGINT);
+    let (status, _, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
 }
 
 #[test]

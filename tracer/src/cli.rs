@@ -37,8 +37,10 @@ pub struct Cli {
     pub pid: Option<u32>,
 
     /// Trace every process of this container (full id or unique prefix, as
-    /// Docker, containerd/CRI and Podman name it), including processes
-    /// started after attach; each gets its own reports.
+    /// Docker, containerd/CRI and Podman name it) through one loaded tracer,
+    /// including processes it starts later, from their first instruction
+    /// (forked by a traced process, or exec'd in its PID namespace); each
+    /// gets its own reports, and a final one when it exits.
     #[arg(long, value_name = "ID", conflicts_with_all = ["pid", "command"])]
     pub container: Option<String>,
 
@@ -145,15 +147,18 @@ pub struct Cli {
     /// allocated since attach) and, for Go targets, `goroutine-SEQ.pb.gz`
     /// (goroutines by creation stack) into this directory, for `go tool
     /// pprof` (`-base heap-2.pb.gz heap-9.pb.gz` shows what grew between).
-    #[arg(long, value_name = "DIR", conflicts_with = "container")]
+    /// With --container, per process: `heap-PID-SEQ.pb.gz`.
+    #[arg(long, value_name = "DIR")]
     pub pprof_dir: Option<std::path::PathBuf>,
 
     /// Serve `/debug/pprof/heap`, `/debug/pprof/goroutine` (the latest
     /// report, pprof format) and `/metrics` (Prometheus text format) at
     /// this address, e.g. 127.0.0.1:6060; `go tool pprof
     /// http://127.0.0.1:6060/debug/pprof/heap` then works for any process.
-    /// Loopback only, unless --listen-public is given.
-    #[arg(long, value_name = "ADDR", conflicts_with = "container")]
+    /// With --container: the container's processes merged (heap samples
+    /// labelled pid=N, /metrics series labelled pid, comm, container), one
+    /// process with `?pid=N`. Loopback only, unless --listen-public is given.
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
     /// Allow --listen on an address other than loopback (heap stacks of the
@@ -162,13 +167,14 @@ pub struct Cli {
     pub listen_public: bool,
 
     /// Rewrite this SVG flame graph of outstanding bytes by stack at every
-    /// report.
-    #[arg(long, value_name = "FILE.svg", conflicts_with = "container")]
+    /// report (with --container, one per process: FILE-PID.svg).
+    #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<std::path::PathBuf>,
 
     /// Rewrite this file of folded stacks (`root;…;leaf BYTES` per line,
-    /// for flamegraph.pl, inferno or speedscope) at every report.
-    #[arg(long, value_name = "FILE", conflicts_with = "container")]
+    /// for flamegraph.pl, inferno or speedscope) at every report (with
+    /// --container, one per process, named like --flamegraph's).
+    #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
 
     /// Hide sites matching these LeakSanitizer-style rules (`leak:PATTERN`

@@ -53,43 +53,95 @@ fn page_size() -> u64 {
     }
 }
 
+/// The exposition being written, and the labels every sample carries
+/// (which process: several are exported side by side with `--container`).
+struct Out {
+    text: String,
+    base: Vec<(&'static str, String)>,
+}
+
 /// A metric family being written: HELP and TYPE once, then its samples.
 struct Family<'a> {
-    out: &'a mut String,
+    out: &'a mut Out,
     name: &'static str,
 }
 
 impl Family<'_> {
     fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let _ = write!(self.out, "{}", self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
+        let out = &mut self.out.text;
+        let _ = write!(out, "{}", self.name);
+        let base = self.out.base.iter().map(|(k, v)| (*k, v.as_str()));
+        let all: Vec<(&str, &str)> = base.chain(labels.iter().copied()).collect();
+        if !all.is_empty() {
+            out.push('{');
+            for (i, (k, v)) in all.iter().enumerate() {
                 if i > 0 {
-                    self.out.push(',');
+                    out.push(',');
                 }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+                let _ = write!(out, "{k}=\"{}\"", escape(v));
             }
-            self.out.push('}');
+            out.push('}');
         }
-        let _ = writeln!(self.out, " {value}");
+        let _ = writeln!(out, " {value}");
     }
 }
 
-fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+fn family<'a>(out: &'a mut Out, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+    let _ = writeln!(out.text, "# HELP {name} {help}");
+    let _ = writeln!(out.text, "# TYPE {name} {kind}");
     Family { out, name }
 }
 
-/// A gauge with one unlabelled sample.
-fn gauge(out: &mut String, name: &'static str, help: &str, value: impl std::fmt::Display) {
+/// A gauge with one sample (the process's labels only).
+fn gauge(out: &mut Out, name: &'static str, help: &str, value: impl std::fmt::Display) {
     family(out, name, "gauge", help).sample(&[], value);
 }
 
-/// A counter with one unlabelled sample.
-fn counter(out: &mut String, name: &'static str, help: &str, value: impl std::fmt::Display) {
+/// A counter with one sample (the process's labels only).
+fn counter(out: &mut Out, name: &'static str, help: &str, value: impl std::fmt::Display) {
     family(out, name, "counter", help).sample(&[], value);
+}
+
+/// Several processes' expositions as one: each family's HELP and TYPE
+/// once, followed by every process's samples of it (told apart by their
+/// `pid` label), families in first-seen order.
+pub fn merge(texts: &[String]) -> String {
+    let mut order: Vec<&str> = Vec::new();
+    let mut heads: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut samples: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for text in texts {
+        let mut current = "";
+        for line in text.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                current = rest.split_whitespace().next().unwrap_or("");
+                let h = heads.entry(current).or_default();
+                if h.len() < 2 {
+                    if h.is_empty() {
+                        order.push(current);
+                    }
+                    h.push(line);
+                }
+            } else if !line.is_empty() {
+                samples.entry(current).or_default().push(line);
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        for line in heads
+            .get(name)
+            .into_iter()
+            .flatten()
+            .chain(samples.get(name).into_iter().flatten())
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Label values escape backslash, quote and newline.
@@ -137,10 +189,18 @@ fn by_label(items: impl Iterator<Item = (String, u64)>) -> Vec<(String, u64)> {
 }
 
 /// The text exposition of `report`.
+/// Every sample is labelled with the process (`pid`, `comm`) and its
+/// container (`container`: the id, empty outside a container).
 pub fn render(report: &Report, own: OwnUsage) -> String {
-    let mut out = String::new();
+    let mut out = Out {
+        text: String::new(),
+        base: vec![
+            ("pid", report.pid.to_string()),
+            ("comm", report.comm.clone()),
+            ("container", report.container_id.clone().unwrap_or_default()),
+        ],
+    };
     let o = &mut out;
-    let pid = report.pid.to_string();
     let go_version = report.go.as_ref().map_or("", |g| g.version.as_str());
     family(
         o,
@@ -148,14 +208,7 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "gauge",
         "The traced process (value 1).",
     )
-    .sample(
-        &[
-            ("pid", &pid),
-            ("comm", &report.comm),
-            ("go_version", go_version),
-        ],
-        1,
-    );
+    .sample(&[("go_version", go_version)], 1);
     gauge(
         o,
         "leaktrace_report_sequence",
@@ -395,5 +448,5 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "Resident memory of leaktrace itself.",
         own.resident_bytes,
     );
-    out
+    out.text
 }

@@ -185,6 +185,12 @@ pub struct Exporter {
     pid: u32,
     modules: ModuleMap,
     live: Option<server::Shared>,
+    /// One of several processes (`--container`): files are named by pid,
+    /// the endpoint serves it under `?pid=N`.
+    one_of_many: bool,
+    /// The last report's profiles and metrics, for a container's merged
+    /// view.
+    last: Option<(Profiles, String)>,
 }
 
 impl Exporter {
@@ -194,7 +200,50 @@ impl Exporter {
             pid,
             modules: ModuleMap::default(),
             live,
+            one_of_many: false,
+            last: None,
         }
+    }
+
+    /// An exporter for one of a container's processes.
+    pub fn one_of_many(mut self) -> Self {
+        self.one_of_many = true;
+        self
+    }
+
+    /// The pprof file of report `seq`: `heap-7.pb.gz`, or `heap-PID-7.pb.gz`
+    /// for one of many.
+    fn pprof_name(&self, kind: &str, seq: u64) -> String {
+        if self.one_of_many {
+            format!("{kind}-{}-{seq}.pb.gz", self.pid)
+        } else {
+            format!("{kind}-{seq}.pb.gz")
+        }
+    }
+
+    /// `path` as this exporter writes it: `flame.svg` becomes
+    /// `flame-PID.svg` for one of many.
+    fn named(&self, path: &Path) -> PathBuf {
+        if !self.one_of_many {
+            return path.to_path_buf();
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (stem, ext) = match name.split_once('.') {
+            Some((stem, ext)) => (stem.to_string(), format!(".{ext}")),
+            None => (name.clone(), String::new()),
+        };
+        path.with_file_name(format!("{stem}-{}{ext}", self.pid))
+    }
+
+    /// The last report's profiles, the module map they were built with and
+    /// its metrics.
+    pub fn last(&self) -> Option<(&Profiles, &ModuleMap, &str)> {
+        self.last
+            .as_ref()
+            .map(|(p, m)| (p, &self.modules, m.as_str()))
     }
 
     /// Writes what `report` holds (it carries [`Profiles`] when the
@@ -211,9 +260,9 @@ impl Exporter {
             None => None,
         };
         if let Some(dir) = &self.paths.pprof_dir {
-            write_atomically(&dir.join(format!("heap-{seq}.pb.gz")), &heap)?;
+            write_atomically(&dir.join(self.pprof_name("heap", seq)), &heap)?;
             if let Some(g) = &goroutine {
-                write_atomically(&dir.join(format!("goroutine-{seq}.pb.gz")), g)?;
+                write_atomically(&dir.join(self.pprof_name("goroutine", seq)), g)?;
             }
         }
         let folded = flamegraph::folded(profiles);
@@ -222,21 +271,44 @@ impl Exporter {
             if !text.is_empty() {
                 text.push('\n');
             }
-            write_atomically(path, text.as_bytes())?;
+            write_atomically(&self.named(path), text.as_bytes())?;
         }
         if let Some(path) = &self.paths.flamegraph {
             let svg = flamegraph::svg(&folded, profiles)?;
-            write_atomically(path, &svg)?;
+            write_atomically(&self.named(path), &svg)?;
         }
+        let metrics = metrics::render(report, metrics::OwnUsage::now());
         if let Some(live) = &self.live {
-            live.publish(
-                heap,
-                goroutine,
-                metrics::render(report, metrics::OwnUsage::now()),
-            );
+            if self.one_of_many {
+                live.publish_process(self.pid, heap, goroutine, metrics.clone());
+            } else {
+                live.publish(heap, goroutine, metrics.clone());
+            }
         }
+        self.last = Some((profiles.clone(), metrics));
         Ok(())
     }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        if let (true, Some(live)) = (self.one_of_many, &self.live) {
+            live.forget_process(self.pid);
+        }
+    }
+}
+
+/// The merged view of several processes' last reports (`--container`):
+/// one heap profile (samples labelled by `pid`) and one `/metrics`.
+pub fn publish_merged(
+    live: &server::Shared,
+    parts: &[(&Profiles, &ModuleMap, &str)],
+) -> Result<(), ExportError> {
+    let profiles: Vec<(&Profiles, &ModuleMap)> = parts.iter().map(|(p, m, _)| (*p, *m)).collect();
+    let heap = encoded(&pprof::heap_of(&profiles))?;
+    let texts: Vec<String> = parts.iter().map(|(_, _, t)| t.to_string()).collect();
+    live.publish(heap, None, metrics::merge(&texts));
+    Ok(())
 }
 
 fn encoded(profile: &Profile) -> Result<Vec<u8>, ExportError> {

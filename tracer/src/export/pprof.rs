@@ -30,7 +30,17 @@ const HEAP_TYPES: [(&str, &str); 4] = [
 /// The heap profile: outstanding blocks older than the threshold
 /// (`inuse_*`), and everything allocated since attach (`alloc_*`).
 pub fn heap(profiles: &Profiles, modules: &ModuleMap) -> Profile {
-    let mut b = Builder::new(modules);
+    heap_of(&[(profiles, modules)])
+}
+
+/// One heap profile of several processes (a container's): every sample
+/// labelled with its process's `pid`. Locations are by function and line,
+/// so a site several processes share is one location.
+pub fn heap_of(parts: &[(&Profiles, &ModuleMap)]) -> Profile {
+    let Some(&(first, first_modules)) = parts.first() else {
+        return Profile::default();
+    };
+    let mut b = Builder::new(first_modules);
     for (t, u) in HEAP_TYPES {
         let vt = b.value_type(t, u);
         b.profile.sample_type.push(vt);
@@ -38,31 +48,44 @@ pub fn heap(profiles: &Profiles, modules: &ModuleMap) -> Profile {
     b.profile.period_type = Some(b.value_type("space", "bytes"));
     // Every allocation is traced: the values are exact, not sampled.
     b.profile.period = 1;
+    let pids: Vec<String> = parts.iter().map(|(p, _)| p.pid.to_string()).collect();
     let comment = b.string(&format!(
         "leaktrace: pid {}; inuse = outstanding longer than {} s; alloc = since attach",
-        profiles.pid,
-        profiles.older_than.as_secs_f64()
+        pids.join(", "),
+        first.older_than.as_secs_f64()
     ));
     b.profile.comment.push(comment);
     let key = b.string("heap");
-    for s in &profiles.heap {
-        let sample = Sample {
-            location_id: b.stack(&s.frames),
-            value: vec![
-                s.alloc_objects as i64,
-                s.alloc_bytes as i64,
-                s.inuse_objects as i64,
-                s.inuse_bytes as i64,
-            ],
-            label: vec![Label {
+    let pid_key = b.string("pid");
+    for &(profiles, modules) in parts {
+        b.modules = modules;
+        for s in &profiles.heap {
+            let mut label = vec![Label {
                 key,
                 str: b.string(s.source.name()),
                 ..Label::default()
-            }],
-        };
-        b.profile.sample.push(sample);
+            }];
+            if parts.len() > 1 {
+                label.push(Label {
+                    key: pid_key,
+                    num: i64::from(profiles.pid),
+                    ..Label::default()
+                });
+            }
+            let sample = Sample {
+                location_id: b.stack(&s.frames),
+                value: vec![
+                    s.alloc_objects as i64,
+                    s.alloc_bytes as i64,
+                    s.inuse_objects as i64,
+                    s.inuse_bytes as i64,
+                ],
+                label,
+            };
+            b.profile.sample.push(sample);
+        }
     }
-    b.finish(profiles)
+    b.finish(first)
 }
 
 /// The goroutine profile: goroutines alive longer than the threshold, by

@@ -8,6 +8,7 @@
 //! hostile client never holds up the reports.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Mutex},
@@ -32,23 +33,61 @@ pub enum ListenError {
 }
 
 /// The bodies the endpoint serves, replaced at every report.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Bodies {
     heap: Option<Vec<u8>>,
     goroutine: Option<Vec<u8>>,
     metrics: Option<String>,
 }
 
+/// What is served: the run's bodies (one process's, or a container's
+/// merged), and with `--container` each process's (`?pid=N`).
+#[derive(Debug, Default)]
+struct Served {
+    all: Bodies,
+    by_pid: HashMap<u32, Bodies>,
+}
+
 /// Handle to publish new bodies.
 #[derive(Debug, Clone, Default)]
-pub struct Shared(Arc<Mutex<Bodies>>);
+pub struct Shared(Arc<Mutex<Served>>);
 
 impl Shared {
+    /// The bodies served without `?pid=`.
     pub fn publish(&self, heap: Vec<u8>, goroutine: Option<Vec<u8>>, metrics: String) {
-        if let Ok(mut b) = self.0.lock() {
-            b.heap = Some(heap);
-            b.goroutine = goroutine;
-            b.metrics = Some(metrics);
+        if let Ok(mut s) = self.0.lock() {
+            s.all = Bodies {
+                heap: Some(heap),
+                goroutine,
+                metrics: Some(metrics),
+            };
+        }
+    }
+
+    /// Process `pid`'s bodies, served with `?pid=N`.
+    pub fn publish_process(
+        &self,
+        pid: u32,
+        heap: Vec<u8>,
+        goroutine: Option<Vec<u8>>,
+        metrics: String,
+    ) {
+        if let Ok(mut s) = self.0.lock() {
+            s.by_pid.insert(
+                pid,
+                Bodies {
+                    heap: Some(heap),
+                    goroutine,
+                    metrics: Some(metrics),
+                },
+            );
+        }
+    }
+
+    /// Process `pid` is no longer traced.
+    pub fn forget_process(&self, pid: u32) {
+        if let Ok(mut s) = self.0.lock() {
+            s.by_pid.remove(&pid);
         }
     }
 }
@@ -121,8 +160,31 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             b"GET only\n",
         );
     }
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let pid = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("pid="))
+        .map(|v| v.parse::<u32>());
     let bodies = match shared.0.lock() {
-        Ok(b) => b,
+        Ok(served) => match pid {
+            None => served.all.clone(),
+            Some(Ok(pid)) => match served.by_pid.get(&pid) {
+                Some(b) => b.clone(),
+                None => {
+                    drop(served);
+                    return respond(
+                        &mut stream,
+                        "404 Not Found",
+                        "text/plain",
+                        format!("no traced process {pid}\n").as_bytes(),
+                    );
+                }
+            },
+            Some(Err(_)) => {
+                drop(served);
+                return respond(&mut stream, "400 Bad Request", "text/plain", b"pid=N\n");
+            }
+        },
         Err(_) => return respond(&mut stream, "500 Internal Server Error", "text/plain", b""),
     };
     let not_yet = b"no report yet: the first comes one --interval after attach\n";
@@ -136,7 +198,8 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             (None, Some(_)) => (
                 "404 Not Found",
                 "text/plain",
-                b"not a Go target: no goroutine profile\n".to_vec(),
+                b"no goroutine profile: not a Go target (with --container: ?pid=N of a Go process)\n"
+                    .to_vec(),
             ),
             (None, None) => ("503 Service Unavailable", "text/plain", not_yet.to_vec()),
         },
@@ -155,7 +218,6 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ),
         _ => ("404 Not Found", "text/plain", b"not found\n".to_vec()),
     };
-    drop(bodies);
     let body = if method == "HEAD" { &[][..] } else { &body[..] };
     respond(&mut stream, status, kind, body)
 }

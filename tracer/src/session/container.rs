@@ -31,7 +31,6 @@ use super::{
 use crate::{
     cli::Cli,
     collect,
-    export::suppressions::Suppressions,
     probes::Scope,
     process::{container, procfs},
     report::{Report, Reporter},
@@ -39,7 +38,8 @@ use crate::{
 
 pub fn run(cli: Cli, prefix: &str) -> anyhow::Result<i32> {
     let id = container::resolve(prefix)?;
-    let suppressions = Outputs::suppressions_of(&cli)?;
+    // Bad export options fail before anything is attached.
+    let outputs = Outputs::from_cli(&cli)?;
     let pids = container::processes(&id);
     let inside: HashSet<u32> = pids.iter().copied().collect();
     let plans: Vec<Plan> = pids
@@ -70,7 +70,7 @@ pub fn run(cli: Cli, prefix: &str) -> anyhow::Result<i32> {
     let mut supervisor = Supervisor {
         cli,
         id,
-        suppressions,
+        outputs: outputs.serving(),
         targets: Vec::new(),
         joined: 0,
         left: 0,
@@ -145,7 +145,7 @@ fn mapped_outside(files: &HashSet<(String, u64)>, inside: &HashSet<u32>) -> bool
 struct Supervisor {
     cli: Cli,
     id: String,
-    suppressions: Option<Suppressions>,
+    outputs: Outputs,
     targets: Vec<Target>,
     /// Processes that joined since the last report, and that left.
     joined: u64,
@@ -191,7 +191,7 @@ impl Supervisor {
             tracer.release(pid);
             return Err(e);
         }
-        let outputs = Outputs::per_process(self.suppressions.clone());
+        let outputs = self.outputs.for_process();
         let symbols_of = match fork_of {
             Some(parent) if !alive(pid) => parent,
             _ => pid,
@@ -415,6 +415,18 @@ impl Supervisor {
         for i in 0..self.targets.len() {
             let report = self.targets[i].report(&snap, last, false).await?;
             open &= self.write(&report)?;
+        }
+        if let Some(live) = &self.outputs.live {
+            let parts: Vec<_> = self
+                .targets
+                .iter()
+                .filter_map(Target::last_export)
+                .collect();
+            if !parts.is_empty() {
+                if let Err(e) = crate::export::publish_merged(live, &parts) {
+                    eprintln!("leaktrace: warning: the container's merged profile: {e}");
+                }
+            }
         }
         eprintln!(
             "leaktrace: container {}: {} processes traced; {} joined and {} left since the last report",

@@ -76,6 +76,10 @@ pub(crate) fn reporter_of(cli: &Cli) -> crate::report::Reporter {
 pub(crate) struct Outputs {
     pub paths: export::ExportPaths,
     pub listener: Option<std::net::TcpListener>,
+    /// An endpoint serving already (`--container`: one for every process).
+    pub live: Option<export::server::Shared>,
+    /// One of a container's processes: files named by pid, `?pid=N`.
+    pub one_of_many: bool,
     pub suppressions: Option<export::suppressions::Suppressions>,
 }
 
@@ -95,6 +99,8 @@ impl Outputs {
         Ok(Outputs {
             paths,
             listener,
+            live: None,
+            one_of_many: false,
             suppressions,
         })
     }
@@ -109,19 +115,45 @@ impl Outputs {
             .transpose()
     }
 
-    /// Container mode: each process's reports go to stdout only (the file
-    /// and endpoint exports name one target).
-    fn per_process(suppressions: Option<export::suppressions::Suppressions>) -> Self {
+    /// A container's outputs: the endpoint, if any, serving from now on;
+    /// one process's share of them with [`Outputs::for_process`].
+    fn serving(mut self) -> Self {
+        if let Some(l) = self.listener.take() {
+            announce(&l, true);
+            self.live = Some(export::server::serve(l));
+        }
+        self
+    }
+
+    /// One of a container's processes' share of [`Outputs::serving`].
+    fn for_process(&self) -> Self {
         Outputs {
-            paths: export::ExportPaths::default(),
+            paths: self.paths.clone(),
             listener: None,
-            suppressions,
+            live: self.live.clone(),
+            one_of_many: true,
+            suppressions: self.suppressions.clone(),
         }
     }
 
     /// Whether reports must carry the whole reading.
     pub fn wants_profiles(&self) -> bool {
-        self.paths.any() || self.listener.is_some()
+        self.paths.any() || self.listener.is_some() || self.live.is_some()
+    }
+}
+
+/// Says where the endpoint serves (and warns when beyond loopback).
+pub(crate) fn announce(l: &std::net::TcpListener, many: bool) {
+    if let Ok(addr) = l.local_addr() {
+        eprintln!(
+            "leaktrace: serving http://{addr}/debug/pprof/heap, /debug/pprof/goroutine and /metrics{}",
+            if many { " (one process: ?pid=N)" } else { "" }
+        );
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "leaktrace: warning: --listen-public: the target's heap stacks are served to anyone who can reach {addr}"
+            );
+        }
     }
 }
 

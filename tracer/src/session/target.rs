@@ -156,21 +156,18 @@ impl Target {
         if let Some(rules) = outputs.suppressions {
             builder = builder.with_suppressions(rules);
         }
-        let live = outputs.listener.map(|l| {
-            if let Ok(addr) = l.local_addr() {
-                eprintln!(
-                    "leaktrace: serving http://{addr}/debug/pprof/heap{} and /metrics",
-                    if go_version.is_some() { ", /debug/pprof/goroutine" } else { "" }
-                );
-                if !addr.ip().is_loopback() {
-                    eprintln!(
-                        "leaktrace: warning: --listen-public: the target's heap stacks are served to anyone who can reach {addr}"
-                    );
-                }
+        let live = match (outputs.live, outputs.listener) {
+            (Some(live), _) => Some(live),
+            (None, Some(l)) => {
+                super::announce(&l, false);
+                Some(export::server::serve(l))
             }
-            export::server::serve(l)
-        });
-        let exporter = Exporter::new(outputs.paths, pid, live);
+            (None, None) => None,
+        };
+        let mut exporter = Exporter::new(outputs.paths, pid, live);
+        if outputs.one_of_many {
+            exporter = exporter.one_of_many();
+        }
         Ok(Target {
             pid,
             comm,
@@ -217,6 +214,11 @@ impl Target {
     /// leaktrace started is still waited for).
     pub fn into_exit_watch(self) -> ExitWatcher {
         self.exit
+    }
+
+    /// The exports of its last report, for a container's merged view.
+    pub fn last_export(&self) -> Option<(&export::Profiles, &export::ModuleMap, &str)> {
+        self.exporter.last()
     }
 
     /// Reports made so far.
