@@ -178,6 +178,11 @@ fn prefork_workers(exec: bool, site: &str) {
         let Some(&(bytes, stays)) = expected.get(&inside) else {
             continue;
         };
+        // Every report says how many processes joined and left.
+        assert!(
+            report["container_processes"]["traced"].as_u64() >= Some(1),
+            "{report}"
+        );
         let stacks = report["stacks"].as_array().expect("stacks");
         // Its leak, exactly: one block of its size at one stack.
         let at_leak: Vec<&serde_json::Value> =

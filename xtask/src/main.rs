@@ -48,7 +48,7 @@ enum Cmd {
         #[arg(long)]
         record: bool,
         /// Run only these workloads (default: all).
-        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http", "attach"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http", "attach", "scale"])]
         only: Vec<String>,
     },
 }

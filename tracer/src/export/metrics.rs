@@ -450,3 +450,19 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
     );
     out.text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_expositions_have_each_family_once() {
+        let one = "# HELP a_bytes A.\n# TYPE a_bytes gauge\na_bytes{pid=\"1\"} 5\n# HELP b_total B.\n# TYPE b_total counter\nb_total{pid=\"1\"} 1\n";
+        let two = "# HELP a_bytes A.\n# TYPE a_bytes gauge\na_bytes{pid=\"2\"} 7\n# HELP b_total B.\n# TYPE b_total counter\nb_total{pid=\"2\"} 3\n";
+        assert_eq!(
+            merge(&[one.to_string(), two.to_string()]),
+            "# HELP a_bytes A.\n# TYPE a_bytes gauge\na_bytes{pid=\"1\"} 5\na_bytes{pid=\"2\"} 7\n\
+             # HELP b_total B.\n# TYPE b_total counter\nb_total{pid=\"1\"} 1\nb_total{pid=\"2\"} 3\n"
+        );
+    }
+}

@@ -291,6 +291,7 @@ impl ReportBuilder {
             memory_cgroup: self.last_memory_cgroup.clone(),
             profiles,
             suppressed,
+            container_processes: None,
         })
     }
 }

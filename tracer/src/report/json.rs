@@ -30,6 +30,11 @@ fn to_value(r: &Report) -> Value {
         "comm": r.comm,
         "pid_in_container": r.pid_in_container,
         "container_id": r.container_id,
+        "container_processes": r.container_processes.map(|c| json!({
+            "traced": c.traced,
+            "joined": c.joined,
+            "left": c.left,
+        })),
         "memory_cgroup": r.memory_cgroup.as_ref().map(|m| json!({
             "path": m.path,
             "usage_bytes": m.usage,
@@ -255,6 +260,7 @@ mod tests {
             }),
             profiles: None,
             suppressed: None,
+            container_processes: None,
         };
         let mut buf = Vec::new();
         write(&mut buf, &r).expect("writes");

@@ -111,6 +111,17 @@ pub struct Report {
     pub profiles: Option<crate::export::Profiles>,
     /// With --suppressions: what the rules hid.
     pub suppressed: Option<crate::export::suppressions::Suppressed>,
+    /// With --container: the container's traced processes now, and how
+    /// many joined and left since the previous round of reports.
+    pub container_processes: Option<ProcessCounts>,
+}
+
+/// A traced container's processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessCounts {
+    pub traced: u64,
+    pub joined: u64,
+    pub left: u64,
 }
 
 /// Writes reports in the chosen format, one at a time, flushing each.

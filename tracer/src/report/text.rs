@@ -63,6 +63,13 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     if let Some(m) = &r.memory_cgroup {
         memory_cgroup(out, m)?;
     }
+    if let Some(c) = &r.container_processes {
+        writeln!(
+            out,
+            "   container: {} processes traced; {} joined and {} left since the last round of reports",
+            c.traced, c.joined, c.left
+        )?;
+    }
     if !r.heap_traced {
         writeln!(
             out,

@@ -33,7 +33,7 @@ use crate::{
     collect,
     probes::Scope,
     process::{container, procfs},
-    report::{Report, Reporter},
+    report::{ProcessCounts, Report, Reporter},
 };
 
 pub fn run(cli: Cli, prefix: &str) -> anyhow::Result<i32> {
@@ -392,9 +392,10 @@ impl Supervisor {
             .context("reading the eBPF maps")?;
         for i in gone.into_iter().rev() {
             let mut t = self.targets.remove(i);
-            let report = t.report(&snap, true, true).await?;
-            self.write(&report)?;
             self.left += 1;
+            let mut report = t.report(&snap, true, true).await?;
+            report.container_processes = Some(self.counts());
+            self.write(&report)?;
             tracer.release(t.pid);
         }
         Ok(())
@@ -412,8 +413,10 @@ impl Supervisor {
             .read(Instant::now())
             .context("reading the eBPF maps")?;
         let mut open = true;
+        let counts = self.counts();
         for i in 0..self.targets.len() {
-            let report = self.targets[i].report(&snap, last, false).await?;
+            let mut report = self.targets[i].report(&snap, last, false).await?;
+            report.container_processes = Some(counts);
             open &= self.write(&report)?;
         }
         if let Some(live) = &self.outputs.live {
@@ -438,6 +441,15 @@ impl Supervisor {
         self.joined = 0;
         self.left = 0;
         Ok(open)
+    }
+
+    /// The container's processes, for its reports.
+    fn counts(&self) -> ProcessCounts {
+        ProcessCounts {
+            traced: self.targets.len() as u64,
+            joined: self.joined,
+            left: self.left,
+        }
     }
 
     fn write(&self, report: &Report) -> anyhow::Result<bool> {

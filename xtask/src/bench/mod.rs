@@ -15,6 +15,7 @@ mod http;
 mod measure;
 mod micro;
 mod redis;
+mod scale;
 mod unwind;
 
 use std::{fs, io::Write, path::Path, process::Command};
@@ -119,6 +120,13 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
         ));
     }
 
+    // Many processes through one leaktrace.
+    let scaled = if want("scale") {
+        scale::measure(root)?
+    } else {
+        Vec::new()
+    };
+
     // Attach and detach time.
     let mut attached = if want("attach") {
         attach::measure(root, &service)?
@@ -139,6 +147,10 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
     if !attached.is_empty() {
         out.push_str("\nAttach and detach, leaktrace --pid on a running service:\n\n");
         out.push_str(&attach::table(&mut attached));
+    }
+    if !scaled.is_empty() {
+        out.push_str("\nMany processes, one leaktrace:\n\n");
+        out.push_str(&scale::table(&scaled));
     }
     if !deep.is_empty() {
         out.push_str("\nStack walking, malloc(64)+free ten calls below main:\n\n");
