@@ -123,7 +123,7 @@ pub fn go_goroutine_created(ctx: ProbeContext) -> u32 {
     // SAFETY: helper call with the program's own context pointer.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     let tgid = traced::tgid();
-    if !traced::wanted(cookie, tgid) {
+    if !traced::wanted(cookie, || tgid) {
         return 0;
     }
     let cfg = go_cookie_offsets(cookie);

@@ -208,7 +208,7 @@ fn record(tgid: u32, addr: u64, p: &Pending) {
 #[uprobe]
 pub fn alloc_entry(ctx: ProbeContext) -> u32 {
     let c = cookie(&ctx);
-    if !traced::wanted(c, tgid()) {
+    if !traced::wanted(c, tgid) {
         return 0;
     }
     let r = regs(&ctx);

@@ -69,7 +69,7 @@ fn tell(kind: u32, tgid: u32, parent: u32) {
 pub fn spawn_entry(ctx: ProbeContext) -> u32 {
     // SAFETY: helper call with the program's own context pointer.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    if !traced::wanted(cookie, traced::tgid()) {
+    if !traced::wanted(cookie, traced::tgid) {
         return 0;
     }
     // SAFETY: the context of a uprobe program is the task's pt_regs.

@@ -19,13 +19,13 @@ pub(crate) fn tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// Whether a probe with this cookie should record anything in process
-/// `tgid`: always, unless the probe serves every process and this one is
-/// not traced.
+/// Whether a probe with this cookie should record anything in the process
+/// `tgid` gives: always, unless the probe serves every process and this
+/// one is not traced (only then is the process asked for).
 #[inline(always)]
-pub(crate) fn wanted(cookie: u64, tgid: u32) -> bool {
+pub(crate) fn wanted(cookie: u64, tgid: impl FnOnce() -> u32) -> bool {
     // SAFETY: only checks presence.
-    cookie & COOKIE_CHECK_TRACED == 0 || unsafe { TRACED.get(&tgid) }.is_some()
+    cookie & COOKIE_CHECK_TRACED == 0 || unsafe { TRACED.get(&tgid()) }.is_some()
 }
 
 /// The flags process `tgid` is traced with, if it is.
