@@ -74,7 +74,7 @@ pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
 const HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// What the walk ([`walk_user_stack`]) leaves for the store
-/// ([`store_walked`]), which runs as another program. Layout: 4×u64, 6×u32;
+/// ([`store_walked`]), which runs as another program. Layout: 4×u64, 4×u32;
 /// no implicit padding.
 #[repr(C)]
 pub(crate) struct Walked {
@@ -82,29 +82,35 @@ pub(crate) struct Walked {
     sp: u64,
     fp: u64,
     hash: u64,
-    /// The id, when a remembered walk gave it; else [`STACK_UNKNOWN`].
-    id: u32,
     frames: u32,
     end: u32,
     /// The process's unwind slot, or [`FRAME_POINTERS_ONLY`].
     slot: u32,
     generation: u32,
-    _pad: u32,
 }
 
 #[map]
 static WALKED: PerCpuArray<Walked> = PerCpuArray::with_max_entries(1, 0);
 
+/// What [`walk_user_stack`] found.
+pub(crate) enum Walk {
+    /// A remembered walk with the same inputs: its stack id.
+    Remembered(u32),
+    /// Walked into the scratch record: [`store_walked`] stores it.
+    Walked,
+    /// Nowhere to walk it to.
+    Failed,
+}
+
 /// Walks the probed thread's user stack (by unwind tables, or frame
-/// pointers) into the per-CPU scratch record, or finds it remembered;
-/// false if there is nowhere to walk it to.
+/// pointers) into the per-CPU scratch record, or finds it remembered.
 #[inline(always)]
-pub(crate) fn walk_user_stack(ctx: &ProbeContext) -> bool {
+pub(crate) fn walk_user_stack(ctx: &ProbeContext) -> Walk {
     // SAFETY: the context of a uprobe program is the task's pt_regs.
     let (ip, sp, fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let Some(out) = WALKED.get_ptr_mut(0) else {
-        return false;
+        return Walk::Failed;
     };
     // Callers may read the walked stack through the window: from here on
     // it holds this thread's stack only.
@@ -116,28 +122,25 @@ pub(crate) fn walk_user_stack(ctx: &ProbeContext) -> bool {
         sp,
         fp,
         hash: 0,
-        id: STACK_UNKNOWN,
         frames: 0,
         end: 0,
         slot,
         generation,
-        _pad: 0,
     };
     let replayed = match by_tables {
         Some((slot, generation)) => walk_memo::replay(slot, generation, ip, sp, fp),
         None => None,
     };
     if let Some(id) = replayed {
-        walked.id = id; // the common case: the same walk as before
-    } else {
-        let (frames, hash, end) = walk(slot, ip, sp, fp, HASH_SEED);
-        walked.frames = frames;
-        walked.hash = hash;
-        walked.end = end;
+        return Walk::Remembered(id); // the common case: the same walk as before
     }
+    let (frames, hash, end) = walk(slot, ip, sp, fp, HASH_SEED);
+    walked.frames = frames;
+    walked.hash = hash;
+    walked.end = end;
     // SAFETY: this CPU's entry, ours while the programs run.
     unsafe { out.write(walked) };
-    true
+    Walk::Walked
 }
 
 /// The id of the stack [`walk_user_stack`] walked, stored if new and its
@@ -147,9 +150,6 @@ pub(crate) fn store_walked() -> Option<u32> {
     let w = WALKED.get_ptr(0)?;
     // SAFETY: this CPU's entry, written by the walk just before.
     let w = unsafe { &*w };
-    if w.id != STACK_UNKNOWN {
-        return Some(w.id);
-    }
     let scratch = STACK_SCRATCH.get_ptr_mut(0)?;
     // SAFETY (for every access to `scratch` below): the per-CPU slot is
     // ours for the duration of this program, and indices stay below

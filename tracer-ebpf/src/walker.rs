@@ -21,7 +21,7 @@ use crate::{
     goroutines,
     heap::{caller_after_walk, count},
     inflight,
-    stacks::{store_walked, walk_user_stack},
+    stacks::{store_walked, walk_user_stack, Walk},
     tasks,
 };
 
@@ -73,14 +73,23 @@ pub(crate) fn walk_for(ctx: &ProbeContext, what: WalkFor) {
     count(Counter::StackLost);
 }
 
-/// Tail-called by the probes: walks the stack, then has [`stack_store`]
-/// store it. Two programs, each verified on its own: in one, every way the
+/// Tail-called by the probes: walks the stack (or finds the walk
+/// remembered, the common case, and delivers its id), then has
+/// [`stack_store`] store it. Two programs, each verified on its own: in one, every way the
 /// walk can end was verified again through the store.
 #[uprobe]
 pub fn stack_walk(ctx: ProbeContext) -> u32 {
-    if walk_user_stack(&ctx) {
-        // SAFETY: the context is the probe's own, passed on unchanged.
-        unsafe { WALKERS.tail_call(&ctx, STORE) };
+    match walk_user_stack(&ctx) {
+        // Remembered: no store needed, nor the tail call to it.
+        Walk::Remembered(id) => {
+            deliver(id);
+            return 0;
+        }
+        Walk::Walked => {
+            // SAFETY: the context is the probe's own, passed on unchanged.
+            unsafe { WALKERS.tail_call(&ctx, STORE) };
+        }
+        Walk::Failed => {}
     }
     count(Counter::StackLost);
     give_up();

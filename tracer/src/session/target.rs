@@ -85,8 +85,9 @@ impl Target {
         let launched = paused.is_some();
         let tasks = TaskCollector::new(tracer.shared.tasks.clone(), pid, cli.older_than);
         let exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
-        let symbolizer = Symbolizer::start(symbols_of, go.as_ref().map(GoTarget::symbols))
-            .context("cannot start the symbolization thread")?;
+        let symbolizer =
+            Symbolizer::start_reading(pid, symbols_of, go.as_ref().map(GoTarget::symbols))
+                .context("cannot start the symbolization thread")?;
         let go_version = go.as_ref().map(|g| g.binary.version.clone());
         let go = go.map(|target| {
             GoTracker::new(

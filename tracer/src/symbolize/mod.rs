@@ -1,17 +1,21 @@
-//! Turning addresses in the target into function, file:line and module,
-//! on one dedicated thread (blazesym's `Symbolizer` is not `Send`).
+//! Turning addresses in traced processes into function, file:line and
+//! module, on one thread for the whole run (blazesym's `Symbolizer` is not
+//! `Send`), shared by every traced process.
 //!
-//! The thread keeps its own snapshot of the target's mappings and an open
-//! file descriptor for every mapped object it has seen, and symbolizes by
-//! file offset through `/proc/self/fd/N`. That way the final report still
-//! symbolizes after the target has exited, and objects in another mount
-//! namespace or deleted from disk are still readable.
+//! The thread keeps a snapshot of each process's mappings and one open
+//! file descriptor for every object any of them maps (by device and inode),
+//! and symbolizes by file offset through `/proc/self/fd/N`. That way the
+//! final report still symbolizes after a process has exited, objects in
+//! another mount namespace or deleted from disk are still readable, and an
+//! object many processes map (a container's C library) is parsed once:
+//! blazesym caches by path, and the path is the same for all of them.
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    rc::Rc,
     sync::mpsc,
     thread,
 };
@@ -60,42 +64,74 @@ impl Frame {
 }
 
 enum Request {
-    Refresh,
+    Start {
+        pid: u32,
+        /// Whose mappings to read (a forked child gone before it could be
+        /// read: its parent's).
+        maps_of: u32,
+        go: Option<GoSymbols>,
+    },
+    Refresh {
+        pid: u32,
+    },
     Symbolize {
+        pid: u32,
         addrs: Vec<u64>,
         /// Addresses are return addresses (look up `addr - 1`).
         return_addresses: bool,
         reply: tokio::sync::oneshot::Sender<Vec<Vec<Frame>>>,
     },
+    Forget {
+        pid: u32,
+    },
 }
 
-/// Handle to the symbolization thread for one target process.
+/// Handle to the symbolization thread for one traced process.
 pub struct Symbolizer {
-    tx: Option<mpsc::Sender<Request>>,
-    thread: Option<thread::JoinHandle<()>>,
+    pid: u32,
+    tx: mpsc::Sender<Request>,
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the symbolization thread has stopped")]
 pub struct SymbolizerGone;
 
+/// The run's symbolization thread, started with the first process.
+fn service() -> std::io::Result<mpsc::Sender<Request>> {
+    static SERVICE: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    if let Some(tx) = SERVICE.get() {
+        return tx
+            .lock()
+            .map(|t| t.clone())
+            .map_err(|_| std::io::Error::other("symbolization thread poisoned"));
+    }
+    let (tx, rx) = mpsc::channel();
+    thread::Builder::new()
+        .name("symbolize".into())
+        .spawn(move || Service::new().run(rx))?;
+    let tx = SERVICE.get_or_init(|| std::sync::Mutex::new(tx));
+    tx.lock()
+        .map(|t| t.clone())
+        .map_err(|_| std::io::Error::other("symbolization thread poisoned"))
+}
+
 impl Symbolizer {
     pub fn start(pid: u32, go: Option<GoSymbols>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("symbolize".into())
-            .spawn(move || Worker::new(pid, go).run(rx))?;
-        Ok(Symbolizer {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+        Symbolizer::start_reading(pid, pid, go)
+    }
+
+    /// For process `pid`, reading the mappings of process `maps_of`.
+    pub fn start_reading(pid: u32, maps_of: u32, go: Option<GoSymbols>) -> std::io::Result<Self> {
+        let tx = service()?;
+        tx.send(Request::Start { pid, maps_of, go })
+            .map_err(|_| std::io::Error::other("the symbolization thread has stopped"))?;
+        Ok(Symbolizer { pid, tx })
     }
 
     /// Re-reads the target's mappings (new libraries, before it exits).
     pub fn refresh(&self) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Request::Refresh);
-        }
+        let _ = self.tx.send(Request::Refresh { pid: self.pid });
     }
 
     /// Symbolizes return addresses (or, with `return_addresses == false`,
@@ -107,9 +143,8 @@ impl Symbolizer {
     ) -> Result<Vec<Vec<Frame>>, SymbolizerGone> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
-            .as_ref()
-            .ok_or(SymbolizerGone)?
             .send(Request::Symbolize {
+                pid: self.pid,
                 addrs,
                 return_addresses,
                 reply,
@@ -132,27 +167,29 @@ impl Symbolizer {
 
 impl Drop for Symbolizer {
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.tx.send(Request::Forget { pid: self.pid });
     }
+}
+
+/// An object file held open, shared by every process that maps it.
+struct Opened {
+    /// `/proc/self/fd/N` of `_file`.
+    open_path: PathBuf,
+    _file: File,
+    /// `/proc/self/fd/N` of a separate debug file found in the first
+    /// mapping process's root, held open like the object itself.
+    debug: Option<(debuginfo::DebugFile, PathBuf, File)>,
 }
 
 struct Module {
     mapping: Mapping,
-    /// `/proc/self/fd/N` of `_file`.
-    open_path: PathBuf,
     name: String,
-    _file: File,
-    /// `/proc/self/fd/N` of a separate debug file found in the target's
-    /// root, held open like the object itself.
-    debug: Option<(debuginfo::DebugFile, PathBuf, File)>,
+    opened: Rc<Opened>,
 }
 
-struct Worker {
-    pid: u32,
-    blazesym: Blazesym,
+/// What the thread knows of one process.
+struct Process {
+    maps_of: u32,
     /// Newest snapshot first; older ones stay for addresses of objects
     /// that were unmapped since.
     modules: Vec<Module>,
@@ -160,45 +197,73 @@ struct Worker {
     cache: HashMap<(u64, bool), Vec<Frame>>,
 }
 
-impl Worker {
-    fn new(pid: u32, go: Option<GoSymbols>) -> Self {
+struct Service {
+    blazesym: Blazesym,
+    /// Every object seen, by (device, inode) as /proc/PID/maps names it.
+    opened: HashMap<(String, u64), Rc<Opened>>,
+    processes: HashMap<u32, Process>,
+}
+
+impl Service {
+    fn new() -> Self {
         let blazesym = Blazesym::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
             .build();
-        let mut w = Worker {
-            pid,
+        Service {
             blazesym,
-            modules: Vec::new(),
-            go,
-            cache: HashMap::new(),
-        };
-        w.refresh();
-        w
+            opened: HashMap::new(),
+            processes: HashMap::new(),
+        }
     }
 
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         while let Ok(req) = rx.recv() {
             match req {
-                Request::Refresh => self.refresh(),
+                Request::Start { pid, maps_of, go } => {
+                    self.processes.insert(
+                        pid,
+                        Process {
+                            maps_of,
+                            modules: Vec::new(),
+                            go,
+                            cache: HashMap::new(),
+                        },
+                    );
+                    self.refresh(pid);
+                }
+                Request::Refresh { pid } => self.refresh(pid),
                 Request::Symbolize {
+                    pid,
                     addrs,
                     return_addresses,
                     reply,
                 } => {
-                    let out = addrs
-                        .iter()
-                        .map(|&a| self.frames(a, return_addresses))
-                        .collect();
+                    let out = match self.processes.get_mut(&pid) {
+                        Some(p) => addrs
+                            .iter()
+                            .map(|&a| p.frames(&self.blazesym, a, return_addresses))
+                            .collect(),
+                        None => addrs.iter().map(|&a| vec![Frame::unknown(a)]).collect(),
+                    };
                     let _ = reply.send(out);
+                }
+                Request::Forget { pid } => {
+                    self.processes.remove(&pid);
+                    // Objects no process maps any more are closed.
+                    self.opened.retain(|_, o| Rc::strong_count(o) > 1);
                 }
             }
         }
     }
 
-    fn refresh(&mut self) {
-        let Ok(maps) = procfs::read_maps(self.pid) else {
+    fn refresh(&mut self, pid: u32) {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        let pid = process.maps_of;
+        let Ok(maps) = procfs::read_maps(pid) else {
             return;
         }; // exited: keep the last snapshot
         let mut fresh = Vec::new();
@@ -206,43 +271,62 @@ impl Worker {
             .into_iter()
             .filter(|m| m.executable && m.path.is_some())
         {
-            if let Some(pos) = self.modules.iter().position(|old| old.mapping == m) {
-                fresh.push(self.modules.swap_remove(pos));
+            if let Some(pos) = process.modules.iter().position(|old| old.mapping == m) {
+                fresh.push(process.modules.swap_remove(pos));
                 continue;
             }
-            let Ok(file) = File::open(m.open_path(self.pid)) else {
-                continue;
+            let key = (m.dev.clone(), m.inode);
+            let opened = match self.opened.get(&key) {
+                Some(o) => o.clone(),
+                None => {
+                    let Some(o) = open(pid, &m) else {
+                        continue;
+                    };
+                    let o = Rc::new(o);
+                    self.opened.insert(key, o.clone());
+                    o
+                }
             };
-            let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
             let name = m
                 .path
                 .as_deref()
                 .and_then(|p| Path::new(p).file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let root = PathBuf::from(format!("/proc/{}/root", self.pid));
-            let debug = m
-                .path
-                .as_deref()
-                .and_then(|p| debuginfo::find(&root, p, &open_path))
-                .and_then(|d| {
-                    let f = File::open(&d.path).ok()?;
-                    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-                    Some((d, fd_path, f))
-                });
             fresh.push(Module {
                 mapping: m,
-                open_path,
                 name,
-                _file: file,
-                debug,
+                opened,
             });
         }
-        fresh.append(&mut self.modules);
-        self.modules = fresh;
+        fresh.append(&mut process.modules);
+        process.modules = fresh;
     }
+}
 
-    fn frames(&mut self, addr: u64, return_address: bool) -> Vec<Frame> {
+/// Opens the object of process `pid`'s mapping `m`, and its debug file.
+fn open(pid: u32, m: &Mapping) -> Option<Opened> {
+    let file = File::open(m.open_path(pid)).ok()?;
+    let open_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let debug = m
+        .path
+        .as_deref()
+        .and_then(|p| debuginfo::find(&root, p, &open_path))
+        .and_then(|d| {
+            let f = File::open(&d.path).ok()?;
+            let fd_path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            Some((d, fd_path, f))
+        });
+    Some(Opened {
+        open_path,
+        _file: file,
+        debug,
+    })
+}
+
+impl Process {
+    fn frames(&mut self, blazesym: &Blazesym, addr: u64, return_address: bool) -> Vec<Frame> {
         if let Some(hit) = self.cache.get(&(addr, return_address)) {
             return hit.clone();
         }
@@ -266,21 +350,22 @@ impl Worker {
                         return frames;
                     }
                 }
+                let o = &m.opened;
                 // With a separate debug file: by virtual address in it.
-                let (src, input) = match &m.debug {
+                let (src, input) = match &o.debug {
                     Some((debug, path, _)) => match debug.vaddr_of(offset) {
                         Some(vaddr) => (Source::Elf(Elf::new(path)), Input::VirtOffset(vaddr)),
                         None => (
-                            Source::Elf(Elf::new(&m.open_path)),
+                            Source::Elf(Elf::new(&o.open_path)),
                             Input::FileOffset(offset),
                         ),
                     },
                     None => (
-                        Source::Elf(Elf::new(&m.open_path)),
+                        Source::Elf(Elf::new(&o.open_path)),
                         Input::FileOffset(offset),
                     ),
                 };
-                match self.blazesym.symbolize_single(&src, input) {
+                match blazesym.symbolize_single(&src, input) {
                     Ok(Symbolized::Sym(sym)) => {
                         let mut out = Vec::with_capacity(sym.inlined.len() + 1);
                         for f in sym.inlined.iter().rev() {
