@@ -407,10 +407,18 @@ pub struct TaskConfig {
     /// The namespace's nsfs device and inode (`stat /proc/PID/ns/pid`).
     pub pidns_dev: u64,
     pub pidns_ino: u64,
-    /// Non-zero when `pidns_*` name a container to follow.
+    /// Which exec's join the traced set: none (0), those in the
+    /// namespace `pidns_*` names ([`FOLLOW_IN_PIDNS`]: one container), or
+    /// those in any other ([`FOLLOW_OUTSIDE_PIDNS`], `pidns_*` naming the
+    /// host's: every container).
     pub follow_pidns: u32,
     pub _pad: u32,
 }
+
+/// `TaskConfig::follow_pidns`: exec's in the namespace named.
+pub const FOLLOW_IN_PIDNS: u32 = 1;
+/// `TaskConfig::follow_pidns`: exec's in any namespace but the one named.
+pub const FOLLOW_OUTSIDE_PIDNS: u32 = 2;
 
 /// `TRACED` value flags: children this process forks are traced too, from
 /// the fork on (a container's processes).

@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Counter, ProcessEvent, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS,
-    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, SPAWN_STALE_NS, STACK_UNKNOWN,
+    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, FOLLOW_IN_PIDNS,
+    FOLLOW_OUTSIDE_PIDNS, SPAWN_STALE_NS, STACK_UNKNOWN,
     TASK_PROCESS, TASK_THREAD, TRACE_CHILDREN,
 };
 
@@ -218,7 +219,12 @@ pub fn task_exec(_ctx: RawTracePointContext) -> i32 {
             core::mem::size_of_val(&ns) as u32,
         )
     } == 0;
-    if in_ns {
+    let follow = match cfg.follow_pidns {
+        FOLLOW_IN_PIDNS => in_ns,
+        FOLLOW_OUTSIDE_PIDNS => !in_ns,
+        _ => false,
+    };
+    if follow {
         if TRACED.insert(&tgid, &TRACE_CHILDREN, 0).is_err() {
             count(Counter::ProcessMapFull);
             return 0;

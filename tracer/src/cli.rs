@@ -24,7 +24,7 @@ On Ctrl-C, SIGTERM, --count reports or target exit it prints a final report and 
 Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).",
     after_help = "Examples:\n  sudo leaktrace --pid 4242\n  sudo leaktrace -p 4242 -i 10 --older-than 30s --top 5\n  \
 sudo leaktrace --format json -n 3 -- ./server --port 8080\n  \
-sudo leaktrace --container 4f1c0e0a7b9d"
+sudo leaktrace --container shop\n  sudo leaktrace --pod default/cart-7d9f -c app\n  sudo leaktrace --all-containers --listen 0.0.0.0:9090"
 )]
 pub struct Cli {
     /// Trace the already running process with this PID.
@@ -32,17 +32,49 @@ pub struct Cli {
         short = 'p',
         long,
         value_name = "PID",
-        required_unless_present_any = ["command", "container", "generate"]
+        required_unless_present_any = ["command", "container", "pod", "all_containers", "generate"]
     )]
     pub pid: Option<u32>,
 
-    /// Trace every process of this container (full id or unique prefix, as
-    /// Docker, containerd/CRI and Podman name it) through one loaded tracer,
-    /// including processes it starts later, from their first instruction
-    /// (forked by a traced process, or exec'd in its PID namespace); each
-    /// gets its own reports, and a final one when it exits.
-    #[arg(long, value_name = "ID", conflicts_with_all = ["pid", "command"])]
+    /// Trace every process of this container through one loaded tracer:
+    /// its Docker name, its id or a unique id prefix (any engine's id, as
+    /// its cgroup shows it). Processes it starts later are traced from
+    /// their first instruction (forked by a traced process, or exec'd in
+    /// its PID namespace, as `docker exec` does); each gets its own
+    /// reports, and a final one when it exits. A restart (`docker
+    /// restart`) is followed; when the container exits, so does leaktrace
+    /// (exit 0).
+    #[arg(long, value_name = "NAME|ID", conflicts_with_all = ["pid", "command", "pod", "all_containers"])]
     pub container: Option<String>,
+
+    /// Trace a Kubernetes pod's container, named NAMESPACE/NAME as kubectl
+    /// names pods: found by the labels the kubelet gives it (containerd's
+    /// CRI annotations, or Docker labels under cri-dockerd). A pod with
+    /// several containers needs -c.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with_all = ["pid", "command", "all_containers"])]
+    pub pod: Option<String>,
+
+    /// With --pod: which of the pod's containers (its name in the pod spec).
+    #[arg(short = 'c', long, value_name = "CONTAINER", requires = "pod")]
+    pub pod_container: Option<String>,
+
+    /// Node agent: trace every running container, and every container
+    /// started later from its first exec, through one loaded tracer; every
+    /// report, /metrics series and profile carries the container's name,
+    /// image and (under Kubernetes) pod, namespace and container.
+    #[arg(long, conflicts_with_all = ["pid", "command"])]
+    pub all_containers: bool,
+
+    /// With --all-containers: only containers carrying this label
+    /// (KEY=VALUE; repeat to require several).
+    #[arg(long, value_name = "KEY=VALUE", requires = "all_containers")]
+    pub label: Vec<String>,
+
+    /// The Docker engine's API socket, for container names, restarts and
+    /// --all-containers [default: $DOCKER_HOST's unix socket, else
+    /// /var/run/docker.sock].
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Option<std::path::PathBuf>,
 
     /// Seconds between reports (fractions allowed, or a unit: 500ms, 1m).
     #[arg(short = 'i', long, value_name = "SECS", default_value = "5", value_parser = parse_interval)]

@@ -188,17 +188,43 @@ fn by_label(items: impl Iterator<Item = (String, u64)>) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The text exposition of `report`.
-/// Every sample is labelled with the process (`pid`, `comm`) and its
-/// container (`container`: the id, empty outside a container).
+/// The labels of every sample: the process (`pid`, `comm`) and its
+/// container (`container`: its name when an engine named it, else its id;
+/// empty outside a container), with, once an engine named it, `image`,
+/// `container_id` and under Kubernetes `pod`, `namespace` and
+/// `pod_container`.
+fn base_labels(report: &Report) -> Vec<(&'static str, String)> {
+    let id = report.container_id.clone().unwrap_or_default();
+    let mut base = vec![
+        ("pid", report.pid.to_string()),
+        ("comm", report.comm.clone()),
+    ];
+    match &report.container {
+        None => base.push(("container", id)),
+        Some(c) => {
+            base.push(("container", c.name.clone()));
+            base.push(("container_id", id));
+            base.push(("image", c.image.clone()));
+            for (k, v) in [
+                ("pod", &c.pod),
+                ("namespace", &c.namespace),
+                ("pod_container", &c.pod_container),
+            ] {
+                if let Some(v) = v {
+                    base.push((k, v.clone()));
+                }
+            }
+        }
+    }
+    base
+}
+
+/// The text exposition of `report`, every sample labelled as
+/// [`base_labels`] says.
 pub fn render(report: &Report, own: OwnUsage) -> String {
     let mut out = Out {
         text: String::new(),
-        base: vec![
-            ("pid", report.pid.to_string()),
-            ("comm", report.comm.clone()),
-            ("container", report.container_id.clone().unwrap_or_default()),
-        ],
+        base: base_labels(report),
     };
     let o = &mut out;
     let go_version = report.go.as_ref().map_or("", |g| g.version.as_str());

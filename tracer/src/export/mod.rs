@@ -88,6 +88,9 @@ pub struct GoroutineSample {
 #[derive(Debug, Clone)]
 pub struct Profiles {
     pub pid: u32,
+    /// The container's name, when an engine named it (a `container`
+    /// label on every heap sample).
+    pub container: Option<String>,
     pub older_than: Duration,
     pub taken: SystemTime,
     pub since_attach: Duration,
@@ -308,6 +311,20 @@ pub fn publish_merged(
     let heap = encoded(&pprof::heap_of(&profiles))?;
     let texts: Vec<String> = parts.iter().map(|(_, _, t)| t.to_string()).collect();
     live.publish(heap, None, metrics::merge(&texts));
+    Ok(())
+}
+
+/// As [`publish_merged`], for one container's processes (served with
+/// `?container=NAME`).
+pub fn publish_container(
+    live: &server::Shared,
+    name: &str,
+    parts: &[(&Profiles, &ModuleMap, &str)],
+) -> Result<(), ExportError> {
+    let profiles: Vec<(&Profiles, &ModuleMap)> = parts.iter().map(|(p, m, _)| (*p, *m)).collect();
+    let heap = encoded(&pprof::heap_of(&profiles))?;
+    let texts: Vec<String> = parts.iter().map(|(_, _, t)| t.to_string()).collect();
+    live.publish_container(name, heap, metrics::merge(&texts));
     Ok(())
 }
 

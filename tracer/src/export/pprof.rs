@@ -57,6 +57,7 @@ pub fn heap_of(parts: &[(&Profiles, &ModuleMap)]) -> Profile {
     b.profile.comment.push(comment);
     let key = b.string("heap");
     let pid_key = b.string("pid");
+    let container_key = b.string("container");
     for &(profiles, modules) in parts {
         b.modules = modules;
         for s in &profiles.heap {
@@ -69,6 +70,13 @@ pub fn heap_of(parts: &[(&Profiles, &ModuleMap)]) -> Profile {
                 label.push(Label {
                     key: pid_key,
                     num: i64::from(profiles.pid),
+                    ..Label::default()
+                });
+            }
+            if let Some(name) = &profiles.container {
+                label.push(Label {
+                    key: container_key,
+                    str: b.string(name),
                     ..Label::default()
                 });
             }
@@ -315,6 +323,7 @@ mod tests {
     fn profiles(heap: Vec<HeapSample>) -> Profiles {
         Profiles {
             pid: 42,
+            container: None,
             older_than: Duration::from_secs(1),
             taken: SystemTime::now(),
             since_attach: Duration::from_secs(3),

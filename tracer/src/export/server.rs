@@ -46,6 +46,9 @@ struct Bodies {
 struct Served {
     all: Bodies,
     by_pid: HashMap<u32, Bodies>,
+    /// With --all-containers: each container's processes merged, served
+    /// with `?container=NAME`.
+    by_container: HashMap<String, Bodies>,
 }
 
 /// Handle to publish new bodies.
@@ -81,6 +84,27 @@ impl Shared {
                     metrics: Some(metrics),
                 },
             );
+        }
+    }
+
+    /// Container `name`'s processes merged, served with `?container=NAME`.
+    pub fn publish_container(&self, name: &str, heap: Vec<u8>, metrics: String) {
+        if let Ok(mut s) = self.0.lock() {
+            s.by_container.insert(
+                name.to_string(),
+                Bodies {
+                    heap: Some(heap),
+                    goroutine: None,
+                    metrics: Some(metrics),
+                },
+            );
+        }
+    }
+
+    /// Container `name` is no longer traced.
+    pub fn forget_container(&self, name: &str) {
+        if let Ok(mut s) = self.0.lock() {
+            s.by_container.remove(name);
         }
     }
 
@@ -165,10 +189,28 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         .split('&')
         .find_map(|kv| kv.strip_prefix("pid="))
         .map(|v| v.parse::<u32>());
+    let container = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("container="))
+        .map(percent_decoded);
     let bodies = match shared.0.lock() {
-        Ok(served) => match pid {
-            None => served.all.clone(),
-            Some(Ok(pid)) => match served.by_pid.get(&pid) {
+        Ok(served) => match (pid, container) {
+            (None, Some(name)) => match served.by_container.get(&name) {
+                Some(b) => b.clone(),
+                None => {
+                    let mut known: Vec<&str> =
+                        served.by_container.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    let body = format!(
+                        "no traced container {name}; traced: {}\n",
+                        known.join(", ")
+                    );
+                    drop(served);
+                    return respond(&mut stream, "404 Not Found", "text/plain", body.as_bytes());
+                }
+            },
+            (None, None) => served.all.clone(),
+            (Some(Ok(pid)), _) => match served.by_pid.get(&pid) {
                 Some(b) => b.clone(),
                 None => {
                     drop(served);
@@ -180,7 +222,7 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     );
                 }
             },
-            Some(Err(_)) => {
+            (Some(Err(_)), _) => {
                 drop(served);
                 return respond(&mut stream, "400 Bad Request", "text/plain", b"pid=N\n");
             }
@@ -230,6 +272,35 @@ fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]) -> std
     )?;
     stream.write_all(body)?;
     stream.flush()
+}
+
+/// A query value with its %XX escapes decoded (container names are
+/// plain, but a client may escape them).
+fn percent_decoded(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -122,6 +122,35 @@ fn by_program<'a>(
 }
 
 impl Probes {
+    /// The task tracepoints, once per run (they see every task, and the
+    /// programs look up `TRACED`): also before any process is traced, for
+    /// a node agent waiting for containers.
+    pub fn attach_task_tracepoints(&mut self) -> Result<(), ProbeError> {
+        if self.mode != ProbeMode::Full || self.task_config.is_some() {
+            return Ok(());
+        }
+        let (pid_offset, tgid_offset) = btf::task_pid_offsets()?;
+        let cfg = TaskConfig {
+            pid_offset,
+            tgid_offset,
+            ..TaskConfig::default()
+        };
+        self.set_config("TASK_CONFIG", cfg)?;
+        self.task_config = Some(cfg);
+        // Exit first: a task created once fork is watched always has
+        // its exit seen.
+        for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
+            let id = self.tracepoint(name)?.attach(tracepoint).map_err(|e| {
+                ProbeError::Tracepoint {
+                    tracepoint,
+                    reason: error_chain(&e),
+                }
+            })?;
+            self.tracepoint_links.push((name, id));
+        }
+        Ok(())
+    }
+
     /// Attaches the task tracepoints (once per run: they see every task,
     /// and the programs look up `TRACED`) and the spawn probes of
     /// `alloc`'s C library for `scope`.
@@ -129,27 +158,7 @@ impl Probes {
         if self.mode != ProbeMode::Full {
             return Ok(());
         }
-        if self.task_config.is_none() {
-            let (pid_offset, tgid_offset) = btf::task_pid_offsets()?;
-            let cfg = TaskConfig {
-                pid_offset,
-                tgid_offset,
-                ..TaskConfig::default()
-            };
-            self.set_config("TASK_CONFIG", cfg)?;
-            self.task_config = Some(cfg);
-            // Exit first: a task created once fork is watched always has
-            // its exit seen.
-            for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
-                let id = self.tracepoint(name)?.attach(tracepoint).map_err(|e| {
-                    ProbeError::Tracepoint {
-                        tracepoint,
-                        reason: error_chain(&e),
-                    }
-                })?;
-                self.tracepoint_links.push((name, id));
-            }
-        }
+        self.attach_task_tracepoints()?;
         if let Some(object) = alloc.objects.first() {
             if self.attached(&object.path, scope, Purpose::Spawns) {
                 return Ok(());
@@ -169,12 +178,22 @@ impl Probes {
     /// A process exec'ing in the PID namespace `(dev, ino)` is traced from
     /// then on (`docker exec`): the exec tracepoint checks.
     pub fn follow_pid_namespace(&mut self, dev: u64, ino: u64) -> Result<(), ProbeError> {
+        self.follow_exec(dev, ino, tracer_common::FOLLOW_IN_PIDNS)
+    }
+
+    /// A process exec'ing in any PID namespace but `(dev, ino)` (the
+    /// host's: in any container) is traced from then on.
+    pub fn follow_other_pid_namespaces(&mut self, dev: u64, ino: u64) -> Result<(), ProbeError> {
+        self.follow_exec(dev, ino, tracer_common::FOLLOW_OUTSIDE_PIDNS)
+    }
+
+    fn follow_exec(&mut self, dev: u64, ino: u64, how: u32) -> Result<(), ProbeError> {
         let Some(mut cfg) = self.task_config else {
             return Err(ProbeError::Missing("task tracepoints before the namespace"));
         };
         cfg.pidns_dev = dev;
         cfg.pidns_ino = ino;
-        cfg.follow_pidns = 1;
+        cfg.follow_pidns = how;
         self.set_config("TASK_CONFIG", cfg)?;
         self.task_config = Some(cfg);
         Ok(())

@@ -11,6 +11,9 @@ pub struct ContainerInfo {
     /// Full container id (64 hex digits) from a Docker, containerd/CRI or
     /// Podman cgroup name.
     pub id: Option<String>,
+    /// The engine's names for it (set by `--container`, `--pod` and
+    /// `--all-containers`, which ask the engine).
+    pub labels: Option<super::engine::ContainerLabels>,
 }
 
 pub fn inspect(pid: u32) -> ContainerInfo {
@@ -21,6 +24,7 @@ pub fn inspect(pid: u32) -> ContainerInfo {
         id: fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|s| parse_container_id(&s)),
+        labels: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod container;
+pub mod engine;
 pub mod launch;
 pub mod memcg;
 pub mod procfs;

@@ -104,6 +104,12 @@ impl ReportBuilder {
         self
     }
 
+    /// The engine's names for the target's container, on every report
+    /// from now on.
+    pub fn set_container_labels(&mut self, labels: crate::process::engine::ContainerLabels) {
+        self.subject.container.labels = Some(labels);
+    }
+
     /// Reports built so far.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -243,6 +249,7 @@ impl ReportBuilder {
                 .await?;
                 Some(Profiles {
                     pid: self.subject.pid,
+                    container: self.subject.container.labels.as_ref().map(|l| l.name.clone()),
                     older_than: self.older_than,
                     taken: SystemTime::now(),
                     since_attach: self.start.elapsed(),
@@ -266,6 +273,7 @@ impl ReportBuilder {
             comm: self.subject.comm.clone(),
             pid_in_container: self.subject.container.pid_inside,
             container_id: self.subject.container.id.clone(),
+            container: self.subject.container.labels.clone(),
             older_than: self.older_than,
             heap_traced: !self.subject.allocator.objects.is_empty(),
             live_bytes: snap.live_bytes,

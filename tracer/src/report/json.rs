@@ -30,10 +30,12 @@ fn to_value(r: &Report) -> Value {
         "comm": r.comm,
         "pid_in_container": r.pid_in_container,
         "container_id": r.container_id,
+        "container": r.container,
         "container_processes": r.container_processes.map(|c| json!({
             "traced": c.traced,
             "joined": c.joined,
             "left": c.left,
+            "restarts": c.restarts,
         })),
         "memory_cgroup": r.memory_cgroup.as_ref().map(|m| json!({
             "path": m.path,
@@ -202,6 +204,7 @@ mod tests {
             comm: "demo".into(),
             pid_in_container: Some(1),
             container_id: None,
+            container: None,
             older_than: Duration::from_millis(500),
             heap_traced: true,
             live_bytes: 300,

@@ -83,6 +83,8 @@ pub struct Report {
     pub pid_in_container: Option<u32>,
     /// The container the target runs in (64 hex digits).
     pub container_id: Option<String>,
+    /// The container's name, image and pod, when an engine named them.
+    pub container: Option<crate::process::engine::ContainerLabels>,
     pub older_than: Duration,
     /// Whether the target has a C allocator to trace (not so for pure Go).
     pub heap_traced: bool,
@@ -122,6 +124,9 @@ pub struct ProcessCounts {
     pub traced: u64,
     pub joined: u64,
     pub left: u64,
+    /// Times the container restarted (new processes, same container)
+    /// since leaktrace attached.
+    pub restarts: u64,
 }
 
 /// Writes reports in the chosen format, one at a time, flushing each.

@@ -40,7 +40,12 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         (false, true) => ", target exited",
         (false, false) => "",
     };
+    let named = r.container.as_ref().map(|c| match (&c.namespace, &c.pod) {
+        (Some(ns), Some(pod)) => format!("pod {ns}/{pod}, container {}", c.pod_container.as_deref().unwrap_or(&c.name)),
+        _ => format!("container {}", c.name),
+    });
     let container = match (&r.container_id, r.pid_in_container) {
+        (Some(_), Some(p)) if named.is_some() => format!(" [{}, pid {p} inside]", named.unwrap_or_default()),
         (Some(id), Some(p)) => format!(" [container {}, pid {p} inside]", &id[..12.min(id.len())]),
         (Some(id), None) => format!(" [container {}]", &id[..12.min(id.len())]),
         (None, Some(p)) => format!(" [pid {p} in its namespace]"),
@@ -66,8 +71,15 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     if let Some(c) = &r.container_processes {
         writeln!(
             out,
-            "   container: {} processes traced; {} joined and {} left since the last round of reports",
-            c.traced, c.joined, c.left
+            "   container: {} processes traced; {} joined and {} left since the last round of reports{}",
+            c.traced,
+            c.joined,
+            c.left,
+            match c.restarts {
+                0 => String::new(),
+                1 => "; restarted once since attach".to_string(),
+                n => format!("; restarted {n} times since attach"),
+            }
         )?;
     }
     if !r.heap_traced {

@@ -22,8 +22,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     stop::install();
     privileges::check()?;
     probes::check_kernel_support()?;
-    if let Some(id) = cli.container.clone() {
-        return container::run(cli, &id);
+    if let Some(selection) = container::resolve(&cli)? {
+        return container::run(cli, selection);
     }
     if cli.list_probes {
         return list_probes(&cli);

@@ -222,6 +222,11 @@ impl Target {
         self.exporter.last()
     }
 
+    /// The engine's names for its container, on its reports from now on.
+    pub fn set_container_labels(&mut self, labels: crate::process::engine::ContainerLabels) {
+        self.builder.set_container_labels(labels);
+    }
+
     /// Reports made so far.
     pub fn seq(&self) -> u64 {
         self.builder.seq()
