@@ -15,6 +15,7 @@ use std::{
 
 mod c_heap;
 mod container;
+mod docker;
 mod fixtures;
 mod go;
 mod go_versions;
@@ -26,6 +27,7 @@ mod valgrind;
 
 pub use c_heap::*;
 pub use container::*;
+pub use docker::*;
 pub use fixtures::*;
 pub use go::*;
 pub use go_versions::GO_VERSIONS;

@@ -55,17 +55,27 @@ impl Fixture {
 
     /// Wraps a started fixture process (`pid`: the fixture itself, which
     /// may be a child of `child`) once it has printed "ready".
-    fn ready(mut child: Child, pid: u32, container: Option<TestContainer>) -> Fixture {
+    pub(crate) fn ready(child: Child, pid: u32, container: Option<TestContainer>) -> Fixture {
+        let mut f = Fixture::speaking(child, pid, container);
+        f.expect_line("ready");
+        f
+    }
+
+    /// A fixture process past its "ready" line (re-attached to), spoken
+    /// to through `child`'s pipes.
+    pub(crate) fn speaking(
+        mut child: Child,
+        pid: u32,
+        container: Option<TestContainer>,
+    ) -> Fixture {
         let stdout = line_reader(child.stdout.take().expect("piped stdout"));
-        let mut f = Fixture {
+        Fixture {
             stdin: child.stdin.take(),
             child,
             stdout,
             pid,
             container,
-        };
-        f.expect_line("ready");
-        f
+        }
     }
 
     /// Starts `name` inside a new [`TestContainer`]; `pid` is its host PID.

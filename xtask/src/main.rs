@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup|build|demo|test|bench`.
 
 mod bench;
+mod engine;
 mod setup;
 
 use std::{
@@ -70,6 +71,8 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             setup::run()?;
             build(&root)?;
+            // The container tests run against a real engine.
+            let _engine = engine::ensure(&root)?;
             test(&root, &args)
         }
         Cmd::Bench {

@@ -45,8 +45,10 @@ const PACKAGES: &[&str] = &[
 /// tracer's return probe pending in a traced stack (tests/tests/unwind.rs);
 /// Debian's Gin and gRPC sources (under /usr/share/gocode), which the real
 /// Go service fixtures are built against; prometheus for promtool, which
-/// checks the `/metrics` leaktrace serves.
+/// checks the `/metrics` leaktrace serves; docker.io (engine, containerd,
+/// runc), the real engine the container tests run their images in.
 const TEST_PACKAGES: &[&str] = &[
+    "docker.io",
     "bpftrace",
     "prometheus",
     "golang-github-gin-gonic-gin-dev",

@@ -201,10 +201,8 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     let mut known: Vec<&str> =
                         served.by_container.keys().map(String::as_str).collect();
                     known.sort_unstable();
-                    let body = format!(
-                        "no traced container {name}; traced: {}\n",
-                        known.join(", ")
-                    );
+                    let body =
+                        format!("no traced container {name}; traced: {}\n", known.join(", "));
                     drop(served);
                     return respond(&mut stream, "404 Not Found", "text/plain", body.as_bytes());
                 }

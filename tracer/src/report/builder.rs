@@ -249,7 +249,12 @@ impl ReportBuilder {
                 .await?;
                 Some(Profiles {
                     pid: self.subject.pid,
-                    container: self.subject.container.labels.as_ref().map(|l| l.name.clone()),
+                    container: self
+                        .subject
+                        .container
+                        .labels
+                        .as_ref()
+                        .map(|l| l.name.clone()),
                     older_than: self.older_than,
                     taken: SystemTime::now(),
                     since_attach: self.start.elapsed(),

@@ -41,11 +41,16 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         (false, false) => "",
     };
     let named = r.container.as_ref().map(|c| match (&c.namespace, &c.pod) {
-        (Some(ns), Some(pod)) => format!("pod {ns}/{pod}, container {}", c.pod_container.as_deref().unwrap_or(&c.name)),
+        (Some(ns), Some(pod)) => format!(
+            "pod {ns}/{pod}, container {}",
+            c.pod_container.as_deref().unwrap_or(&c.name)
+        ),
         _ => format!("container {}", c.name),
     });
     let container = match (&r.container_id, r.pid_in_container) {
-        (Some(_), Some(p)) if named.is_some() => format!(" [{}, pid {p} inside]", named.unwrap_or_default()),
+        (Some(_), Some(p)) if named.is_some() => {
+            format!(" [{}, pid {p} inside]", named.unwrap_or_default())
+        }
         (Some(id), Some(p)) => format!(" [container {}, pid {p} inside]", &id[..12.min(id.len())]),
         (Some(id), None) => format!(" [container {}]", &id[..12.min(id.len())]),
         (None, Some(p)) => format!(" [pid {p} in its namespace]"),

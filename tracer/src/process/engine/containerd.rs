@@ -67,11 +67,18 @@ fn read_bundle(dir: &Path) -> Option<ContainerRecord> {
             labels.insert(label.to_string(), v.clone());
         }
     }
-    if annotations.get("io.kubernetes.cri.container-type").map(String::as_str) == Some("sandbox") {
+    if annotations
+        .get("io.kubernetes.cri.container-type")
+        .map(String::as_str)
+        == Some("sandbox")
+    {
         labels.insert(POD_CONTAINER.to_string(), "POD".to_string());
     }
     Some(ContainerRecord {
-        name: labels.get(POD_CONTAINER).cloned().unwrap_or_else(|| id.clone()),
+        name: labels
+            .get(POD_CONTAINER)
+            .cloned()
+            .unwrap_or_else(|| id.clone()),
         image: annotations
             .get("io.kubernetes.cri.image-name")
             .cloned()
@@ -124,7 +131,11 @@ mod tests {
         assert_eq!(c.image, "registry.local/cart:1");
         let l = c.labels_for_reports();
         assert_eq!(
-            (l.pod.as_deref(), l.namespace.as_deref(), l.pod_container.as_deref()),
+            (
+                l.pod.as_deref(),
+                l.namespace.as_deref(),
+                l.pod_container.as_deref()
+            ),
             (Some("cart-7d9f"), Some("shop"), Some("app"))
         );
     }

@@ -150,15 +150,16 @@ impl Docker {
         if let Some(id) = only {
             filters["container"] = serde_json::json!([id]);
         }
-        let mut path = format!("/events?filters={}", http::query_escape(&filters.to_string()));
+        let mut path = format!(
+            "/events?filters={}",
+            http::query_escape(&filters.to_string())
+        );
         if let Some(t) = since {
             path += &format!("&since={t}");
         }
-        http::stream_lines(&self.socket, &path, |line| {
-            match parse_event(line) {
-                Some(e) => each(e),
-                None => true,
-            }
+        http::stream_lines(&self.socket, &path, |line| match parse_event(line) {
+            Some(e) => each(e),
+            None => true,
         })
         .map_err(|e| EngineError::Unreachable {
             socket: self.socket.clone(),
@@ -213,6 +214,9 @@ mod tests {
                 id: "58a5b6eb".into()
             })
         );
-        assert_eq!(parse_event(r#"{"Type":"container","Action":"exec_start: sh","Actor":{"ID":"x"}}"#), None);
+        assert_eq!(
+            parse_event(r#"{"Type":"container","Action":"exec_start: sh","Actor":{"ID":"x"}}"#),
+            None
+        );
     }
 }

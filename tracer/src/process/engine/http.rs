@@ -169,8 +169,14 @@ mod tests {
     #[test]
     fn chunked_bodies() {
         let mut r = BufReader::new(&b"5\r\nhello\r\n3;x=1\r\n ab\r\n0\r\n\r\n"[..]);
-        assert_eq!(read_chunk(&mut r).ok().flatten().as_deref(), Some(&b"hello"[..]));
-        assert_eq!(read_chunk(&mut r).ok().flatten().as_deref(), Some(&b" ab"[..]));
+        assert_eq!(
+            read_chunk(&mut r).ok().flatten().as_deref(),
+            Some(&b"hello"[..])
+        );
+        assert_eq!(
+            read_chunk(&mut r).ok().flatten().as_deref(),
+            Some(&b" ab"[..])
+        );
         assert!(matches!(read_chunk(&mut r), Ok(None)));
     }
 
@@ -186,6 +192,9 @@ mod tests {
 
     #[test]
     fn escapes() {
-        assert_eq!(query_escape(r#"{"a":["b c"]}"#), "%7B%22a%22%3A%5B%22b%20c%22%5D%7D");
+        assert_eq!(
+            query_escape(r#"{"a":["b c"]}"#),
+            "%7B%22a%22%3A%5B%22b%20c%22%5D%7D"
+        );
     }
 }

@@ -63,7 +63,10 @@ impl ContainerRecord {
     /// Sandbox (pause) containers hold a pod's namespaces and run no
     /// workload.
     pub fn is_pod_sandbox(&self) -> bool {
-        self.labels.get("io.kubernetes.docker.type").map(String::as_str) == Some("podsandbox")
+        self.labels
+            .get("io.kubernetes.docker.type")
+            .map(String::as_str)
+            == Some("podsandbox")
             || self.labels.get(POD_CONTAINER).map(String::as_str) == Some("POD")
     }
 
@@ -145,9 +148,7 @@ pub fn find_container(docker: &Docker, wanted: &str) -> Result<ContainerRecord, 
 /// Splits `NAMESPACE/NAME`.
 pub fn parse_pod(spec: &str) -> Result<(String, String), EngineError> {
     match spec.split_once('/') {
-        Some((ns, name))
-            if !ns.is_empty() && !name.is_empty() && !name.contains('/') =>
-        {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok((ns.to_string(), name.to_string()))
         }
         _ => Err(EngineError::BadPod(spec.to_string())),
@@ -182,7 +183,12 @@ pub fn find_in_pod(
     let pod = format!("{namespace}/{name}");
     let names = |cs: &[&ContainerRecord]| {
         cs.iter()
-            .map(|c| c.labels.get(POD_CONTAINER).cloned().unwrap_or_else(|| c.name.clone()))
+            .map(|c| {
+                c.labels
+                    .get(POD_CONTAINER)
+                    .cloned()
+                    .unwrap_or_else(|| c.name.clone())
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };

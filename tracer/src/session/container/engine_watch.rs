@@ -28,7 +28,8 @@ pub fn watch(docker: &Docker, only: Option<String>) -> std::io::Result<Unbounded
     std::thread::Builder::new()
         .name("engine-events".into())
         .spawn(move || {
-            let outcome = docker.events(only.as_deref(), since, |e| tx.send(News::Event(e)).is_ok());
+            let outcome =
+                docker.events(only.as_deref(), since, |e| tx.send(News::Event(e)).is_ok());
             let why = match outcome {
                 Ok(()) => "the engine closed its event stream".to_string(),
                 Err(e) => e.to_string(),

@@ -65,7 +65,10 @@ pub fn run(cli: Cli, selection: Selection) -> anyhow::Result<i32> {
             Watch::All {
                 labels: labels.clone(),
             },
-            running.iter().map(|c| (c.id.clone(), Some(c.clone()))).collect(),
+            running
+                .iter()
+                .map(|c| (c.id.clone(), Some(c.clone())))
+                .collect(),
         ),
     };
     let docker = selection.docker().cloned();
@@ -465,7 +468,10 @@ impl Supervisor {
             Ok(Some(r)) if r.running => r,
             Ok(_) => return Ok(()),
             Err(e) => {
-                eprintln!("leaktrace: warning: container {}: {e}", &id[..12.min(id.len())]);
+                eprintln!(
+                    "leaktrace: warning: container {}: {e}",
+                    &id[..12.min(id.len())]
+                );
                 return Ok(());
             }
         };
@@ -477,7 +483,11 @@ impl Supervisor {
         }
         let pids = container::processes(id);
         // Already traced: this start was replayed, or its exec seen.
-        if known && pids.iter().all(|p| self.targets.iter().any(|(t, _)| t.pid == *p)) {
+        if known
+            && pids
+                .iter()
+                .all(|p| self.targets.iter().any(|(t, _)| t.pid == *p))
+        {
             return Ok(());
         }
         match self.containers.get_mut(id) {

@@ -57,7 +57,9 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<Option<Selection>> {
         let from_docker = match docker.running() {
             Ok(running) => running,
             // Without Docker the pod may still be containerd's.
-            Err(e @ EngineError::Unreachable { .. }) if candidates.is_empty() => return Err(e.into()),
+            Err(e @ EngineError::Unreachable { .. }) if candidates.is_empty() => {
+                return Err(e.into())
+            }
             Err(_) => Vec::new(),
         };
         let docker_ids: Vec<String> = from_docker.iter().map(|c| c.id.clone()).collect();
@@ -80,8 +82,11 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<Option<Selection>> {
             .map(|l| engine::parse_label(l))
             .collect::<Result<Vec<_>, _>>()?;
         let all = docker.running()?;
-        let running: Vec<ContainerRecord> =
-            all.iter().filter(|c| c.has_labels(&labels)).cloned().collect();
+        let running: Vec<ContainerRecord> = all
+            .iter()
+            .filter(|c| c.has_labels(&labels))
+            .cloned()
+            .collect();
         if running.is_empty() && !labels.is_empty() {
             anyhow::bail!(
                 "no running container has the label{} {}; running: {}",
@@ -90,7 +95,10 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<Option<Selection>> {
                 if all.is_empty() {
                     "none".to_string()
                 } else {
-                    all.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    all.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             );
         }
@@ -121,7 +129,9 @@ fn one_container(docker: Docker, spec: &str) -> anyhow::Result<Selection> {
                 docker: Some(docker),
             }),
             // An id nobody runs, and no engine to ask: what the cgroups said.
-            Err(EngineError::Unreachable { .. }) if !matches!(cgroup_error, ContainerError::BadId(_)) => {
+            Err(EngineError::Unreachable { .. })
+                if !matches!(cgroup_error, ContainerError::BadId(_)) =>
+            {
                 Err(cgroup_error.into())
             }
             Err(e) => Err(e.into()),

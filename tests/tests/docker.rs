@@ -1,0 +1,173 @@
+//! Containers in a real Docker engine, named the way users name them:
+//! `--container NAME`, `docker exec`, `docker restart`, the container's
+//! exit, the node agent (`--all-containers --label`), and bad names.
+
+use leaktrace_tests::*;
+
+fn c_service(what: &str) -> (DockerContainer, Fixture) {
+    require_engine();
+    let image = docker_image(&["heap_c"]);
+    DockerContainer::start(&image, &unique_name(what), &[], &["/app/heap_c", "wait"])
+}
+
+#[test]
+fn c_service_by_container_name() {
+    let (container, mut fixture) = c_service("byname");
+    let mut args = vec!["--container", container.name.as_str()];
+    args.extend_from_slice(C_LEAK_FLAGS);
+    let mut lt = Leaktrace::start(&args);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", fixture.pid));
+    // The same exact answer as by host PID.
+    let report = c_leaks_of(&mut fixture, &mut lt, AllocatorNames::Glibc);
+    assert_eq!(report["container"]["name"], container.name.as_str());
+    assert!(report["container"]["image"]
+        .as_str()
+        .is_some_and(|i| i.starts_with("leaktrace-test/heap_c:")));
+    assert_eq!(report["container_id"], container.id().as_str());
+    assert_eq!(report["pid_in_container"], 1);
+    assert_eq!(
+        stacks_at(&report, "leak_malloc")[0]["frames"][0]["module"],
+        "heap_c"
+    );
+}
+
+#[test]
+fn docker_exec_helper_is_traced_exactly() {
+    let (container, _first) = c_service("exec");
+    let mut args = vec!["--container", container.name.as_str()];
+    args.extend_from_slice(C_LEAK_FLAGS);
+    let mut lt = Leaktrace::start(&args);
+    lt.stderr_line("leaktrace: tracing pid ");
+    let mut helper = container.exec(&["/app/heap_c", "wait"]);
+    lt.wait_stderr(&format!("leaktrace: tracing pid {}", helper.pid));
+    // Traced from its exec: its startup's blocks too, exactly.
+    let report = c_leaks_with(&mut helper, &mut lt, AllocatorNames::Glibc, EXEC_STARTUP);
+    assert_site(&report, "leak_at_startup", 123, 1, "malloc");
+    assert_eq!(report["container"]["name"], container.name.as_str());
+}
+
+#[test]
+fn restart_is_followed_and_exit_ends_the_run() {
+    let (container, first) = c_service("restart");
+    let mut args = vec!["--container", container.name.as_str()];
+    args.extend_from_slice(C_LEAK_FLAGS);
+    let mut lt = Leaktrace::start(&args);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", first.pid));
+    drop(first);
+    docker(&["restart", "-t", "1", &container.name]);
+    lt.wait_stderr(&format!(
+        "leaktrace: container {} restarted",
+        container.name
+    ));
+    let mut again = container.attach();
+    lt.wait_stderr(&format!("leaktrace: tracing pid {}", again.pid));
+    again.command("leak", "leaked");
+    let pid = again.pid;
+    let report = lt.report_where(|r| {
+        r["pid"] == pid
+            && !stacks_at(r, "leak_after_failed_realloc").is_empty()
+            && r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS)
+    });
+    // Every leak site after the restart exact (what the new process did
+    // before leaktrace heard of the restart is not asserted).
+    assert_c_leaks(&report, AllocatorNames::Glibc);
+    assert_eq!(report["container_processes"]["restarts"], 1, "{report}");
+    // The container stops for good: a final report, then exit 0.
+    docker(&["stop", "-t", "1", &container.name]);
+    let last = lt.report_where(|r| r["pid"] == pid && r["final"] == true);
+    assert_c_leaks(&last, AllocatorNames::Glibc);
+    lt.wait_stderr(&format!("leaktrace: container {} ended", container.name));
+    let (status, _, stderr) = lt.finish();
+    assert_eq!(status.code(), Some(0), "{stderr:?}");
+}
+
+#[test]
+fn node_agent_traces_containers_by_label_including_new_ones() {
+    let label = unique_name("agent");
+    let label_arg = format!("leaktrace.test={label}");
+    require_engine();
+    let image = docker_image(&["heap_c"]);
+    let (a, mut fa) = DockerContainer::start(
+        &image,
+        &unique_name("agent-a"),
+        &["--label", &label_arg],
+        &["/app/heap_c", "wait"],
+    );
+    // Not labelled: left alone.
+    let (_other, other) = c_service("agent-other");
+    let mut args = vec!["--all-containers", "--label", label_arg.as_str()];
+    args.extend_from_slice(C_LEAK_FLAGS);
+    let mut lt = Leaktrace::start(&args);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", fa.pid));
+    // A container started after the agent.
+    let (b, mut fb) = DockerContainer::start(
+        &image,
+        &unique_name("agent-b"),
+        &["--label", &label_arg],
+        &["/app/heap_c", "wait"],
+    );
+    lt.wait_stderr(&format!("leaktrace: tracing pid {}", fb.pid));
+    for (c, f) in [(&a, &mut fa), (&b, &mut fb)] {
+        let report = {
+            f.command("leak", "leaked");
+            let pid = f.pid;
+            lt.report_where(|r| {
+                r["pid"] == pid && !stacks_at(r, "leak_after_failed_realloc").is_empty()
+            })
+        };
+        assert_c_leaks(&report, AllocatorNames::Glibc);
+        assert_eq!(report["container"]["name"], c.name.as_str());
+    }
+    // SIGINT: final reports, then exit.
+    lt.signal(2);
+    let (status, reports, stderr) = lt.finish();
+    assert_eq!(status.code(), Some(0), "{stderr:?}");
+    assert!(
+        reports.iter().all(|r| r["pid"] != other.pid),
+        "the unlabelled container is not traced"
+    );
+    assert!(
+        !lt_saw_pid(&stderr, other.pid),
+        "the unlabelled container is not traced: {stderr:?}"
+    );
+}
+
+#[test]
+fn bad_container_names_are_one_line_and_exit_2() {
+    require_engine();
+    for (args, expected) in [
+        (
+            vec!["--container", "no-such-container-here"],
+            "leaktrace: error: no container named `no-such-container-here`; running: ",
+        ),
+        (
+            vec!["--pod", "default/no-such-pod"],
+            "leaktrace: error: no running pod `default/no-such-pod`",
+        ),
+        (
+            vec!["--pod", "not-a-pod"],
+            "leaktrace: error: `not-a-pod` is not a pod",
+        ),
+        (
+            vec!["--all-containers", "--label", "leaktrace.test=matches-nothing"],
+            "leaktrace: error: no running container has the label leaktrace.test=matches-nothing; running: ",
+        ),
+        (
+            vec!["--container", "shop", "--docker-socket", "/nonexistent/docker.sock"],
+            "leaktrace: error: cannot reach the container engine at /nonexistent/docker.sock",
+        ),
+    ] {
+        let (status, stdout, stderr) = run_leaktrace(&args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(lines[0].starts_with(expected), "{args:?}: {stderr}");
+    }
+}
+
+fn lt_saw_pid(stderr: &[String], pid: u32) -> bool {
+    stderr
+        .iter()
+        .any(|l| l.starts_with(&format!("leaktrace: tracing pid {pid} ")))
+}
