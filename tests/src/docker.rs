@@ -114,29 +114,47 @@ impl DockerContainer {
     /// Creates container `name` from `image` running `cmd` with its stdin
     /// open (`extra`: more `docker create` flags), starts it attached and
     /// waits for the fixture's "ready".
-    pub fn start(
-        image: &str,
-        name: &str,
-        extra: &[&str],
-        cmd: &[&str],
-    ) -> (DockerContainer, Fixture) {
+    pub fn start(image: &str, name: &str, extra: &[&str], cmd: &[&str]) -> (DockerContainer, Fixture) {
+        let container = DockerContainer::create(image, name, extra, cmd);
+        let mut f = container.start_attached();
+        f.expect_line("ready");
+        (container, f)
+    }
+
+    /// `docker create -i --pull never` (nothing is looked up outside).
+    pub fn create(image: &str, name: &str, extra: &[&str], cmd: &[&str]) -> DockerContainer {
         let mut args = vec!["create", "-i", "--pull", "never", "--name", name];
         args.extend_from_slice(extra);
         args.push(image);
         args.extend_from_slice(cmd);
         docker(&args);
-        let container = DockerContainer {
+        DockerContainer {
             name: name.to_string(),
-        };
+        }
+    }
+
+    /// Starts it, attached to its stdin and stdout; the fixture's PID is
+    /// known once its first process runs.
+    pub fn start_attached(&self) -> Fixture {
         let child = Command::new(DOCKER)
-            .args(["start", "-a", "-i", name])
+            .args(["start", "-a", "-i", &self.name])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker start");
-        let mut f = Fixture::ready(child, 0, None);
-        f.pid = container.pid();
-        (container, f)
+        let mut f = Fixture::speaking(child, 0, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pid = docker(&["inspect", "-f", "{{.State.Pid}}", &self.name]);
+            match pid.parse::<u32>() {
+                Ok(p) if p > 0 => {
+                    f.pid = p;
+                    return f;
+                }
+                _ => assert!(Instant::now() < deadline, "{} never started", self.name),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The host PID of its first process.

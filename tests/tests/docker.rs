@@ -171,3 +171,56 @@ fn lt_saw_pid(stderr: &[String], pid: u32) -> bool {
         .iter()
         .any(|l| l.starts_with(&format!("leaktrace: tracing pid {pid} ")))
 }
+
+/// The Gin service in a container of its own (a static Go binary alone in
+/// its image; host network, so its port is the host's), traced by name:
+/// its goroutine leak exact, at its `go` statement.
+#[test]
+fn gin_service_by_container_name() {
+    require_engine();
+    let version = GO_VERSIONS[GO_VERSIONS.len() - 1];
+    let bin = gin_fixture(version);
+    let file = bin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("fixture name")
+        .to_string();
+    let image = docker_image(&[file.as_str()]);
+    let container = DockerContainer::create(
+        &image,
+        &unique_name("gin"),
+        &["--network", "host"],
+        &[&format!("/app/{file}")],
+    );
+    let mut service = container.start_attached();
+    let ready = service.expect_line("ready ");
+    let port: u16 = ready["ready ".len()..].trim().parse().expect("port");
+    let mut lt = Leaktrace::start(&["--container", &container.name, "-i", "1", "--older-than", "1s"]);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", service.pid));
+    for _ in 0..10 {
+        assert_eq!(http_get(port, "/ping"), "pong");
+    }
+    assert_eq!(http_get(port, "/search?n=12"), "ok");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http_get(port, "/searched") != "12" {
+        assert!(std::time::Instant::now() < deadline, "workers not all blocked");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = service.pid;
+    let report = lt.report_where(|r| {
+        r["pid"] == pid
+            && r["go"]["goroutines"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|s| s["start_function"] == "main.searchWorker"))
+    });
+    let leak: Vec<&serde_json::Value> = report["go"]["goroutines"]
+        .as_array()
+        .expect("goroutines")
+        .iter()
+        .filter(|s| s["start_function"] == "main.searchWorker")
+        .collect();
+    assert_eq!(leak.len(), 1, "{report}");
+    assert_eq!(leak[0]["count"], 12, "{report}");
+    assert_eq!(leak[0]["created_by"]["symbol"], "main.search", "{report}");
+    assert_eq!(report["container"]["name"], container.name.as_str());
+}
