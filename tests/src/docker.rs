@@ -114,7 +114,12 @@ impl DockerContainer {
     /// Creates container `name` from `image` running `cmd` with its stdin
     /// open (`extra`: more `docker create` flags), starts it attached and
     /// waits for the fixture's "ready".
-    pub fn start(image: &str, name: &str, extra: &[&str], cmd: &[&str]) -> (DockerContainer, Fixture) {
+    pub fn start(
+        image: &str,
+        name: &str,
+        extra: &[&str],
+        cmd: &[&str],
+    ) -> (DockerContainer, Fixture) {
         let container = DockerContainer::create(image, name, extra, cmd);
         let mut f = container.start_attached();
         f.expect_line("ready");
@@ -233,4 +238,23 @@ pub fn require_engine() {
         ok,
         "no Docker engine answers: run the suite with `cargo xtask test` (it starts dockerd)"
     );
+}
+
+#[path = "../../xtask/src/image.rs"]
+mod image_recipe;
+
+/// leaktrace's own image, made from the binary under test the way `cargo
+/// xtask image` makes it; its tag.
+pub fn leaktrace_image() -> String {
+    static MADE: OnceLock<String> = OnceLock::new();
+    MADE.get_or_init(|| {
+        let tag = format!("leaktrace-test/leaktrace:{}", std::process::id());
+        let rootfs =
+            workspace_root().join(format!("target/images/leaktrace-{}", std::process::id()));
+        image_recipe::build_as(&rootfs, &leaktrace_bin(), &tag)
+            .unwrap_or_else(|e| panic!("leaktrace's image: {e:#}"));
+        let _ = fs::remove_dir_all(&rootfs);
+        tag
+    })
+    .clone()
 }

@@ -195,7 +195,14 @@ fn gin_service_by_container_name() {
     let mut service = container.start_attached();
     let ready = service.expect_line("ready ");
     let port: u16 = ready["ready ".len()..].trim().parse().expect("port");
-    let mut lt = Leaktrace::start(&["--container", &container.name, "-i", "1", "--older-than", "1s"]);
+    let mut lt = Leaktrace::start(&[
+        "--container",
+        &container.name,
+        "-i",
+        "1",
+        "--older-than",
+        "1s",
+    ]);
     lt.stderr_line(&format!("leaktrace: tracing pid {}", service.pid));
     for _ in 0..10 {
         assert_eq!(http_get(port, "/ping"), "pong");
@@ -203,7 +210,10 @@ fn gin_service_by_container_name() {
     assert_eq!(http_get(port, "/search?n=12"), "ok");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while http_get(port, "/searched") != "12" {
-        assert!(std::time::Instant::now() < deadline, "workers not all blocked");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers not all blocked"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let pid = service.pid;

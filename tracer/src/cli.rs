@@ -24,7 +24,7 @@ On Ctrl-C, SIGTERM, --count reports or target exit it prints a final report and 
 Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).",
     after_help = "Examples:\n  sudo leaktrace --pid 4242\n  sudo leaktrace -p 4242 -i 10 --older-than 30s --top 5\n  \
 sudo leaktrace --format json -n 3 -- ./server --port 8080\n  \
-sudo leaktrace --container shop\n  sudo leaktrace --pod default/cart-7d9f -c app\n  sudo leaktrace --all-containers --listen 0.0.0.0:9090"
+sudo leaktrace --container shop\n  sudo leaktrace --pod default/cart-7d9f -c app\n  sudo leaktrace --all-containers --listen 0.0.0.0:9090 --listen-public"
 )]
 pub struct Cli {
     /// Trace the already running process with this PID.

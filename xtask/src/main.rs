@@ -2,6 +2,7 @@
 
 mod bench;
 mod engine;
+mod image;
 mod setup;
 
 use std::{
@@ -29,6 +30,9 @@ enum Cmd {
     Build,
     /// Build, then trace the bundled leaky demo program and print real reports.
     Demo,
+    /// Build leaktrace's own container image (`leaktrace:VERSION`) with
+    /// `docker import`, for the node agent (deploy/kubernetes/daemonset.yaml).
+    Image,
     /// Run every test: unit tests and end-to-end tests against the real kernel (as root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -62,6 +66,12 @@ fn main() -> Result<()> {
         Cmd::Build => {
             setup::run_build()?;
             build(&root)
+        }
+        Cmd::Image => {
+            setup::run()?;
+            build(&root)?;
+            let _engine = engine::ensure(&root)?;
+            image::build(&root, &leaktrace_bin(&root)).map(|_| ())
         }
         Cmd::Demo => {
             setup::run_build()?;

@@ -476,6 +476,9 @@ impl Supervisor {
             }
         };
         let known = self.containers.contains_key(id);
+        if own_container().as_deref() == Some(id) {
+            return Ok(());
+        }
         match (&self.watch, known) {
             (Watch::One, false) => return Ok(()),
             (Watch::All { labels }, false) if !record.has_labels(labels) => return Ok(()),
@@ -623,6 +626,10 @@ impl Supervisor {
     /// followed), for one container, that one.
     fn container_of(&mut self, pid: u32) -> Option<String> {
         let id = container::inspect(pid).id?;
+        // The agent in its own container leaves itself alone.
+        if own_container().as_deref() == Some(id.as_str()) {
+            return None;
+        }
         if self.containers.contains_key(&id) {
             return Some(id);
         }
@@ -808,6 +815,13 @@ async fn next_news(news: &mut Option<UnboundedReceiver<News>>) -> Option<News> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// The container leaktrace itself runs in (the node agent's), if any.
+fn own_container() -> Option<String> {
+    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| container::inspect(std::process::id()).id)
+        .clone()
 }
 
 /// Whether process `pid` runs (exists and is not a zombie).

@@ -82,9 +82,11 @@ pub fn resolve(cli: &Cli) -> anyhow::Result<Option<Selection>> {
             .map(|l| engine::parse_label(l))
             .collect::<Result<Vec<_>, _>>()?;
         let all = docker.running()?;
+        // The agent in its own container leaves itself alone.
+        let own = container::inspect(std::process::id()).id;
         let running: Vec<ContainerRecord> = all
             .iter()
-            .filter(|c| c.has_labels(&labels))
+            .filter(|c| c.has_labels(&labels) && Some(&c.id) != own.as_ref())
             .cloned()
             .collect();
         if running.is_empty() && !labels.is_empty() {
