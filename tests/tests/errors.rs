@@ -32,11 +32,22 @@ fn unknown_pid() {
 
 #[test]
 fn unknown_container() {
+    // Without an engine to ask, an id is looked for in the cgroups only
+    // (with one: tests/tests/docker.rs).
+    let no_engine = ["--docker-socket", "/nonexistent/docker.sock"];
     assert_one_line_error(
-        &["--container", "0123456789abcdef0123"],
+        &[
+            "--container",
+            "0123456789abcdef0123",
+            no_engine[0],
+            no_engine[1],
+        ],
         "no running process belongs to a container whose id starts with `0123456789abcdef0123`",
     );
-    assert_one_line_error(&["--container", "web-1"], "is not a container id");
+    assert_one_line_error(
+        &["--container", "web-1", no_engine[0], no_engine[1]],
+        "cannot reach the container engine at /nonexistent/docker.sock",
+    );
 }
 
 #[test]
