@@ -95,6 +95,28 @@ fn escape(q: &str) -> String {
         .collect()
 }
 
+/// The capabilities deploy/kubernetes/daemonset.yaml adds: the agent here
+/// runs with exactly those.
+fn manifest_capabilities() -> Vec<String> {
+    let manifest =
+        std::fs::read_to_string(workspace_root().join("deploy/kubernetes/daemonset.yaml"))
+            .expect("the manifest");
+    let line = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("add:"))
+        .expect("capabilities: add: [...] in the manifest");
+    let caps: Vec<String> = line
+        .trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(caps, ["SYS_ADMIN", "SYS_PTRACE"], "{line}");
+    caps
+}
+
 #[test]
 fn agent_image_scraped_by_prometheus_gives_each_containers_leak() {
     require_engine();
@@ -115,19 +137,22 @@ fn agent_image_scraped_by_prometheus_gives_each_containers_leak() {
     // As deploy/kubernetes/daemonset.yaml runs it: host PID namespace,
     // CAP_SYS_ADMIN and CAP_SYS_PTRACE, the engine's default seccomp
     // profile, Docker's socket and containerd's state mounted.
+    let mut flags: Vec<String> = manifest_capabilities()
+        .iter()
+        .map(|c| format!("--cap-add={c}"))
+        .collect();
+    flags.extend(["--pid=host", "--network=host"].map(String::from));
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend_from_slice(&[
+        "-v",
+        "/var/run/docker.sock:/var/run/docker.sock",
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+    ]);
     let agent = DockerContainer::create(
         &leaktrace_image(),
         &unique_name("agent"),
-        &[
-            "--pid=host",
-            "--network=host",
-            "--cap-add=SYS_ADMIN",
-            "--cap-add=SYS_PTRACE",
-            "-v",
-            "/var/run/docker.sock:/var/run/docker.sock",
-            "-v",
-            "/sys/kernel/btf:/sys/kernel/btf:ro",
-        ],
+        &flags,
         &[
             "--all-containers",
             "--label",

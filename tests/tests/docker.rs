@@ -15,6 +15,10 @@ fn c_service_by_container_name() {
     let (container, mut fixture) = c_service("byname");
     let mut args = vec!["--container", container.name.as_str()];
     args.extend_from_slice(C_LEAK_FLAGS);
+    // Under the engine's default seccomp profile (return probes checked
+    // against it before attach: they work, the container lives).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fixture.pid)).expect("status");
+    assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
     let mut lt = Leaktrace::start(&args);
     lt.stderr_line(&format!("leaktrace: tracing pid {}", fixture.pid));
     // The same exact answer as by host PID.
