@@ -659,7 +659,12 @@ impl Supervisor {
                 }
                 continue;
             }
-            let id = match self.targets.iter().find(|(t, _)| t.pid == w.pid) {
+            let traced = self.targets.iter().find(|(t, _)| t.pid == w.pid);
+            // A newcomer the engine's start event brought in meanwhile.
+            if traced.is_some() && !w.execed {
+                continue;
+            }
+            let id = match traced {
                 Some((_, id)) => Some(id.clone()),
                 None => self.container_of(w.pid),
             };
