@@ -54,7 +54,7 @@ pub fn docker_image(fixtures_in: &[&str]) -> String {
         fs::copy(&bin, root.join("app").join(name)).expect("copy fixture");
         copy_libraries(&bin, &root);
     }
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&root)
         .args(["-c", "."])
@@ -63,10 +63,15 @@ pub fn docker_image(fixtures_in: &[&str]) -> String {
         .expect("tar");
     let status = Command::new(DOCKER)
         .args(["import", "-", &tag])
-        .stdin(tar.stdout.expect("tar's stdout"))
+        .stdin(tar.stdout.take().expect("tar's stdout"))
         .stdout(Stdio::null())
         .status()
         .expect("docker import");
+    assert!(
+        tar.wait().is_ok_and(|s| s.success()),
+        "tar of {}",
+        root.display()
+    );
     assert!(status.success(), "docker import {tag}");
     let _ = fs::remove_dir_all(&root);
     made.insert(key, tag.clone());

@@ -37,7 +37,7 @@ pub fn build(root: &Path, binary: &Path) -> Result<String> {
 
 /// Makes image `tag` from `binary`, assembling its files in `rootfs`.
 pub fn build_as(rootfs: &Path, binary: &Path, tag: &str) -> Result<()> {
-    let _ = fs::remove_dir_all(&rootfs);
+    let _ = fs::remove_dir_all(rootfs);
     let bin_dir = rootfs.join("usr/local/bin");
     fs::create_dir_all(&bin_dir)?;
     // Mount points the engine fills, and a writable /tmp for --pprof-dir.
@@ -56,9 +56,9 @@ pub fn build_as(rootfs: &Path, binary: &Path, tag: &str) -> Result<()> {
         }
         fs::copy(lib, &to).with_context(|| format!("copy {lib}"))?;
     }
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
-        .arg(&rootfs)
+        .arg(rootfs)
         .args(["-c", "."])
         .stdout(Stdio::piped())
         .spawn()
@@ -71,10 +71,14 @@ pub fn build_as(rootfs: &Path, binary: &Path, tag: &str) -> Result<()> {
             "-",
             tag,
         ])
-        .stdin(tar.stdout.context("tar's stdout")?)
+        .stdin(tar.stdout.take().context("tar's stdout")?)
         .stdout(Stdio::null())
         .status()
         .context("docker import (cargo xtask setup installs docker.io)")?;
+    let tarred = tar.wait().context("tar")?;
+    if !tarred.success() {
+        bail!("tar of {} failed: {tarred}", rootfs.display());
+    }
     if !status.success() {
         bail!("docker import {tag} failed: {status}");
     }
