@@ -223,6 +223,10 @@ struct Watched {
     joined: u64,
     left: u64,
     restarts: u64,
+    /// Its first process, as the engine last named it: another one at a
+    /// start is a restart (the engine's die and start events may come in
+    /// either order).
+    init_pid: Option<u32>,
     /// It died (the engine said so): its processes' exits end the run
     /// unless it starts again.
     died: bool,
@@ -236,6 +240,7 @@ impl Watched {
             joined: 0,
             left: 0,
             restarts: 0,
+            init_pid: record.and_then(|r| r.pid),
             died: false,
         }
     }
@@ -433,8 +438,14 @@ impl Supervisor {
         match action {
             EventAction::Start => self.container_started(tracer, id),
             EventAction::Die => {
+                // A die that comes after the restart's start is old news.
+                let running = self
+                    .docker
+                    .as_ref()
+                    .and_then(|d| d.inspect(id).ok().flatten())
+                    .is_some_and(|r| r.running);
                 if let Some(w) = self.containers.get_mut(id) {
-                    w.died = true;
+                    w.died = !running;
                 }
                 // Its processes' exits come through their pidfds.
                 self.reap(tracer).await?;
@@ -494,8 +505,9 @@ impl Supervisor {
             return Ok(());
         }
         match self.containers.get_mut(id) {
-            Some(w) if w.died || !pids.is_empty() && self.watch == Watch::One => {
-                if w.died {
+            Some(w) => {
+                if record.pid.is_some() && record.pid != w.init_pid {
+                    w.init_pid = record.pid;
                     w.restarts += 1;
                     w.died = false;
                     eprintln!(
@@ -504,7 +516,6 @@ impl Supervisor {
                     );
                 }
             }
-            Some(_) => {}
             None => {
                 eprintln!(
                     "leaktrace: container {} ({}) started: tracing it",
