@@ -496,16 +496,11 @@ impl Supervisor {
             _ => {}
         }
         let pids = container::processes(id);
-        // Already traced: this start was replayed, or its exec seen.
-        if known
-            && pids
-                .iter()
-                .all(|p| self.targets.iter().any(|(t, _)| t.pid == *p))
-        {
-            return Ok(());
-        }
         match self.containers.get_mut(id) {
             Some(w) => {
+                // (Its new first process may be traced already: a freed
+                // PID namespace's inode number can come back at once for
+                // the new one, which the exec tracepoint then follows.)
                 if record.pid.is_some() && record.pid != w.init_pid {
                     w.init_pid = record.pid;
                     w.restarts += 1;
@@ -525,8 +520,32 @@ impl Supervisor {
                     .insert(id.to_string(), Watched::new(id, Some(&record)));
             }
         }
-        let plans = plans_of(&self.cli, &pids);
-        self.start_container(tracer, id, plans)
+        // Already traced: this start was replayed, or its exec seen.
+        let untraced: Vec<u32> = pids
+            .into_iter()
+            .filter(|p| !self.targets.iter().any(|(t, _)| t.pid == *p))
+            .collect();
+        // The kernel follows the new PID namespace from now on (a restart
+        // makes one), so that what the new processes exec is traced.
+        if self.watch == Watch::One {
+            if let Some(Ok((dev, ino))) = record.pid.map(pid_namespace) {
+                tracer.probes.follow_pid_namespace(dev, ino)?;
+            }
+        }
+        // Its processes may not be done starting (runc's init before its
+        // exec, a loader still mapping): read again each tick, as a
+        // newcomer the kernel told of.
+        let until = Instant::now() + LOADER_GRACE;
+        for pid in untraced {
+            self.waiting.retain(|w| w.pid != pid);
+            self.waiting.push(Waiting {
+                pid,
+                execed: false,
+                until,
+            });
+        }
+        self.retry_waiting(tracer);
+        Ok(())
     }
 
     /// `Watch::One`: the container died and every process of it has left;
