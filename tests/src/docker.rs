@@ -34,8 +34,17 @@ pub fn docker(args: &[&str]) -> String {
 /// The image holding `fixtures` under /app with their libraries and
 /// loader, imported once per test process; its name.
 pub fn docker_image(fixtures_in: &[&str]) -> String {
+    docker_image_copy(fixtures_in, "")
+}
+
+/// Like [`docker_image`], a copy of its own per `copy` (its files are
+/// other files than any other image's: other inodes to probe).
+pub fn docker_image_copy(fixtures_in: &[&str], copy: &str) -> String {
     static MADE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
-    let key = fixtures_in.join("+");
+    let mut key = fixtures_in.join("+");
+    if !copy.is_empty() {
+        key = format!("{key}+{copy}");
+    }
     let made = MADE.get_or_init(|| Mutex::new(HashMap::new()));
     let mut made = made.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(tag) = made.get(&key) {

@@ -2,6 +2,8 @@
 //! `--container NAME`, `docker exec`, `docker restart`, the container's
 //! exit, the node agent (`--all-containers --label`), and bad names.
 
+use std::time::{Duration, Instant};
+
 use leaktrace_tests::*;
 
 fn c_service(what: &str) -> (DockerContainer, Fixture) {
@@ -105,9 +107,11 @@ fn node_agent_traces_containers_by_label_including_new_ones() {
     args.extend_from_slice(C_LEAK_FLAGS);
     let mut lt = Leaktrace::start(&args);
     lt.stderr_line(&format!("leaktrace: tracing pid {}", fa.pid));
-    // A container started after the agent.
+    // A container started after the agent, of an image no container
+    // ran before (its C library not probed yet).
+    let later = docker_image_copy(&["heap_c"], "later");
     let (b, mut fb) = DockerContainer::start(
-        &image,
+        &later,
         &unique_name("agent-b"),
         &["--label", &label_arg],
         &["/app/heap_c", "wait"],
@@ -236,4 +240,52 @@ fn gin_service_by_container_name() {
     assert_eq!(leak[0]["count"], 12, "{report}");
     assert_eq!(leak[0]["created_by"]["symbol"], "main.search", "{report}");
     assert_eq!(report["container"]["name"], container.name.as_str());
+}
+
+/// A newcomer is held still at its exec until its probes are in; should
+/// leaktrace die meanwhile (SIGKILL), its watchdog lets it go on.
+#[test]
+fn a_held_newcomer_goes_on_when_leaktrace_is_killed() {
+    let label = unique_name("held");
+    let label_arg = format!("leaktrace.test={label}");
+    require_engine();
+    let image = docker_image(&["heap_c"]);
+    let (_a, fa) = DockerContainer::start(
+        &image,
+        &unique_name("held-a"),
+        &["--label", &label_arg],
+        &["/app/heap_c", "wait"],
+    );
+    let args = ["--all-containers", "--label", label_arg.as_str()];
+    let mut lt = Leaktrace::start_with_env(&args, &[("LEAKTRACE_TEST_NEVER_RESUME", "1")]);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", fa.pid));
+    let held_image = docker_image_copy(&["heap_c"], "held");
+    let b = DockerContainer::create(
+        &held_image,
+        &unique_name("held-b"),
+        &["--label", &label_arg],
+        &["/app/heap_c", "wait"],
+    );
+    let mut fb = b.start_attached();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process_state(fb.pid) != Some('T') {
+        assert!(Instant::now() < deadline, "pid {} never held", fb.pid);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lt.signal(9);
+    fb.expect_line("ready");
+    let (status, _, stderr) = lt.finish();
+    assert_eq!(status.code(), None, "killed: {stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l == "leaktrace: resume watchdog: continued 1 processes leaktrace had stopped"),
+        "{stderr:?}"
+    );
+}
+
+/// The state letter of process `pid` (/proc/PID/stat), if it exists.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
 }

@@ -398,7 +398,7 @@ pub struct TaskRecord {
 /// Written by userspace before attach: where `pid`/`tgid` live in this
 /// kernel's `struct task_struct` (from its BTF), and the PID namespace of
 /// a traced container (a process that execs in it is traced from then
-/// on). 32 bytes, explicit padding.
+/// on). 32 bytes, no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskConfig {
@@ -412,7 +412,11 @@ pub struct TaskConfig {
     /// those in any other ([`FOLLOW_OUTSIDE_PIDNS`], `pidns_*` naming the
     /// host's: every container).
     pub follow_pidns: u32,
-    pub _pad: u32,
+    /// Nonzero: a process that joins the traced set by exec, or a traced
+    /// one that execs, is stopped (SIGSTOP) before its first instruction,
+    /// and again when its loader has mapped its libraries, so that its
+    /// probes are in before it runs (see `EVENT_LOADED`).
+    pub stop_at_exec: u32,
 }
 
 /// `TaskConfig::follow_pidns`: exec's in the namespace named.
@@ -434,7 +438,9 @@ pub struct ProcessEvent {
     pub tgid: u32,
     /// EVENT_FORKED: the traced parent's tgid.
     pub parent: u32,
-    pub _pad: u32,
+    /// Nonzero: the process was stopped (SIGSTOP) for userspace to
+    /// attach, and waits for its SIGCONT.
+    pub stopped: u32,
 }
 
 /// A traced process forked a child, traced from its first instruction.
@@ -444,6 +450,9 @@ pub const EVENT_EXECED: u32 = 2;
 /// A process exec'd in the followed PID namespace (`docker exec`) and is
 /// traced from then on.
 pub const EVENT_ENTERED: u32 = 3;
+/// A process stopped at exec reached its loader's `_dl_debug_state` (its
+/// libraries mapped, or about to be), where it stopped again.
+pub const EVENT_LOADED: u32 = 4;
 
 /// Written by userspace before attach: where the fields the probes read
 /// live in this Go binary's `runtime.g` (from its DWARF, else a per-version

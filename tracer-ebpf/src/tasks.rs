@@ -11,7 +11,9 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_attach_cookie, bpf_get_ns_current_pid_tgid, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_attach_cookie, bpf_get_ns_current_pid_tgid, bpf_ktime_get_ns, bpf_send_signal,
+        },
     },
     macros::{map, raw_tracepoint, uprobe},
     maps::{Array, HashMap, RingBuf},
@@ -20,7 +22,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     Counter, ProcessEvent, SpawnPending, TaskConfig, TaskRecord, DEFAULT_MAX_TASKS,
-    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, FOLLOW_IN_PIDNS,
+    DEFAULT_MAX_THREADS, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, EVENT_LOADED, FOLLOW_IN_PIDNS,
     FOLLOW_OUTSIDE_PIDNS, SPAWN_STALE_NS, STACK_UNKNOWN, TASK_PROCESS, TASK_THREAD, TRACE_CHILDREN,
 };
 
@@ -50,14 +52,45 @@ static OOM_KILLED: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// Processes stopped at exec (or at their loader) until userspace has
+/// attached their probes: what leaktrace's resume watchdog continues if
+/// leaktrace dies before it does. tgid → 0.
+#[map]
+static STOPPED: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+const SIGSTOP: u32 = 19;
+
+/// Stops the current process (delivered on its way back to user mode,
+/// before another instruction of it runs), recorded in `STOPPED` first so
+/// that it is never left stopped; false when it could not be.
+#[inline(always)]
+fn stop_for_probes(tgid: u32) -> bool {
+    if STOPPED.insert(&tgid, &0, 0).is_err() {
+        return false;
+    }
+    // SAFETY: helper call with a signal number; it signals the current
+    // process (its whole thread group).
+    if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+        let _ = STOPPED.remove(&tgid);
+        return false;
+    }
+    true
+}
+
+/// Whether exec's are stopped for userspace (see `TaskConfig`).
+#[inline(always)]
+fn stops_at_exec() -> bool {
+    TASK_CONFIG.get(0).is_some_and(|c| c.stop_at_exec != 0)
+}
+
 /// Tells userspace about a traced process; a full buffer is counted.
 #[inline(always)]
-fn tell(kind: u32, tgid: u32, parent: u32) {
+fn tell(kind: u32, tgid: u32, parent: u32, stopped: bool) {
     let event = ProcessEvent {
         kind,
         tgid,
         parent,
-        _pad: 0,
+        stopped: stopped as u32,
     };
     if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
         count(Counter::EventLost);
@@ -183,7 +216,7 @@ pub fn task_fork(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
         unwind::inherit_slot(parent_tgid, tgid);
-        tell(EVENT_FORKED, tgid, parent_tgid);
+        tell(EVENT_FORKED, tgid, parent_tgid, false);
     }
     0
 }
@@ -198,7 +231,8 @@ pub fn task_exec(_ctx: RawTracePointContext) -> i32 {
         // Its mappings are gone: frame pointers until userspace has read
         // the new ones.
         unwind::forget_slot(tgid);
-        tell(EVENT_EXECED, tgid, 0);
+        let stopped = stops_at_exec() && stop_for_probes(tgid);
+        tell(EVENT_EXECED, tgid, 0, stopped);
         return 0;
     }
     let Some(cfg) = TASK_CONFIG.get(0).copied() else {
@@ -228,8 +262,21 @@ pub fn task_exec(_ctx: RawTracePointContext) -> i32 {
             count(Counter::ProcessMapFull);
             return 0;
         }
-        tell(EVENT_ENTERED, tgid, 0);
+        let stopped = cfg.stop_at_exec != 0 && stop_for_probes(tgid);
+        tell(EVENT_ENTERED, tgid, 0, stopped);
     }
+    0
+}
+
+/// The loader's `_dl_debug_state` in a process stopped at exec (a link
+/// for that process alone): called as it starts mapping the libraries
+/// and once they are all mapped, before their initialisers run. Stops it
+/// again, for userspace to probe what is mapped.
+#[uprobe]
+pub fn loader_ready(_ctx: ProbeContext) -> u32 {
+    let tgid = traced::tgid();
+    let stopped = stop_for_probes(tgid);
+    tell(EVENT_LOADED, tgid, 0, stopped);
     0
 }
 

@@ -10,12 +10,14 @@ pub mod maps;
 mod multi_link;
 pub mod placement;
 mod seccomp_check;
+mod stops;
 pub mod table;
 
 pub use btf::Btf;
 pub use error::ProbeError;
 pub use maps::{HeapMaps, MapSizes, Maps, TaskMaps};
 pub use seccomp_check::has_seccomp_filter;
+pub use stops::{resume_all_in, LoaderWatch};
 
 use std::{
     path::Path,
@@ -54,6 +56,8 @@ pub struct Probes {
     task_config: Option<TaskConfig>,
     /// `TRACED`: which processes probes serving every process record.
     traced: aya::maps::HashMap<MapData, u32, u32>,
+    /// `STOPPED`: processes the kernel stopped for us (see [`stops`]).
+    stopped: aya::maps::HashMap<MapData, u32, u32>,
 }
 
 /// Whom a probe serves.
@@ -187,6 +191,11 @@ impl Probes {
             .ok_or(ProbeError::Missing("TRACED"))?
             .try_into()
             .map_err(|_| ProbeError::Missing("TRACED"))?;
+        let stopped = ebpf
+            .take_map("STOPPED")
+            .ok_or(ProbeError::Missing("STOPPED"))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing("STOPPED"))?;
         let mut probes = Self {
             ebpf,
             entry_links: Vec::new(),
@@ -197,6 +206,7 @@ impl Probes {
             load_times: Vec::new(),
             task_config: None,
             traced,
+            stopped,
         };
         let mut names: Vec<&'static str> = match mode {
             ProbeMode::Full => vec![
@@ -206,6 +216,7 @@ impl Probes {
                 "alloc_return",
                 "free_entry",
                 "spawn_entry",
+                "loader_ready",
             ],
             ProbeMode::Empty => vec!["empty_entry", "empty_return"],
         };
@@ -319,6 +330,7 @@ impl Probes {
     pub fn untrace(&mut self, pid: u32) {
         let _ = self.traced.remove(&pid);
         self.detach_process(pid);
+        self.resume(pid);
     }
 
     /// Probes attached: every uprobe point, and the tracepoints.
@@ -348,6 +360,8 @@ impl Drop for Probes {
                 let _ = p.detach(id);
             }
         }
+        // No exec stops any more: what is still stopped goes on.
+        self.resume_all();
         // `self.ebpf`, dropped next, unloads the programs and closes the maps.
     }
 }

@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod container;
 pub mod engine;
 pub mod launch;
+pub mod loader;
 pub mod memcg;
 pub mod procfs;
 

@@ -5,6 +5,7 @@
 mod container;
 mod exit_watch;
 mod one;
+pub mod resume_watchdog;
 pub mod stop;
 mod target;
 mod tracer;

@@ -11,6 +11,7 @@
 //! start, restart and end through the engine's event stream.
 
 mod engine_watch;
+mod newcomers;
 mod selection;
 
 use std::{
@@ -27,12 +28,14 @@ use tokio::{
     sync::mpsc::UnboundedReceiver,
     time::{interval, interval_at, MissedTickBehavior},
 };
-use tracer_common::{ProcessEvent, EVENT_ENTERED, EVENT_EXECED, EVENT_FORKED, TRACE_CHILDREN};
+use tracer_common::TRACE_CHILDREN;
 
 pub use selection::{resolve, Selection};
 
 use super::{
-    reporter_of, stop,
+    reporter_of,
+    resume_watchdog::{self, Watchdog},
+    stop,
     target::{write_report, Target},
     tracer::{Plan, Tracer},
     Outputs,
@@ -40,7 +43,7 @@ use super::{
 use crate::{
     cli::Cli,
     collect,
-    probes::Scope,
+    probes::{LoaderWatch, Scope},
     process::{
         container,
         engine::{ContainerLabels, ContainerRecord, Docker, EventAction},
@@ -49,6 +52,7 @@ use crate::{
     report::{ProcessCounts, Report, Reporter},
 };
 use engine_watch::News;
+use newcomers::{Waiting, LOADER_GRACE};
 
 /// How long a container whose processes are all gone may take to start
 /// again (`docker restart`) before leaktrace counts it as ended.
@@ -115,6 +119,8 @@ pub fn run(cli: Cli, selection: Selection) -> anyhow::Result<i32> {
         targets: Vec::new(),
         reporter: None,
         waiting: Vec::new(),
+        loaders: std::collections::HashMap::new(),
+        _watchdog: None,
         ended_at: None,
         ended: false,
     };
@@ -134,6 +140,7 @@ pub fn run(cli: Cli, selection: Selection) -> anyhow::Result<i32> {
         let (dev, ino) = pid_namespace(std::process::id())?;
         tracer.probes.follow_other_pid_namespaces(dev, ino)?;
     }
+    supervisor._watchdog = hold_newcomers(&mut tracer);
     for (id, plans) in first {
         supervisor.start_container(&mut tracer, &id, plans)?;
     }
@@ -141,6 +148,30 @@ pub fn run(cli: Cli, selection: Selection) -> anyhow::Result<i32> {
         w.joined = 0;
     }
     runtime.block_on(supervisor.supervise(tracer, news))
+}
+
+/// Newcomers are held still at exec until their probes are in (see
+/// [`newcomers`]), once a watchdog makes sure none is left stopped.
+fn hold_newcomers(tracer: &mut Tracer) -> Option<Watchdog> {
+    if !tracer.probes.follows_tasks() {
+        return None;
+    }
+    let spawned = tracer
+        .probes
+        .stopped_map_id()
+        .ok_or_else(|| io::Error::other("no map id"))
+        .and_then(resume_watchdog::spawn);
+    let held = spawned.and_then(|w| {
+        tracer.probes.stop_at_exec().map_err(io::Error::other)?;
+        Ok(w)
+    });
+    match held {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("leaktrace: warning: newcomers are not held at exec ({e}): a process of a new image is traced once its loader is done, not from its first allocation");
+            None
+        }
+    }
 }
 
 /// The plans for those of `pids` that can be traced (the others said).
@@ -260,23 +291,16 @@ struct Supervisor {
     /// before their loader had mapped the C library: tried again at every
     /// tick until then. The kernel records their allocations meanwhile.
     waiting: Vec<Waiting>,
+    /// Waiting processes held at their loader's breakpoint.
+    loaders: std::collections::HashMap<u32, LoaderWatch>,
+    /// Continues what the kernel stopped for us should leaktrace die.
+    _watchdog: Option<Watchdog>,
     /// `Watch::One`: when its last process left after the engine said it
     /// died (a restart may follow within [`RESTART_GRACE`]).
     ended_at: Option<Instant>,
     /// The run is over: the container ended.
     ended: bool,
 }
-
-/// A process whose image is not ready to read yet.
-struct Waiting {
-    pid: u32,
-    /// A traced process's new image (else a newcomer).
-    execed: bool,
-    until: Instant,
-}
-
-/// How long a process that exec'd may take to map its C library.
-const LOADER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Supervisor {
     /// Traces the processes of container `id` in `plans` (its first, or
@@ -561,177 +585,6 @@ impl Supervisor {
         let at = *self.ended_at.get_or_insert_with(Instant::now);
         if at.elapsed() >= RESTART_GRACE {
             self.ended = true;
-        }
-    }
-
-    /// Newcomers and exec's the kernel told of.
-    fn take_events(&mut self, tracer: &mut Tracer) {
-        let mut events = Vec::new();
-        while let Some(item) = tracer.events.next() {
-            if item.len() >= std::mem::size_of::<ProcessEvent>() {
-                // SAFETY: the kernel wrote a whole ProcessEvent (checked
-                // length); read unaligned from the ring buffer's bytes.
-                events.push(unsafe {
-                    std::ptr::read_unaligned(item.as_ptr().cast::<ProcessEvent>())
-                });
-            }
-        }
-        for e in events {
-            match e.kind {
-                EVENT_FORKED => self.forked(tracer, e.tgid, e.parent),
-                EVENT_ENTERED => self.entered(tracer, e.tgid),
-                EVENT_EXECED => self.execed(tracer, e.tgid),
-                _ => {}
-            }
-        }
-    }
-
-    fn forked(&mut self, tracer: &mut Tracer, pid: u32, parent: u32) {
-        if self.targets.iter().any(|(t, _)| t.pid == pid) {
-            return;
-        }
-        let Some(id) = self
-            .targets
-            .iter()
-            .find(|(t, _)| t.pid == parent)
-            .map(|(_, id)| id.clone())
-        else {
-            tracer.release(pid);
-            return;
-        };
-        let plan = match Plan::of_process(&self.cli, pid) {
-            Ok(plan) => plan,
-            // Gone already: it had its parent's mappings.
-            Err(_) => match self.targets.iter().find(|(t, _)| t.pid == parent) {
-                Some((p, _)) => Plan {
-                    pid,
-                    comm: p.comm.clone(),
-                    paused: None,
-                    candidates: p.candidates.clone(),
-                    allocator: p.allocator.clone(),
-                    go: None,
-                    memprofile: None,
-                },
-                None => return,
-            },
-        };
-        // The kernel traces it already, through its parent's probes.
-        if let Err(e) = self.add(tracer, plan, Scope::Shared, Some(parent), &id) {
-            eprintln!("leaktrace: pid {pid}: not traced: {e:#}");
-        }
-    }
-
-    fn entered(&mut self, tracer: &mut Tracer, pid: u32) {
-        if self.targets.iter().any(|(t, _)| t.pid == pid) {
-            return;
-        }
-        self.waiting.push(Waiting {
-            pid,
-            execed: false,
-            until: Instant::now() + LOADER_GRACE,
-        });
-        self.retry_waiting(tracer);
-    }
-
-    /// A traced process exec'd: its new objects get probes (once its
-    /// loader has mapped them), its tables and symbols are read anew.
-    fn execed(&mut self, tracer: &mut Tracer, pid: u32) {
-        let Some(at) = self.targets.iter().position(|(t, _)| t.pid == pid) else {
-            return;
-        };
-        if let Err(e) = self.targets[at].0.execed(tracer) {
-            eprintln!("leaktrace: pid {pid}: {e:#}");
-        }
-        self.waiting.retain(|w| w.pid != pid);
-        self.waiting.push(Waiting {
-            pid,
-            execed: true,
-            until: Instant::now() + LOADER_GRACE,
-        });
-        self.retry_waiting(tracer);
-    }
-
-    /// The followed container process `pid` runs in, if any: for the node
-    /// agent, a container the engine names and whose labels match (now
-    /// followed), for one container, that one.
-    fn container_of(&mut self, pid: u32) -> Option<String> {
-        let id = container::inspect(pid).id?;
-        // The agent in its own container leaves itself alone.
-        if own_container().as_deref() == Some(id.as_str()) {
-            return None;
-        }
-        if self.containers.contains_key(&id) {
-            return Some(id);
-        }
-        let Watch::All { labels } = &self.watch else {
-            return None;
-        };
-        let record = self.docker.as_ref()?.inspect(&id).ok().flatten()?;
-        if !record.has_labels(labels) {
-            return None;
-        }
-        eprintln!(
-            "leaktrace: container {} ({}) started: tracing it",
-            record.name, record.image
-        );
-        self.containers
-            .insert(id.clone(), Watched::new(&id, Some(&record)));
-        Some(id)
-    }
-
-    /// Tries again to read the processes whose loader was not done.
-    fn retry_waiting(&mut self, tracer: &mut Tracer) {
-        let now = Instant::now();
-        for w in std::mem::take(&mut self.waiting) {
-            if !alive(w.pid) {
-                if !w.execed {
-                    tracer.release(w.pid);
-                }
-                continue;
-            }
-            let traced = self.targets.iter().find(|(t, _)| t.pid == w.pid);
-            // A newcomer the engine's start event brought in meanwhile.
-            if traced.is_some() && !w.execed {
-                continue;
-            }
-            let id = match traced {
-                Some((_, id)) => Some(id.clone()),
-                None => self.container_of(w.pid),
-            };
-            let Some(id) = id else {
-                // Not a container followed (another PID namespace, a
-                // container whose labels do not match): let go.
-                tracer.release(w.pid);
-                continue;
-            };
-            match Plan::of_process(&self.cli, w.pid) {
-                Ok(plan) => {
-                    let inside: HashSet<u32> = container::processes(&id).into_iter().collect();
-                    let scope = scope_for(&plan, &inside);
-                    let outcome = if w.execed {
-                        let attached = tracer.attach(&self.cli, &plan, scope, TRACE_CHILDREN);
-                        if let Some((t, _)) = self.targets.iter_mut().find(|(t, _)| t.pid == w.pid)
-                        {
-                            let _ = t.refresh(tracer);
-                        }
-                        attached
-                    } else {
-                        self.add(tracer, plan, scope, None, &id)
-                    };
-                    if let Err(e) = outcome {
-                        eprintln!("leaktrace: pid {}: not traced: {e:#}", w.pid);
-                    }
-                }
-                Err(_) if now < w.until => self.waiting.push(w),
-                Err(e) if w.execed => eprintln!(
-                    "leaktrace: pid {}: its new image was not read (its stacks may stay unsymbolized): {e:#}",
-                    w.pid
-                ),
-                Err(e) => {
-                    tracer.release(w.pid);
-                    eprintln!("leaktrace: pid {}: not traced: {e:#}", w.pid);
-                }
-            }
         }
     }
 
