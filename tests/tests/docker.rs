@@ -289,3 +289,53 @@ fn process_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()
 }
+
+/// A pod's container, as the kubelet's Docker shim (cri-dockerd) runs it:
+/// CRI labels on Docker containers, beside the pod's sandbox.
+#[test]
+fn pod_container_by_cri_labels() {
+    require_engine();
+    let image = docker_image(&["heap_c"]);
+    let pod = unique_name("cart");
+    let pod_labels = |container: &str, kind: &str| -> Vec<String> {
+        [
+            format!("io.kubernetes.pod.name={pod}"),
+            "io.kubernetes.pod.namespace=shop".to_string(),
+            format!("io.kubernetes.container.name={container}"),
+            format!("io.kubernetes.docker.type={kind}"),
+        ]
+        .into_iter()
+        .flat_map(|l| ["--label".to_string(), l])
+        .collect()
+    };
+    let start = |container: &str, kind: &str| {
+        let labels = pod_labels(container, kind);
+        let extra: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let name = unique_name(&format!("k8s-{container}"));
+        DockerContainer::start(&image, &name, &extra, &["/app/heap_c", "wait"])
+    };
+    let (_sandbox, _s) = start("POD", "podsandbox");
+    let (_api, mut api) = start("api", "container");
+    let (_sidecar, sidecar) = start("sidecar", "container");
+    let target = format!("shop/{pod}");
+    // A container the pod does not have: one line naming those it has.
+    let (status, _, stderr) = run_leaktrace(&["--pod", &target, "-c", "web"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("api, sidecar"), "{stderr}");
+    let mut args = vec!["--pod", target.as_str(), "-c", "api"];
+    args.extend_from_slice(C_LEAK_FLAGS);
+    let mut lt = Leaktrace::start(&args);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", api.pid));
+    let report = c_leaks_of(&mut api, &mut lt, AllocatorNames::Glibc);
+    assert_eq!(report["container"]["pod"], pod.as_str());
+    assert_eq!(report["container"]["namespace"], "shop");
+    assert_eq!(report["container"]["pod_container"], "api");
+    lt.signal(2);
+    let (status, reports, stderr) = lt.finish();
+    assert_eq!(status.code(), Some(0), "{stderr:?}");
+    assert!(
+        reports.iter().all(|r| r["pid"] != sidecar.pid),
+        "only the container named is traced"
+    );
+}
