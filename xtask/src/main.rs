@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup|build|demo|test|bench`.
+//! Developer tasks: `cargo xtask setup|build|check|demo|test|bench`.
 
 mod bench;
 mod engine;
@@ -28,6 +28,10 @@ enum Cmd {
     Setup,
     /// Build the eBPF object and target/release/leaktrace.
     Build,
+    /// The habits the repository enforces: `cargo fmt --check`, and clippy
+    /// with `-D warnings` on every crate of the workspace, tests included
+    /// (the workspace's lints in Cargo.toml). `cargo xtask test` runs it first.
+    Check,
     /// Build, then trace the bundled leaky demo program and print real reports.
     Demo,
     /// Build leaktrace's own container image (`leaktrace:VERSION`) with
@@ -78,12 +82,16 @@ fn main() -> Result<()> {
             build(&root)?;
             demo(&root)
         }
+        Cmd::Check => check(&root),
         Cmd::Test { args } => {
             setup::run()?;
             build(&root)?;
+            // A lint or format failure fails the run, after the tests ran.
+            let checked = check(&root);
             // The container tests run against a real engine.
             let _engine = engine::ensure(&root)?;
-            test(&root, &args)
+            let tested = test(&root, &args);
+            checked.and(tested)
         }
         Cmd::Bench {
             seconds,
@@ -184,6 +192,25 @@ fn demo(root: &Path) -> Result<()> {
         pprof_dir.display()
     );
     Ok(())
+}
+
+fn check(root: &Path) -> Result<()> {
+    eprintln!("xtask: checking format and lints");
+    let fmt = run(Command::new("cargo")
+        .current_dir(root)
+        .args(["fmt", "--all", "--check"]));
+    // tracer-ebpf is linted for the host: clippy for its BPF target needs
+    // a nightly with rust-src, which these machines cannot fetch (its
+    // build uses Debian's rustc, which has no clippy).
+    let clippy = run(Command::new("cargo").current_dir(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]));
+    fmt.and(clippy)
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
