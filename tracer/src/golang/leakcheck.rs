@@ -7,7 +7,7 @@
 //! `_Gleaked`. Only its trigger lives in `runtime/pprof`; leaktrace sets
 //! the flag itself, through /proc/PID/mem, and the target's next GC runs
 //! the detection (checked live on 1.26.6 and 1.27.3:
-//! ../shared/research/go_heap.md, §4).
+//! docs/go.md, "The runtime's goroutine leak detector").
 
 use std::{fs::OpenOptions, io, os::unix::fs::FileExt};
 

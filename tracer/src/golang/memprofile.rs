@@ -7,7 +7,7 @@
 //! sampling machinery stays linked and is consulted on every allocation.
 //! Writing Go's default rate back into `MemProfileRate` through
 //! /proc/PID/mem turns it on mid-run (checked live on Go 1.21–1.27:
-//! ../shared/research/go_heap.md). This is the one place leaktrace writes
+//! docs/go.md, "Heap profiling switched off"). This is the one place leaktrace writes
 //! into a target, so it is opt-in, checked first, and said at start.
 
 use std::{fs::OpenOptions, io, os::unix::fs::FileExt};

@@ -1,7 +1,7 @@
 //! The figures of `runtime.ReadMemStats` (as `gops memstats` shows them),
 //! rebuilt out of process from the runtime's own counters, the way
 //! `readmemstats_m` computes them (mstats.go). Offsets are from the DWARF
-//! of linux/amd64 builds of each release (../shared/research/go_heap.md §5,
+//! of linux/amd64 builds of each release (docs/go.md, "Memory statistics",
 //! checked against the fixtures' DWARF): `gcControllerState` kept its
 //! fields 1.21–1.27; 1.25 shrank `heapStatsDelta` (and so moved what
 //! follows it in `mstats`); `schedt.ngsys` moved in 1.25 and 1.26.

@@ -1,5 +1,5 @@
 //! JSON lines: one object per report. The schema is documented in the
-//! README ("JSON output"); keep the two in step.
+//! docs/json.md; keep the two in step.
 
 use std::{
     io::{self, Write},
