@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::MapError;
-use tracer_common::{Config, Counter, SiteKey, SiteTotals, COUNTER_COUNT};
+use tracer_common::{Config, Counter, CounterKind, SiteKey, SiteTotals, COUNTERS, COUNTER_COUNT};
 
 use crate::probes::HeapMaps;
 
@@ -64,59 +64,41 @@ pub struct SiteSurvivors {
     pub oldest: Duration,
 }
 
-/// Everything the probes could not record, summed over CPUs, since attach.
+/// Everything the probes could not record, and the stacks they recorded
+/// cut short, summed over CPUs, since attach: one count per counter of
+/// `tracer_common::COUNTERS`, the table that names them all.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Dropped {
-    pub alloc_map_full: u64,
-    pub site_map_full: u64,
-    pub stacks_lost: u64,
-    pub pending_map_full: u64,
-    pub caller_unreadable: u64,
-    pub result_unreadable: u64,
-    pub task_map_full: u64,
-    pub goroutine_map_full: u64,
-    pub goroutine_unreadable: u64,
-    /// Processes that joined the traced set but found its table full.
-    pub process_map_full: u64,
-    /// Process events (newcomers, exec's) userspace never got.
-    pub events_lost: u64,
-    /// Not drops: stacks recorded with their outer frames missing.
-    pub cut_short: CutShort,
-}
-
-/// Distinct stacks whose walk ended early, by why (since attach).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CutShort {
-    pub depth_limit: u64,
-    pub no_unwind_table: u64,
-    pub unknown_mapping: u64,
-    pub unreadable_stack: u64,
-    pub unsupported_rule: u64,
-}
-
-impl CutShort {
-    pub fn total(&self) -> u64 {
-        self.depth_limit
-            + self.no_unwind_table
-            + self.unknown_mapping
-            + self.unreadable_stack
-            + self.unsupported_rule
-    }
+    counts: [u64; COUNTER_COUNT as usize],
 }
 
 impl Dropped {
+    /// `counts`, indexed by `Counter as usize`.
+    pub fn from_counts(counts: [u64; COUNTER_COUNT as usize]) -> Self {
+        Dropped { counts }
+    }
+
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counts[c as usize]
+    }
+
+    /// Each counter of `kind` by its name (JSON key, Prometheus reason), in
+    /// the table's order.
+    pub fn by_name(&self, kind: CounterKind) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        COUNTERS
+            .iter()
+            .filter(move |(_, k, _)| *k == kind)
+            .map(|(c, _, name)| (*name, self.get(*c)))
+    }
+
+    /// Everything not recorded (stacks cut short are not drops).
     pub fn total(&self) -> u64 {
-        self.alloc_map_full
-            + self.site_map_full
-            + self.stacks_lost
-            + self.pending_map_full
-            + self.caller_unreadable
-            + self.result_unreadable
-            + self.task_map_full
-            + self.goroutine_map_full
-            + self.goroutine_unreadable
-            + self.process_map_full
-            + self.events_lost
+        self.by_name(CounterKind::Dropped).map(|(_, n)| n).sum()
+    }
+
+    /// Distinct stacks whose walk ended early.
+    pub fn cut_short_total(&self) -> u64 {
+        self.by_name(CounterKind::CutShort).map(|(_, n)| n).sum()
     }
 }
 
@@ -465,27 +447,7 @@ impl Collector<HeapMaps> {
         for (i, sum) in sums.iter_mut().enumerate() {
             *sum = self.maps.counters.get(&(i as u32), 0)?.iter().sum();
         }
-        let at = |c: Counter| sums[c as usize];
-        Ok(Dropped {
-            alloc_map_full: at(Counter::AllocMapFull),
-            site_map_full: at(Counter::SiteMapFull),
-            stacks_lost: at(Counter::StackLost),
-            pending_map_full: at(Counter::PendingMapFull),
-            caller_unreadable: at(Counter::CallerUnreadable),
-            result_unreadable: at(Counter::ResultUnreadable),
-            task_map_full: at(Counter::TaskMapFull),
-            goroutine_map_full: at(Counter::GoroutineMapFull),
-            goroutine_unreadable: at(Counter::GoroutineUnreadable),
-            process_map_full: at(Counter::ProcessMapFull),
-            events_lost: at(Counter::EventLost),
-            cut_short: CutShort {
-                depth_limit: at(Counter::StackDepthLimit),
-                no_unwind_table: at(Counter::StackNoTable),
-                unknown_mapping: at(Counter::StackNoMapping),
-                unreadable_stack: at(Counter::StackUnreadable),
-                unsupported_rule: at(Counter::StackUnsupported),
-            },
-        })
+        Ok(Dropped::from_counts(sums))
     }
 
     /// Forgets per-thread entry state of threads that no longer exist (a

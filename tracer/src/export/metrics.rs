@@ -9,6 +9,8 @@
 
 use std::{collections::BTreeMap, fmt::Write};
 
+use tracer_common::CounterKind;
+
 use crate::{
     report::{Report, SiteReport},
     symbolize::Frame,
@@ -417,35 +419,16 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "counter",
         "Events the probes could not record since attach, by reason.",
     );
-    for (reason, v) in [
-        ("alloc_map_full", d.alloc_map_full),
-        ("site_map_full", d.site_map_full),
-        ("stacks_lost", d.stacks_lost),
-        ("pending_map_full", d.pending_map_full),
-        ("caller_unreadable", d.caller_unreadable),
-        ("result_unreadable", d.result_unreadable),
-        ("task_map_full", d.task_map_full),
-        ("goroutine_map_full", d.goroutine_map_full),
-        ("goroutine_unreadable", d.goroutine_unreadable),
-        ("process_map_full", d.process_map_full),
-        ("events_lost", d.events_lost),
-    ] {
+    for (reason, v) in d.by_name(CounterKind::Dropped) {
         f.sample(&[("reason", reason)], v);
     }
-    let c = &d.cut_short;
     let mut f = family(
         o,
         "leaktrace_stacks_cut_short_total",
         "counter",
         "Distinct stacks recorded with outer frames missing since attach, by reason.",
     );
-    for (reason, v) in [
-        ("depth_limit", c.depth_limit),
-        ("no_unwind_table", c.no_unwind_table),
-        ("unknown_mapping", c.unknown_mapping),
-        ("unreadable_stack", c.unreadable_stack),
-        ("unsupported_rule", c.unsupported_rule),
-    ] {
+    for (reason, v) in d.by_name(CounterKind::CutShort) {
         f.sample(&[("reason", reason)], v);
     }
     if let Some(s) = &report.suppressed {

@@ -5,12 +5,12 @@ use std::{
     io::{self, Write},
     time::UNIX_EPOCH,
 };
-use tracer_common::StackEnd;
+use tracer_common::{CounterKind, StackEnd};
 
 use serde_json::{json, Value};
 
 use super::{Report, SiteReport, ThreadSiteReport};
-use crate::{golang::GoReport, symbolize::Frame};
+use crate::{collect::Dropped, golang::GoReport, symbolize::Frame};
 
 pub fn write(out: &mut impl Write, r: &Report) -> io::Result<()> {
     serde_json::to_writer(&mut *out, &to_value(r))?;
@@ -51,26 +51,8 @@ fn to_value(r: &Report) -> Value {
         "old_bytes": r.old_bytes,
         "old_blocks": r.old_blocks,
         "sites_total": r.sites_total,
-        "dropped": {
-            "alloc_map_full": r.dropped.alloc_map_full,
-            "site_map_full": r.dropped.site_map_full,
-            "stacks_lost": r.dropped.stacks_lost,
-            "pending_map_full": r.dropped.pending_map_full,
-            "caller_unreadable": r.dropped.caller_unreadable,
-            "result_unreadable": r.dropped.result_unreadable,
-            "task_map_full": r.dropped.task_map_full,
-            "goroutine_map_full": r.dropped.goroutine_map_full,
-            "goroutine_unreadable": r.dropped.goroutine_unreadable,
-            "process_map_full": r.dropped.process_map_full,
-            "events_lost": r.dropped.events_lost,
-        },
-        "stacks_cut_short": {
-            "depth_limit": r.dropped.cut_short.depth_limit,
-            "no_unwind_table": r.dropped.cut_short.no_unwind_table,
-            "unknown_mapping": r.dropped.cut_short.unknown_mapping,
-            "unreadable_stack": r.dropped.cut_short.unreadable_stack,
-            "unsupported_rule": r.dropped.cut_short.unsupported_rule,
-        },
+        "dropped": by_name(&r.dropped, CounterKind::Dropped),
+        "stacks_cut_short": by_name(&r.dropped, CounterKind::CutShort),
         "suppressed": r.suppressed.as_ref().map(|s| json!({
             "sites": s.sites,
             "blocks": s.blocks,
@@ -90,6 +72,15 @@ fn to_value(r: &Report) -> Value {
         })).collect::<Vec<_>>(),
         "go": r.go.as_ref().map(go),
     })
+}
+
+/// The counters of `kind`, by their names.
+fn by_name(d: &Dropped, kind: CounterKind) -> Value {
+    Value::Object(
+        d.by_name(kind)
+            .map(|(k, v)| (k.to_string(), v.into()))
+            .collect(),
+    )
 }
 
 fn go(g: &GoReport) -> Value {
@@ -231,10 +222,11 @@ mod tests {
                     location: None,
                 }],
             }],
-            dropped: Dropped {
-                stacks_lost: 3,
-                ..Dropped::default()
-            },
+            dropped: Dropped::from_counts({
+                let mut counts = [0; tracer_common::COUNTER_COUNT as usize];
+                counts[tracer_common::Counter::StackLost as usize] = 3;
+                counts
+            }),
             threads: vec![ThreadSiteReport {
                 kind: "thread",
                 count: 4,

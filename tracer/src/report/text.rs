@@ -4,7 +4,7 @@ use std::{
     io::{self, Write},
     time::Duration,
 };
-use tracer_common::StackEnd;
+use tracer_common::{Counter, StackEnd};
 
 use super::{
     aggregate::{Trend, TREND_WINDOW},
@@ -154,20 +154,20 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     let d = &r.dropped;
     let line = format!(
         "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines{}",
-        d.alloc_map_full + d.site_map_full + d.pending_map_full + d.result_unreadable,
-        d.alloc_map_full,
-        d.site_map_full,
-        d.pending_map_full,
-        d.result_unreadable,
-        d.stacks_lost,
-        d.task_map_full,
-        d.goroutine_map_full + d.goroutine_unreadable,
-        if d.process_map_full + d.events_lost > 0 {
+        d.get(Counter::AllocMapFull) + d.get(Counter::SiteMapFull) + d.get(Counter::PendingMapFull) + d.get(Counter::ResultUnreadable),
+        d.get(Counter::AllocMapFull),
+        d.get(Counter::SiteMapFull),
+        d.get(Counter::PendingMapFull),
+        d.get(Counter::ResultUnreadable),
+        d.get(Counter::StackLost),
+        d.get(Counter::TaskMapFull),
+        d.get(Counter::GoroutineMapFull) + d.get(Counter::GoroutineUnreadable),
+        if d.get(Counter::ProcessMapFull) + d.get(Counter::EventLost) > 0 {
             format!(
                 ", {} processes (table full {}, events lost {})",
-                d.process_map_full + d.events_lost,
-                d.process_map_full,
-                d.events_lost
+                d.get(Counter::ProcessMapFull) + d.get(Counter::EventLost),
+                d.get(Counter::ProcessMapFull),
+                d.get(Counter::EventLost)
             )
         } else {
             String::new()
@@ -178,17 +178,16 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     } else {
         writeln!(out, "{line}")?;
     }
-    let c = &d.cut_short;
-    if c.total() > 0 {
+    if d.cut_short_total() > 0 {
         writeln!(
             out,
             "   stacks cut short: {} (too deep {}, no unwind table {}, unknown mapping {}, unreadable {}, unsupported rule {})",
-            c.total(),
-            c.depth_limit,
-            c.no_unwind_table,
-            c.unknown_mapping,
-            c.unreadable_stack,
-            c.unsupported_rule
+            d.cut_short_total(),
+            d.get(Counter::StackDepthLimit),
+            d.get(Counter::StackNoTable),
+            d.get(Counter::StackNoMapping),
+            d.get(Counter::StackUnreadable),
+            d.get(Counter::StackUnsupported)
         )?;
     }
     writeln!(out)
