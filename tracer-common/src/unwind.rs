@@ -7,6 +7,8 @@
 //! traced process its executable mappings (which rows cover which address
 //! range).
 
+use crate::shared;
+
 /// How to find the canonical frame address (CFA) and the caller's return
 /// address (at CFA − 8) from a frame's registers.
 pub mod cfa {
@@ -55,6 +57,7 @@ pub struct UnwindRow {
     pub rule: u16,
     pub _reserved: u16,
 }
+shared!(UnwindRow, 8);
 
 /// A deduplicated unwind rule. 16 bytes, no padding.
 #[repr(C)]
@@ -70,6 +73,7 @@ pub struct UnwindRule {
     /// PLT threshold or the post-dereference addend (see [`cfa`]).
     pub extra: i32,
 }
+shared!(UnwindRule, 16);
 
 /// How the frames of one mapping are walked.
 pub mod walk {
@@ -96,6 +100,7 @@ pub struct UnwindMapping {
     pub walk: u32,
     pub _pad: u32,
 }
+const _: () = assert!(core::mem::size_of::<UnwindMapping>() == 40);
 
 /// Executable mappings per traced process, sorted by start.
 pub const MAX_UNWIND_MAPPINGS: usize = 256;
@@ -138,6 +143,7 @@ pub struct ProcessMappings {
     pub offsets: ReturnProbeOffsets,
     pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
 }
+shared!(ProcessMappings, 40 + 40 * MAX_UNWIND_MAPPINGS);
 
 impl Default for ProcessMappings {
     fn default() -> Self {
@@ -166,6 +172,7 @@ pub struct CachedStep {
     /// The rule, when `walk` is [`walk::TABLE`].
     pub rule: u16,
 }
+const _: () = assert!(core::mem::size_of::<CachedStep>() == 16);
 
 /// Entries of the per-CPU step cache (a power of two): 64 KiB per CPU.
 pub const UNWIND_CACHE_ENTRIES: u32 = 1 << 12;
