@@ -4,125 +4,93 @@
 
 use crate::shared;
 
-/// Allocation functions leaktrace probes. The discriminant travels to the
-/// eBPF programs in the low byte of the attach cookie, so one program can
-/// serve every function with the same argument layout.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AllocKind {
-    Malloc = 0,
-    Calloc = 1,
-    Realloc = 2,
-    Reallocarray = 3,
-    PosixMemalign = 4,
-    AlignedAlloc = 5,
-    Memalign = 6,
-    Valloc = 7,
-    Pvalloc = 8,
-    /// C++ `operator new` / `new[]` and their nothrow and aligned variants
-    /// (libstdc++/libc++). Probed because they call malloc from code built
-    /// without frame pointers, which would hide the caller of `new`.
-    OperatorNew = 9,
-    /// jemalloc's `mallocx(size, flags)`.
-    Mallocx = 10,
-    /// jemalloc's `rallocx(ptr, size, flags)`: realloc without the
-    /// free-on-zero case.
-    Rallocx = 11,
-    /// mimalloc's `mi_malloc_aligned(size, align)` and
-    /// `mi_zalloc_aligned(size, align)`.
-    MallocAligned = 12,
-    /// mimalloc's `mi_realloc_aligned(ptr, size, align)`.
-    ReallocAligned = 13,
+/// The one table of allocation functions: each kind's variant and
+/// discriminant, the name users know it by, the ELF symbols it is probed
+/// at, and the arguments its entry program reads (System V positions:
+/// 0 = RDI, 1 = RSI, 2 = RDX), which decide how far a probe may move past
+/// the function's entry.
+macro_rules! alloc_kinds {
+    ($($(#[$doc:meta])* $variant:ident = $index:literal, $name:literal, $symbols:expr, args $args:expr;)*) => {
+        /// Allocation functions leaktrace probes. The discriminant travels
+        /// to the eBPF programs in the low byte of the attach cookie, so
+        /// one program can serve every function with the same argument
+        /// layout.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum AllocKind {
+            $($(#[$doc])* $variant = $index,)*
+        }
+
+        impl AllocKind {
+            pub const ALL: [AllocKind; ALLOC_KIND_COUNT] = [$(AllocKind::$variant,)*];
+
+            pub const fn from_u32(v: u32) -> Option<AllocKind> {
+                match v {
+                    $($index => Some(AllocKind::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The name users know this function by.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(AllocKind::$variant => $name,)*
+                }
+            }
+
+            /// The ELF symbols this kind is probed at.
+            pub const fn symbols(self) -> &'static [&'static str] {
+                match self {
+                    $(AllocKind::$variant => $symbols,)*
+                }
+            }
+
+            /// The arguments its entry program reads (System V positions).
+            pub const fn args(self) -> &'static [u8] {
+                match self {
+                    $(AllocKind::$variant => $args,)*
+                }
+            }
+        }
+    };
 }
 
-impl AllocKind {
-    pub const ALL: [AllocKind; 14] = [
-        AllocKind::Malloc,
-        AllocKind::Calloc,
-        AllocKind::Realloc,
-        AllocKind::Reallocarray,
-        AllocKind::PosixMemalign,
-        AllocKind::AlignedAlloc,
-        AllocKind::Memalign,
-        AllocKind::Valloc,
-        AllocKind::Pvalloc,
-        AllocKind::OperatorNew,
-        AllocKind::Mallocx,
-        AllocKind::Rallocx,
-        AllocKind::MallocAligned,
-        AllocKind::ReallocAligned,
-    ];
+pub const ALLOC_KIND_COUNT: usize = 14;
 
-    pub const fn from_u32(v: u32) -> Option<AllocKind> {
-        match v {
-            0 => Some(AllocKind::Malloc),
-            1 => Some(AllocKind::Calloc),
-            2 => Some(AllocKind::Realloc),
-            3 => Some(AllocKind::Reallocarray),
-            4 => Some(AllocKind::PosixMemalign),
-            5 => Some(AllocKind::AlignedAlloc),
-            6 => Some(AllocKind::Memalign),
-            7 => Some(AllocKind::Valloc),
-            8 => Some(AllocKind::Pvalloc),
-            9 => Some(AllocKind::OperatorNew),
-            10 => Some(AllocKind::Mallocx),
-            11 => Some(AllocKind::Rallocx),
-            12 => Some(AllocKind::MallocAligned),
-            13 => Some(AllocKind::ReallocAligned),
-            _ => None,
-        }
-    }
-
-    /// The name users know this function by.
-    pub const fn name(self) -> &'static str {
-        match self {
-            AllocKind::Malloc => "malloc",
-            AllocKind::Calloc => "calloc",
-            AllocKind::Realloc => "realloc",
-            AllocKind::Reallocarray => "reallocarray",
-            AllocKind::PosixMemalign => "posix_memalign",
-            AllocKind::AlignedAlloc => "aligned_alloc",
-            AllocKind::Memalign => "memalign",
-            AllocKind::Valloc => "valloc",
-            AllocKind::Pvalloc => "pvalloc",
-            AllocKind::OperatorNew => "operator new",
-            AllocKind::Mallocx => "mallocx",
-            AllocKind::Rallocx => "rallocx",
-            AllocKind::MallocAligned => "malloc_aligned",
-            AllocKind::ReallocAligned => "realloc_aligned",
-        }
-    }
-
-    /// The ELF symbols this kind is probed at.
-    pub const fn symbols(self) -> &'static [&'static str] {
-        match self {
-            AllocKind::Malloc => &["malloc"],
-            AllocKind::Calloc => &["calloc"],
-            AllocKind::Realloc => &["realloc"],
-            AllocKind::Reallocarray => &["reallocarray"],
-            AllocKind::PosixMemalign => &["posix_memalign"],
-            AllocKind::AlignedAlloc => &["aligned_alloc"],
-            AllocKind::Memalign => &["memalign"],
-            AllocKind::Valloc => &["valloc"],
-            AllocKind::Pvalloc => &["pvalloc"],
-            // Size is the first argument in every variant.
-            AllocKind::OperatorNew => &[
-                "_Znwm",
-                "_Znam",
-                "_ZnwmRKSt9nothrow_t",
-                "_ZnamRKSt9nothrow_t",
-                "_ZnwmSt11align_val_t",
-                "_ZnamSt11align_val_t",
-                "_ZnwmSt11align_val_tRKSt9nothrow_t",
-                "_ZnamSt11align_val_tRKSt9nothrow_t",
-            ],
-            AllocKind::Mallocx => &["mallocx"],
-            AllocKind::Rallocx => &["rallocx"],
-            // Under mimalloc's `mi_` prefix.
-            AllocKind::MallocAligned => &["malloc_aligned", "zalloc_aligned"],
-            AllocKind::ReallocAligned => &["realloc_aligned"],
-        }
-    }
+alloc_kinds! {
+    Malloc = 0, "malloc", &["malloc"], args &[0];
+    Calloc = 1, "calloc", &["calloc"], args &[0, 1];
+    Realloc = 2, "realloc", &["realloc"], args &[0, 1];
+    Reallocarray = 3, "reallocarray", &["reallocarray"], args &[0, 1, 2];
+    PosixMemalign = 4, "posix_memalign", &["posix_memalign"], args &[0, 2];
+    AlignedAlloc = 5, "aligned_alloc", &["aligned_alloc"], args &[1];
+    Memalign = 6, "memalign", &["memalign"], args &[1];
+    Valloc = 7, "valloc", &["valloc"], args &[0];
+    Pvalloc = 8, "pvalloc", &["pvalloc"], args &[0];
+    /// C++ `operator new` / `new[]` and their nothrow and aligned variants
+    /// (libstdc++/libc++). Probed because they call malloc from code built
+    /// without frame pointers, which would hide the caller of `new`. Size
+    /// is the first argument in every variant.
+    OperatorNew = 9, "operator new", &[
+        "_Znwm",
+        "_Znam",
+        "_ZnwmRKSt9nothrow_t",
+        "_ZnamRKSt9nothrow_t",
+        "_ZnwmSt11align_val_t",
+        "_ZnamSt11align_val_t",
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+    ], args &[0];
+    /// jemalloc's `mallocx(size, flags)`.
+    Mallocx = 10, "mallocx", &["mallocx"], args &[0];
+    /// jemalloc's `rallocx(ptr, size, flags)`: realloc without the
+    /// free-on-zero case.
+    Rallocx = 11, "rallocx", &["rallocx"], args &[0, 1];
+    /// mimalloc's `mi_malloc_aligned(size, align)` and
+    /// `mi_zalloc_aligned(size, align)` (under mimalloc's `mi_` prefix).
+    MallocAligned = 12, "malloc_aligned", &["malloc_aligned", "zalloc_aligned"], args &[0];
+    /// mimalloc's `mi_realloc_aligned(ptr, size, align)`.
+    ReallocAligned = 13, "realloc_aligned", &["realloc_aligned"], args &[0, 1];
 }
 
 /// Attach cookie layout: bits 0..8 hold the [`AllocKind`], bits 8..16 the

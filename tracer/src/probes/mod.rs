@@ -119,36 +119,40 @@ const STACK_WALKERS: [&str; 2] = ["stack_walk", "stack_store"];
 /// `tracer-ebpf/src/heap.rs`): what decides how far its probe may move
 /// past the function's entry.
 pub fn reads_of(f: ProbeFn) -> Reads {
-    use Register::{RDI, RDX, RSI};
     let args: &'static [Register] = match f {
         ProbeFn::Free => {
             return Reads {
-                args: &[RDI],
+                args: &[Register::RDI],
                 skip_null_check: true,
                 stack: false,
             }
         }
-        ProbeFn::Alloc(k) => match k {
-            AllocKind::Malloc
-            | AllocKind::Valloc
-            | AllocKind::Pvalloc
-            | AllocKind::OperatorNew
-            | AllocKind::Mallocx
-            | AllocKind::MallocAligned => &[RDI],
-            AllocKind::AlignedAlloc | AllocKind::Memalign => &[RSI],
-            AllocKind::Calloc
-            | AllocKind::Realloc
-            | AllocKind::Rallocx
-            | AllocKind::ReallocAligned => &[RDI, RSI],
-            AllocKind::Reallocarray => &[RDI, RSI, RDX],
-            AllocKind::PosixMemalign => &[RDI, RDX],
-        },
+        ProbeFn::Alloc(k) => arg_registers(k),
     };
     Reads {
         args,
         skip_null_check: false,
         stack: true,
     }
+}
+
+/// The registers of the arguments `kind`'s entry program reads.
+fn arg_registers(kind: AllocKind) -> &'static [Register] {
+    // Every subset a kind reads (System V: RDI, RSI, RDX), by position.
+    const BY_ARGS: [(&[u8], &[Register]); 5] = [
+        (&[0], &[Register::RDI]),
+        (&[1], &[Register::RSI]),
+        (&[0, 1], &[Register::RDI, Register::RSI]),
+        (&[0, 2], &[Register::RDI, Register::RDX]),
+        (&[0, 1, 2], &[Register::RDI, Register::RSI, Register::RDX]),
+    ];
+    BY_ARGS
+        .iter()
+        .find(|(args, _)| *args == kind.args())
+        .map_or(
+            &[Register::RDI, Register::RSI, Register::RDX],
+            |(_, regs)| regs,
+        )
 }
 
 /// Spawn probes read no argument, only the stack.
@@ -418,6 +422,19 @@ mod tests {
         );
         // This machine's kernel has them (the end-to-end tests rely on it).
         assert!(check_kernel_support().is_ok());
+    }
+
+    #[test]
+    fn every_alloc_kinds_arguments_have_registers() {
+        for kind in AllocKind::ALL {
+            let regs = arg_registers(kind);
+            assert_eq!(regs.len(), kind.args().len(), "{kind:?}");
+        }
+        assert_eq!(
+            arg_registers(AllocKind::PosixMemalign),
+            &[Register::RDI, Register::RDX]
+        );
+        assert_eq!(arg_registers(AllocKind::Memalign), &[Register::RSI]);
     }
 
     #[test]
