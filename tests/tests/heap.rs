@@ -187,9 +187,14 @@ fn freeing_old_blocks_removes_them_from_reports() {
     fixture.command("leak", "leaked");
     let before = lt.report_where(|r| r["old_blocks"].as_u64() >= Some(C_TOTAL_BLOCKS));
     assert_site(&before, "leak_malloc", 3000, 3, "malloc");
-    // By now the leak's generation is folded into the long-lived bucket:
-    // frees must still find and subtract it.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Once the leak is 500 ms old its generation is folded into the
+    // long-lived bucket: frees must still find and subtract it.
+    lt.report_where(|r| {
+        stacks_at(r, "leak_malloc")
+            .first()
+            .and_then(|s| s["oldest_age_ms"].as_u64())
+            >= Some(500)
+    });
     fixture.command("release", "released");
     let after = lt.report_where(|r| stacks_at(r, "leak_malloc").is_empty());
     assert_eq!(after["old_bytes"], C_TOTAL_BYTES - 3000, "{after}");
@@ -258,8 +263,9 @@ fn full_tables_are_counted_not_hidden() {
             "100",
         ],
     );
+    // Recorded by the time the fixture says so: the probes run in its
+    // calls.
     fixture.command("leak", "leaked");
-    std::thread::sleep(std::time::Duration::from_millis(300));
     lt.signal(libc::SIGINT);
     let (status, reports, _) = lt.finish();
     assert!(status.success());
