@@ -30,7 +30,7 @@ pub use container::*;
 pub use docker::*;
 pub use fixtures::*;
 pub use go::*;
-pub use go_versions::GO_VERSIONS;
+pub use go_versions::*;
 pub use kernel::*;
 pub use leaktrace::*;
 pub use process::*;

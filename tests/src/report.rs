@@ -86,3 +86,103 @@ pub fn metric(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
         labels.iter().all(has).then(|| value.parse().ok())?
     })
 }
+
+/// Goroutine groups created at `function` (the "created by" function).
+pub fn goroutine_sites<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["go"]["goroutines"]
+        .as_array()
+        .expect("go.goroutines array")
+        .iter()
+        .filter(|g| g["created_by"]["symbol"].as_str() == Some(function))
+        .collect()
+}
+
+pub fn goroutines_at(report: &Value, function: &str) -> u64 {
+    goroutine_sites(report, function)
+        .iter()
+        .map(|g| g["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+pub fn census_at<'a>(report: &'a Value, function: &str) -> Option<&'a Value> {
+    report["go"]["goroutines_before_attach"]
+        .as_array()?
+        .iter()
+        .find(|g| g["created_by"]["symbol"].as_str() == Some(function))
+}
+
+/// Every creation site in a report, for "nothing else appears" checks.
+pub fn creation_sites(report: &Value) -> Vec<String> {
+    let mut sites: Vec<String> = report["go"]["goroutines"]
+        .as_array()
+        .expect("go.goroutines array")
+        .iter()
+        .map(|g| {
+            g["created_by"]["symbol"]
+                .as_str()
+                .unwrap_or("??")
+                .to_string()
+        })
+        .collect();
+    sites.sort();
+    sites
+}
+
+pub fn go_heap_sites(report: &Value) -> Vec<&Value> {
+    report["go"]["heap_profile"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+pub fn first_function(site: &Value) -> &str {
+    site["frames"][0]["symbol"].as_str().unwrap_or("?")
+}
+
+/// The frames' symbols of a site, innermost first.
+pub fn frame_symbols(site: &Value) -> Vec<&str> {
+    site["frames"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|f| f["symbol"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// Thread groups whose spawn stack starts at `function`.
+pub fn thread_sites<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    report["threads"]
+        .as_array()
+        .expect("threads array")
+        .iter()
+        .filter(|t| t["frames"][0]["symbol"].as_str() == Some(function))
+        .collect()
+}
+
+pub fn threads_at(report: &Value, function: &str) -> u64 {
+    thread_sites(report, function)
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A stack's frames, one per physical frame (a function inlined into
+/// another is listed first, flagged `inlined`, at its caller's address),
+/// as (address, function).
+pub fn physical_frames(stack: &Value) -> Vec<(u64, String)> {
+    stack["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter(|f| f["inlined"] != true)
+        .map(|f| {
+            let addr = f["address"]
+                .as_str()
+                .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+                .expect("frame address");
+            (addr, bare(f["symbol"].as_str().unwrap_or("?")).to_string())
+        })
+        .collect()
+}
+
+pub fn frame_names(stack: &Value) -> Vec<String> {
+    physical_frames(stack).into_iter().map(|(_, f)| f).collect()
+}

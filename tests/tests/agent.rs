@@ -4,19 +4,11 @@
 //! Prometheus scraping it, and `go tool pprof` on one container's profile.
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use leaktrace_tests::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// Debian's Prometheus, scraping `target` every second; killed on drop.
 struct Prometheus {

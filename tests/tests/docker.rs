@@ -284,12 +284,6 @@ fn a_held_newcomer_goes_on_when_leaktrace_is_killed() {
     );
 }
 
-/// The state letter of process `pid` (/proc/PID/stat), if it exists.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
 /// A pod's container, as the kubelet's Docker shim (cri-dockerd) runs it:
 /// CRI labels on Docker containers, beside the pod's sandbox.
 #[test]

@@ -13,7 +13,7 @@ use leaktrace_tests::*;
 use serde_json::Value;
 
 /// The Go toolchain whose `go tool pprof` reads leaktrace's profiles.
-const PPROF_GO: &str = "1.27.3";
+const PPROF_GO: &str = GO_1_27;
 
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = workspace_root()
@@ -65,13 +65,6 @@ fn flat_of(rows: &[(String, String)], function: &str) -> Option<String> {
     rows.iter()
         .find(|(_, name)| name == function)
         .map(|(flat, _)| flat.clone())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 fn path_arg(p: &Path) -> String {

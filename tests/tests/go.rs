@@ -7,47 +7,6 @@ use std::{thread, time::Duration};
 use leaktrace_tests::*;
 use serde_json::Value;
 
-/// Goroutine groups created at `function` (the "created by" function).
-fn goroutine_sites<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
-    report["go"]["goroutines"]
-        .as_array()
-        .expect("go.goroutines array")
-        .iter()
-        .filter(|g| g["created_by"]["symbol"].as_str() == Some(function))
-        .collect()
-}
-
-fn goroutines_at(report: &Value, function: &str) -> u64 {
-    goroutine_sites(report, function)
-        .iter()
-        .map(|g| g["count"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-fn census_at<'a>(report: &'a Value, function: &str) -> Option<&'a Value> {
-    report["go"]["goroutines_before_attach"]
-        .as_array()?
-        .iter()
-        .find(|g| g["created_by"]["symbol"].as_str() == Some(function))
-}
-
-/// Every creation site in a report, for "nothing else appears" checks.
-fn creation_sites(report: &Value) -> Vec<String> {
-    let mut sites: Vec<String> = report["go"]["goroutines"]
-        .as_array()
-        .expect("go.goroutines array")
-        .iter()
-        .map(|g| {
-            g["created_by"]["symbol"]
-                .as_str()
-                .unwrap_or("??")
-                .to_string()
-        })
-        .collect();
-    sites.sort();
-    sites
-}
-
 const LEAKS: u64 = 7;
 const TICKERS: u64 = 2;
 const OK_REQUESTS: u64 = 40;
@@ -156,20 +115,20 @@ macro_rules! per_version {
 }
 
 per_version! {
-    goroutine_leaks_go1_21 => "1.21.13",
-    goroutine_leaks_go1_22 => "1.22.10",
-    goroutine_leaks_go1_23 => "1.23.9",
-    goroutine_leaks_go1_24 => "1.24.11",
-    goroutine_leaks_go1_25 => "1.25.5",
-    goroutine_leaks_go1_26 => "1.26.6",
-    goroutine_leaks_go1_27 => "1.27.3",
+    goroutine_leaks_go1_21 => GO_1_21,
+    goroutine_leaks_go1_22 => GO_1_22,
+    goroutine_leaks_go1_23 => GO_1_23,
+    goroutine_leaks_go1_24 => GO_1_24,
+    goroutine_leaks_go1_25 => GO_1_25,
+    goroutine_leaks_go1_26 => GO_1_26,
+    goroutine_leaks_go1_27 => GO_1_27,
 }
 
 #[test]
 fn every_supported_version_has_a_test() {
     // Keeps the list above in step with the toolchains setup installs.
     let tested = [
-        "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+        GO_1_21, GO_1_22, GO_1_23, GO_1_24, GO_1_25, GO_1_26, GO_1_27,
     ];
     assert_eq!(GO_VERSIONS, &tested[..]);
 }
@@ -551,17 +510,17 @@ fn leak_check_marks_exactly_the_unreachable(version: &str) {
 
 #[test]
 fn go_leak_check_go1_26() {
-    leak_check_marks_exactly_the_unreachable("1.26.6");
+    leak_check_marks_exactly_the_unreachable(GO_1_26);
 }
 
 #[test]
 fn go_leak_check_go1_27() {
-    leak_check_marks_exactly_the_unreachable("1.27.3");
+    leak_check_marks_exactly_the_unreachable(GO_1_27);
 }
 
 #[test]
 fn go_leak_check_is_unavailable_before_go1_26() {
-    let bin = go_fixture("1.25.5", GoBuild::Static);
+    let bin = go_fixture(GO_1_25, GoBuild::Static);
     let service = GoService::start(&bin, &["-blocked"]);
     let mut lt = Leaktrace::attach(service.pid(), &["--go-leak-check", "-i", "1"]);
     let said = lt.stderr_line("leaktrace: --go-leak-check:");
@@ -646,7 +605,7 @@ fn heap_profile_agrees_with_the_targets_own_pprof() {
 /// unflushed per-P caches hold.
 #[test]
 fn memstats_match_the_targets_own_readmemstats() {
-    for version in ["1.21.13", "1.25.5", "1.27.3"] {
+    for version in [GO_1_21, GO_1_25, GO_1_27] {
         let bin = go_fixture(version, GoBuild::Static);
         let service = GoService::start(&bin, &["-prelude", "3"]);
         assert_eq!(http_get(service.port, "/grow?n=50").trim(), "grown");

@@ -10,18 +10,7 @@ use serde_json::Value;
 
 /// Versions the Gin tests run on: the oldest and newest supported, and two
 /// between.
-const GIN_VERSIONS: &[&str] = &["1.21.13", "1.23.9", "1.25.5", "1.27.3"];
-
-fn heap_sites(report: &Value) -> Vec<&Value> {
-    report["go"]["heap_profile"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
-}
-
-fn first_function(site: &Value) -> &str {
-    site["frames"][0]["symbol"].as_str().unwrap_or("?")
-}
+const GIN_VERSIONS: &[&str] = &[GO_1_21, GO_1_23, GO_1_25, GO_1_27];
 
 /// A handler that `select`s on its worker's result with a timeout: each
 /// request leaves its worker blocked forever on the send. Exactly those
@@ -94,12 +83,12 @@ fn select_timeout_leak_is_exact(version: &str) {
 
 #[test]
 fn gin_handler_select_timeout_leak_go1_21() {
-    select_timeout_leak_is_exact("1.21.13");
+    select_timeout_leak_is_exact(GO_1_21);
 }
 
 #[test]
 fn gin_handler_select_timeout_leak_go1_27() {
-    select_timeout_leak_is_exact("1.27.3");
+    select_timeout_leak_is_exact(GO_1_27);
 }
 
 /// `--go-memprofile` on a Gin service built without runtime/pprof: the
@@ -144,7 +133,7 @@ fn memprofile_tells_a_leak_from_a_cache(version: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let report = loop {
         let r = lt.next_report();
-        let sites = heap_sites(&r);
+        let sites = go_heap_sites(&r);
         let cache = sites
             .iter()
             .find(|s| first_function(s) == "main.cacheProfile");
@@ -160,7 +149,7 @@ fn memprofile_tells_a_leak_from_a_cache(version: &str) {
     };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     traffic.join().expect("traffic thread");
-    let top = heap_sites(&report)[0];
+    let top = go_heap_sites(&report)[0];
     assert_eq!(
         first_function(top),
         "main.rememberSession",
@@ -175,22 +164,22 @@ fn memprofile_tells_a_leak_from_a_cache(version: &str) {
 
 #[test]
 fn go_memprofile_on_gin_go1_21() {
-    memprofile_tells_a_leak_from_a_cache("1.21.13");
+    memprofile_tells_a_leak_from_a_cache(GO_1_21);
 }
 
 #[test]
 fn go_memprofile_on_gin_go1_23() {
-    memprofile_tells_a_leak_from_a_cache("1.23.9");
+    memprofile_tells_a_leak_from_a_cache(GO_1_23);
 }
 
 #[test]
 fn go_memprofile_on_gin_go1_25() {
-    memprofile_tells_a_leak_from_a_cache("1.25.5");
+    memprofile_tells_a_leak_from_a_cache(GO_1_25);
 }
 
 #[test]
 fn go_memprofile_on_gin_go1_27() {
-    memprofile_tells_a_leak_from_a_cache("1.27.3");
+    memprofile_tells_a_leak_from_a_cache(GO_1_27);
 }
 
 /// `--go-memprofile` switched on while the service allocates hard on every
@@ -242,7 +231,7 @@ fn go_memprofile_turned_on_under_allocation_load() {
         "go{version}: {wrote}"
     );
     let report = lt.report_where(|r| {
-        heap_sites(r)
+        go_heap_sites(r)
             .iter()
             .any(|s| first_function(s) == "main.rememberSession")
     });
@@ -258,7 +247,7 @@ fn go_memprofile_turned_on_under_allocation_load() {
         "served throughout: {before} {during} {after}"
     );
     assert!(
-        heap_sites(&report)
+        go_heap_sites(&report)
             .iter()
             .all(|s| s["bytes"].as_u64().is_some()),
         "{report}"
@@ -399,12 +388,12 @@ fn unclosed_grpc_streams_leak_on_both_sides(version: &str) {
 
 #[test]
 fn unclosed_grpc_streams_go1_25() {
-    unclosed_grpc_streams_leak_on_both_sides("1.25.5");
+    unclosed_grpc_streams_leak_on_both_sides(GO_1_25);
 }
 
 #[test]
 fn unclosed_grpc_streams_go1_27() {
-    unclosed_grpc_streams_leak_on_both_sides("1.27.3");
+    unclosed_grpc_streams_leak_on_both_sides(GO_1_27);
 }
 
 /// A Gin service in a container whose memory limit its unbounded session
@@ -415,7 +404,7 @@ fn unclosed_grpc_streams_go1_27() {
 /// map's site on top of the Go heap.
 #[test]
 fn gin_service_killed_by_the_oom_killer() {
-    let version = "1.25.5";
+    let version = GO_1_25;
     let bin = gin_fixture(version);
     let limit = MemoryLimit::new(96 << 20);
     let mut service = GoService::start_in_cgroup(&bin, &[], &limit.procs());
@@ -491,19 +480,11 @@ fn gin_service_killed_by_the_oom_killer() {
     assert_eq!(ours[0]["created_by"]["symbol"], "main.search", "{last}");
     assert_eq!(ours[0]["count"], 9, "{last}");
     // Its heap: the session map's site on top of the runtime's profile.
-    let top = heap_sites(last)
+    let top = go_heap_sites(last)
         .first()
         .copied()
         .expect("a Go heap profile");
     assert_eq!(first_function(top), "main.rememberSession", "{last}");
-}
-
-/// The frames' symbols of a site, innermost first.
-fn symbols(site: &Value) -> Vec<&str> {
-    site["frames"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|f| f["symbol"].as_str()).collect())
-        .unwrap_or_default()
 }
 
 /// The slice leak: a handler appends to a global audit log that is never
@@ -541,7 +522,7 @@ fn global_slice_leak_is_exact(version: &str) {
         .expect("the payload's make")
         + 1;
     let payloads = |r: &Value| -> Option<Value> {
-        heap_sites(r)
+        go_heap_sites(r)
             .into_iter()
             .find(|s| {
                 first_function(s) == "main.recordAudit"
@@ -582,11 +563,11 @@ fn global_slice_leak_is_exact(version: &str) {
     assert_eq!(site["bytes"], appended * PAYLOAD, "go{version}: {site}");
     assert_eq!(site["trend"], "growing", "go{version}: {site}");
     assert!(
-        symbols(&site)[1].starts_with("main.main.func"),
+        frame_symbols(&site)[1].starts_with("main.main.func"),
         "go{version}: the handler calls it: {site}"
     );
     assert!(
-        symbols(&site)
+        frame_symbols(&site)
             .iter()
             .any(|f| f.starts_with("github.com/gin-gonic/gin.")),
         "go{version}: Gin's frames in {site}"
@@ -594,9 +575,9 @@ fn global_slice_leak_is_exact(version: &str) {
     // /ping is the first handler registered: main.main.func1. Gin pools
     // its per-request state, so the last request's response can stay in
     // use; 50 requests must not leave one each.
-    let ping: Vec<&Value> = heap_sites(&last)
+    let ping: Vec<&Value> = go_heap_sites(&last)
         .into_iter()
-        .filter(|s| symbols(s).contains(&"main.main.func1"))
+        .filter(|s| frame_symbols(s).contains(&"main.main.func1"))
         .collect();
     let objects: u64 = ping.iter().filter_map(|s| s["objects"].as_u64()).sum();
     assert!(
@@ -610,10 +591,10 @@ fn global_slice_leak_is_exact(version: &str) {
 
 #[test]
 fn global_slice_leak_go1_21() {
-    global_slice_leak_is_exact("1.21.13");
+    global_slice_leak_is_exact(GO_1_21);
 }
 
 #[test]
 fn global_slice_leak_go1_27() {
-    global_slice_leak_is_exact("1.27.3");
+    global_slice_leak_is_exact(GO_1_27);
 }

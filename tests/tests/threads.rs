@@ -1,24 +1,6 @@
 //! Thread and child-process leaks: real fixture, real kernel tracepoints.
 
 use leaktrace_tests::*;
-use serde_json::Value;
-
-/// Thread groups whose spawn stack starts at `function`.
-fn thread_sites<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
-    report["threads"]
-        .as_array()
-        .expect("threads array")
-        .iter()
-        .filter(|t| t["frames"][0]["symbol"].as_str() == Some(function))
-        .collect()
-}
-
-fn count_at(report: &Value, function: &str) -> u64 {
-    thread_sites(report, function)
-        .iter()
-        .map(|t| t["count"].as_u64().unwrap_or(0))
-        .sum()
-}
 
 /// Bytes of one default thread stack: RLIMIT_STACK, as glibc sizes them.
 fn default_thread_stack() -> u64 {
@@ -40,7 +22,7 @@ fn leaked_threads_are_reported_at_their_spawn_site() {
     let mut fixture = Fixture::start("threads_leak", &[]);
     let mut lt = Leaktrace::attach(fixture.pid, &["-i", "1", "--older-than", "300ms"]);
     fixture.command("request 7", "handled");
-    let report = lt.report_where(|r| count_at(r, "spawn_leaky_worker") >= 7);
+    let report = lt.report_where(|r| threads_at(r, "spawn_leaky_worker") >= 7);
     let sites = thread_sites(&report, "spawn_leaky_worker");
     assert_eq!(sites.len(), 1, "{report}");
     let t = sites[0];
@@ -55,8 +37,8 @@ fn leaked_threads_are_reported_at_their_spawn_site() {
     );
     assert!(t["oldest_age_ms"].as_u64() >= Some(300));
     // 35 joined and 7 detached threads finished: never reported.
-    assert_eq!(count_at(&report, "spawn_short_worker"), 0, "{report}");
-    assert_eq!(count_at(&report, "spawn_detached_worker"), 0, "{report}");
+    assert_eq!(threads_at(&report, "spawn_short_worker"), 0, "{report}");
+    assert_eq!(threads_at(&report, "spawn_detached_worker"), 0, "{report}");
     assert_eq!(
         report["threads"].as_array().map(Vec::len),
         Some(1),
@@ -77,8 +59,8 @@ fn leaked_threads_are_reported_at_their_spawn_site() {
 
     // More requests: the count grows by exactly that much.
     fixture.command("request 3", "handled");
-    let later = lt.report_where(|r| count_at(r, "spawn_leaky_worker") >= 10);
-    assert_eq!(count_at(&later, "spawn_leaky_worker"), 10);
+    let later = lt.report_where(|r| threads_at(r, "spawn_leaky_worker") >= 10);
+    assert_eq!(threads_at(&later, "spawn_leaky_worker"), 10);
 }
 
 #[test]

@@ -17,25 +17,6 @@ fn oracle_addresses(line: &str) -> Vec<u64> {
         .collect()
 }
 
-/// A stack's frames, one per physical frame (a function inlined into
-/// another is listed first, flagged `inlined`, at its caller's address),
-/// as (address, function).
-fn physical_frames(stack: &Value) -> Vec<(u64, String)> {
-    stack["frames"]
-        .as_array()
-        .expect("frames")
-        .iter()
-        .filter(|f| f["inlined"] != true)
-        .map(|f| {
-            let addr = f["address"]
-                .as_str()
-                .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
-                .expect("frame address");
-            (addr, bare(f["symbol"].as_str().unwrap_or("?")).to_string())
-        })
-        .collect()
-}
-
 /// Asserts the stack's frames above `function` are exactly the oracle's
 /// return addresses, in order, and the stack is whole.
 fn assert_above_matches(stack: &Value, function: &str, oracle: &[u64]) {
@@ -53,10 +34,6 @@ fn assert_above_matches(stack: &Value, function: &str, oracle: &[u64]) {
     assert_eq!(stack["cut_short"], Value::Null, "{stack}");
 }
 
-fn names(stack: &Value) -> Vec<String> {
-    physical_frames(stack).into_iter().map(|(_, f)| f).collect()
-}
-
 #[test]
 fn c_leak_through_a_wrapper_five_frames_below_main_has_its_whole_stack() {
     let mut fixture = Fixture::start("unwind_c", &[]);
@@ -68,7 +45,7 @@ fn c_leak_through_a_wrapper_five_frames_below_main_has_its_whole_stack() {
     assert_site(&report, "xmalloc", 4000, 40, "malloc");
     let stack = stacks_at(&report, "xmalloc")[0];
     assert_eq!(
-        names(stack),
+        frame_names(stack),
         [
             "xmalloc",
             "store_value",
@@ -98,7 +75,7 @@ fn frame_pointer_walk_loses_the_same_stack() {
     assert_eq!((bytes, blocks), (1000, 10), "{report}");
     for stack in stacks_at(&report, "xmalloc") {
         assert!(
-            !names(stack).iter().any(|f| f == "decode_field"),
+            !frame_names(stack).iter().any(|f| f == "decode_field"),
             "frame pointers do not reach decode_field in -O2 code: {stack}"
         );
     }
@@ -121,7 +98,7 @@ fn leak_in_a_qsort_callback_has_frames_on_both_sides_of_libc() {
     );
     let stacks = stacks_at(&report, "remember_comparison");
     for s in &stacks {
-        let n = names(s);
+        let n = frame_names(s);
         let pos = |f: &str| n.iter().position(|x| x == f);
         let (cmp, sort, main) = (pos("compare_records"), pos("sort_records"), pos("main"));
         assert!(
@@ -153,7 +130,7 @@ fn deep_recursion_is_bounded_and_flagged() {
     assert_site(&report, "recurse", 777, 1, "malloc");
     let stack = stacks_at(&report, "recurse")[0];
     assert_eq!(stack["cut_short"], "depth-limit", "{stack}");
-    let n = names(stack);
+    let n = frame_names(stack);
     // 127 frames kept: the probed one is replaced by its caller.
     assert_eq!(n.len(), 126, "{n:?}");
     assert!(n.iter().all(|f| f == "recurse"), "{n:?}");
@@ -180,7 +157,7 @@ fn thread_spawn_sites_in_o2_code_have_their_whole_stack() {
         .and_then(|t| t.iter().find(|s| s["count"] == 3))
         .expect("a spawn site with 3 threads");
     assert_eq!(site["spawned_by"], "pthread_create", "{site}");
-    assert_eq!(names(site)[0], "spawn_blocked_worker", "{site}");
+    assert_eq!(frame_names(site)[0], "spawn_blocked_worker", "{site}");
     assert_above_matches(site, "spawn_blocked_worker", &oracle);
 }
 
@@ -194,7 +171,7 @@ fn object_without_unwind_tables_is_flagged_not_invented() {
     let stack = stacks_at(&report, "xmalloc")[0];
     // libc's table gives the return address into xmalloc; xmalloc has no
     // table, so that is where the stack ends.
-    assert_eq!(names(stack), ["xmalloc"], "{stack}");
+    assert_eq!(frame_names(stack), ["xmalloc"], "{stack}");
     assert_eq!(stack["cut_short"], "no-unwind-table", "{stack}");
     assert!(report["stacks_cut_short"]["no_unwind_table"].as_u64() >= Some(1));
 }
@@ -223,7 +200,7 @@ fn cpp_containers_growing_through_libstdcxx_have_the_user_frames_above_std() {
         let stacks = stacks_through(&report, user);
         assert!(!stacks.is_empty(), "no stack through {user}: {report}");
         for s in stacks {
-            let n = names(s);
+            let n = frame_names(s);
             let at = n.iter().position(|f| f == user).expect("user frame");
             assert!(
                 n[..at].iter().all(|f| {
@@ -279,7 +256,7 @@ fn rust_release_leaks_four_frames_deep_have_their_whole_stack() {
         let stacks = stacks_through(&report, leaf);
         assert!(!stacks.is_empty(), "no stack through {leaf}: {report}");
         for s in stacks {
-            let user: Vec<String> = names(s)
+            let user: Vec<String> = frame_names(s)
                 .into_iter()
                 .filter(|f| f.starts_with("unwind_rust::"))
                 .collect();
