@@ -16,7 +16,10 @@ use crate::run as run_cmd;
 // The Go versions the tests build their fixtures with: one list, kept with
 // the tests.
 #[path = "../../tests/src/go_versions.rs"]
-#[expect(dead_code, reason = "setup installs the list; the tests name its releases")]
+#[expect(
+    dead_code,
+    reason = "setup installs the list; the tests name its releases"
+)]
 mod go_versions;
 use go_versions::GO_VERSIONS;
 

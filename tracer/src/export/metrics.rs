@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, fmt::Write};
 use tracer_common::CounterKind;
 
 use crate::{
+    golang::GoReport,
     report::{Report, SiteReport},
     symbolize::Frame,
 };
@@ -229,6 +230,19 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         base: base_labels(report),
     };
     let o = &mut out;
+    summary(o, report);
+    heap_sites(o, report);
+    threads(o, report);
+    if let Some(go) = &report.go {
+        goroutines_and_go_heap(o, go);
+    }
+    not_recorded(o, report);
+    own_usage(o, own);
+    out.text
+}
+
+/// The target, the report, and everything outstanding.
+fn summary(o: &mut Out, report: &Report) {
     let go_version = report.go.as_ref().map_or("", |g| g.version.as_str());
     family(
         o,
@@ -255,8 +269,10 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "Outstanding traced allocations, young ones included.",
         report.live_blocks,
     );
+}
 
-    // Top sites by label, the rest of the report's total as "other".
+/// Top sites by label, the rest of the report's total as "other".
+fn heap_sites(o: &mut Out, report: &Report) {
     for (name, what, total, amount) in [
         (
             "leaktrace_outstanding_bytes",
@@ -293,7 +309,10 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "Allocation sites with blocks outstanding longer than --older-than.",
         report.sites_total,
     );
+}
 
+/// Threads and child processes that stay, and those from before attach.
+fn threads(o: &mut Out, report: &Report) {
     let mut f = family(
         o,
         "leaktrace_leaked_threads",
@@ -314,104 +333,108 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "Threads that existed at attach and are still alive.",
         report.threads_before_attach.len(),
     );
+}
 
-    if let Some(go) = &report.go {
-        let mut f = family(
+/// A Go target's goroutines, heap and runtime statistics.
+fn goroutines_and_go_heap(o: &mut Out, go: &GoReport) {
+    let mut f = family(
+        o,
+        "leaktrace_goroutines",
+        "gauge",
+        "Goroutines alive longer than --older-than by creation site (created=after-attach), and those from before attach.",
+    );
+    let created_at = |f: &Frame| site_label(std::slice::from_ref(f));
+    for (label, v) in by_label(
+        go.goroutines
+            .iter()
+            .map(|g| (created_at(&g.created_by), g.count)),
+    ) {
+        f.sample(&[("site", &label), ("created", "after-attach")], v);
+    }
+    for (label, v) in by_label(
+        go.before_attach
+            .iter()
+            .flatten()
+            .map(|g| (created_at(&g.created_by), g.count)),
+    ) {
+        f.sample(&[("site", &label), ("created", "before-attach")], v);
+    }
+    gauge(
+        o,
+        "leaktrace_go_goroutines_created_live",
+        "Goroutines created since attach and alive now, young ones included.",
+        go.goroutines_live,
+    );
+    if let Some(h) = &go.heap {
+        gauge(
             o,
-            "leaktrace_goroutines",
-            "gauge",
-            "Goroutines alive longer than --older-than by creation site (created=after-attach), and those from before attach.",
+            "leaktrace_go_heap_live_bytes",
+            "Go heap bytes marked live by the last GC.",
+            h.live_after_gc,
         );
-        let created_at = |f: &Frame| site_label(std::slice::from_ref(f));
-        for (label, v) in by_label(
-            go.goroutines
-                .iter()
-                .map(|g| (created_at(&g.created_by), g.count)),
-        ) {
-            f.sample(&[("site", &label), ("created", "after-attach")], v);
-        }
-        for (label, v) in by_label(
-            go.before_attach
-                .iter()
-                .flatten()
-                .map(|g| (created_at(&g.created_by), g.count)),
-        ) {
-            f.sample(&[("site", &label), ("created", "before-attach")], v);
+    }
+    if let Some(m) = &go.memstats {
+        gauge(
+            o,
+            "leaktrace_go_heap_alloc_bytes",
+            "runtime.MemStats.HeapAlloc of the target.",
+            m.heap_alloc,
+        );
+        gauge(
+            o,
+            "leaktrace_go_heap_inuse_bytes",
+            "runtime.MemStats.HeapInuse of the target.",
+            m.heap_inuse,
+        );
+        gauge(
+            o,
+            "leaktrace_go_heap_objects",
+            "runtime.MemStats.HeapObjects of the target.",
+            m.heap_objects,
+        );
+        gauge(
+            o,
+            "leaktrace_go_next_gc_bytes",
+            "runtime.MemStats.NextGC (heap goal) of the target.",
+            m.next_gc,
+        );
+        gauge(
+            o,
+            "leaktrace_go_sys_bytes",
+            "runtime.MemStats.Sys of the target.",
+            m.sys,
+        );
+        counter(
+            o,
+            "leaktrace_go_gc_cycles_total",
+            "Completed GC cycles of the target (runtime.MemStats.NumGC).",
+            m.num_gc,
+        );
+        if let Some(n) = m.goroutines {
+            gauge(
+                o,
+                "leaktrace_go_goroutines",
+                "Goroutines of the target (what runtime.NumGoroutine returns).",
+                n,
+            );
         }
         gauge(
             o,
-            "leaktrace_go_goroutines_created_live",
-            "Goroutines created since attach and alive now, young ones included.",
-            go.goroutines_live,
+            "leaktrace_target_threads",
+            "OS threads of the target.",
+            m.os_threads,
         );
-        if let Some(h) = &go.heap {
-            gauge(
-                o,
-                "leaktrace_go_heap_live_bytes",
-                "Go heap bytes marked live by the last GC.",
-                h.live_after_gc,
-            );
-        }
-        if let Some(m) = &go.memstats {
-            gauge(
-                o,
-                "leaktrace_go_heap_alloc_bytes",
-                "runtime.MemStats.HeapAlloc of the target.",
-                m.heap_alloc,
-            );
-            gauge(
-                o,
-                "leaktrace_go_heap_inuse_bytes",
-                "runtime.MemStats.HeapInuse of the target.",
-                m.heap_inuse,
-            );
-            gauge(
-                o,
-                "leaktrace_go_heap_objects",
-                "runtime.MemStats.HeapObjects of the target.",
-                m.heap_objects,
-            );
-            gauge(
-                o,
-                "leaktrace_go_next_gc_bytes",
-                "runtime.MemStats.NextGC (heap goal) of the target.",
-                m.next_gc,
-            );
-            gauge(
-                o,
-                "leaktrace_go_sys_bytes",
-                "runtime.MemStats.Sys of the target.",
-                m.sys,
-            );
-            counter(
-                o,
-                "leaktrace_go_gc_cycles_total",
-                "Completed GC cycles of the target (runtime.MemStats.NumGC).",
-                m.num_gc,
-            );
-            if let Some(n) = m.goroutines {
-                gauge(
-                    o,
-                    "leaktrace_go_goroutines",
-                    "Goroutines of the target (what runtime.NumGoroutine returns).",
-                    n,
-                );
-            }
-            gauge(
-                o,
-                "leaktrace_target_threads",
-                "OS threads of the target.",
-                m.os_threads,
-            );
-            gauge(
-                o,
-                "leaktrace_target_resident_memory_bytes",
-                "Resident memory of the target.",
-                m.rss_bytes,
-            );
-        }
+        gauge(
+            o,
+            "leaktrace_target_resident_memory_bytes",
+            "Resident memory of the target.",
+            m.rss_bytes,
+        );
     }
+}
 
+/// What the probes could not record, and stacks cut short.
+fn not_recorded(o: &mut Out, report: &Report) {
     let d = &report.dropped;
     let mut f = family(
         o,
@@ -445,6 +468,10 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
             s.bytes,
         );
     }
+}
+
+/// leaktrace's own resource use.
+fn own_usage(o: &mut Out, own: OwnUsage) {
     counter(
         o,
         "leaktrace_cpu_seconds_total",
@@ -457,7 +484,6 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
         "Resident memory of leaktrace itself.",
         own.resident_bytes,
     );
-    out.text
 }
 
 #[cfg(test)]
