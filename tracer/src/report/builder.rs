@@ -2,6 +2,8 @@
 //! symbolized, sites with the same symbolized stack merged, growth and
 //! trend since earlier reports, top N; threads and the Go section likewise.
 
+use super::ReportKind;
+use crate::golang::GoReport;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -120,9 +122,9 @@ impl ReportBuilder {
         &mut self,
         symbolizer: &Symbolizer,
         snap: Snapshot,
-        final_report: bool,
-        target_exited: bool,
+        kind: ReportKind,
     ) -> anyhow::Result<Report> {
+        let (final_report, target_exited) = (kind.is_final(), kind.target_exited());
         self.seq += 1;
         let tasks = self.tasks.snapshot().context("reading the task table")?;
         let considered = &snap.sites[..snap.sites.len().min(symbolized_sites(self.top))];
@@ -188,21 +190,7 @@ impl ReportBuilder {
             })
             .collect();
         let mut sites = aggregate::merge_identical(sites);
-        let suppressed = self.suppressions.as_ref().map(|rules| {
-            let mut counted = Suppressed::default();
-            sites.retain(|s| match rules.matching(&s.frames) {
-                Some(rule) => {
-                    counted.add(rule, s.blocks, s.bytes);
-                    false
-                }
-                None => true,
-            });
-            // Rules in file order, as the user wrote them.
-            counted
-                .by_rule
-                .sort_by_key(|(rule, _, _)| rules.patterns.iter().position(|p| p == rule));
-            counted
-        });
+        let suppressed = self.suppress(&mut sites);
         self.growth.apply(&mut sites);
         let sites_total = sites.len() + (snap.sites.len() - considered.len());
         sites.truncate(self.top);
@@ -238,30 +226,7 @@ impl ReportBuilder {
             None => None,
         };
         let profiles = match self.profiles {
-            true => {
-                let (heap, goroutines) = super::profiles::build(
-                    symbolizer,
-                    &mut self.stacks,
-                    &snap,
-                    go.as_ref(),
-                    self.suppressions.as_ref(),
-                )
-                .await?;
-                Some(Profiles {
-                    pid: self.subject.pid,
-                    container: self
-                        .subject
-                        .container
-                        .labels
-                        .as_ref()
-                        .map(|l| l.name.clone()),
-                    older_than: self.older_than,
-                    taken: SystemTime::now(),
-                    since_attach: self.start.elapsed(),
-                    heap,
-                    goroutines,
-                })
-            }
+            true => Some(self.profiles(symbolizer, &snap, go.as_ref()).await?),
             false => None,
         };
 
@@ -305,6 +270,56 @@ impl ReportBuilder {
             profiles,
             suppressed,
             container_processes: None,
+        })
+    }
+
+    /// Takes the sites `--suppressions` names out of `sites`, counted.
+    fn suppress(&self, sites: &mut Vec<SiteReport>) -> Option<Suppressed> {
+        self.suppressions.as_ref().map(|rules| {
+            let mut counted = Suppressed::default();
+            sites.retain(|s| match rules.matching(&s.frames) {
+                Some(rule) => {
+                    counted.add(rule, s.blocks, s.bytes);
+                    false
+                }
+                None => true,
+            });
+            // Rules in file order, as the user wrote them.
+            counted
+                .by_rule
+                .sort_by_key(|(rule, _, _)| rules.patterns.iter().position(|p| p == rule));
+            counted
+        })
+    }
+
+    /// This report's pprof profiles.
+    async fn profiles(
+        &mut self,
+        symbolizer: &Symbolizer,
+        snap: &Snapshot,
+        go: Option<&GoReport>,
+    ) -> anyhow::Result<Profiles> {
+        let (heap, goroutines) = super::profiles::build(
+            symbolizer,
+            &mut self.stacks,
+            snap,
+            go,
+            self.suppressions.as_ref(),
+        )
+        .await?;
+        Ok(Profiles {
+            pid: self.subject.pid,
+            container: self
+                .subject
+                .container
+                .labels
+                .as_ref()
+                .map(|l| l.name.clone()),
+            older_than: self.older_than,
+            taken: SystemTime::now(),
+            since_attach: self.start.elapsed(),
+            heap,
+            goroutines,
         })
     }
 }

@@ -20,6 +20,45 @@ pub use aggregate::Trend;
 
 pub use text::{bytes, human_duration, Style};
 
+/// Which report of a run: one of the regular ones, or the last, and then
+/// whether it is the last because the target exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportKind {
+    Regular,
+    /// Stopped (signal, `--count`, a closed pipe) while the target runs.
+    Final,
+    /// The target exited.
+    TargetExited,
+}
+
+impl ReportKind {
+    /// The last report, with whether the target exited.
+    pub fn last(target_exited: bool) -> Self {
+        if target_exited {
+            ReportKind::TargetExited
+        } else {
+            ReportKind::Final
+        }
+    }
+
+    /// `last`: the final report, else a regular one.
+    pub fn regular_or_final(last: bool) -> Self {
+        if last {
+            ReportKind::Final
+        } else {
+            ReportKind::Regular
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self != ReportKind::Regular
+    }
+
+    pub fn target_exited(self) -> bool {
+        self == ReportKind::TargetExited
+    }
+}
+
 /// One allocation site in a report.
 #[derive(Debug, Clone)]
 pub struct SiteReport {

@@ -2,6 +2,7 @@
 //! report every interval until it exits, a signal arrives or `--count`
 //! reports are out, then remove every probe.
 
+use crate::report::ReportKind;
 use std::{io, time::Instant};
 
 use anyhow::Context;
@@ -61,7 +62,7 @@ pub async fn trace(
                     tracer.collector.prune_dead_threads();
                     let snap = tracer.collector.read(Instant::now()).context("reading the eBPF maps")?;
                     let last = cli.count.is_some_and(|n| target.seq() + 1 >= n);
-                    let report = target.report(&snap, last, false).await?;
+                    let report = target.report(&snap, ReportKind::regular_or_final(last)).await?;
                     if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
                         break true; // reader went away (e.g. `| head`): stop quietly
                     }
@@ -80,7 +81,7 @@ pub async fn trace(
             .read(Instant::now())
             .context("reading the eBPF maps")?;
         let exited = target.exit.has_exited();
-        let report = target.report(&snap, true, exited).await?;
+        let report = target.report(&snap, ReportKind::last(exited)).await?;
         write_report(&reporter, &mut io::stdout().lock(), &report)?;
         if report.oom_killed && report.target_exited {
             let limit = report

@@ -2,6 +2,7 @@
 //! builder, exports and exit watch. The programs and tables it reads are
 //! the run's ([`Tracer`]).
 
+use crate::report::ReportKind;
 use std::{
     io,
     path::PathBuf,
@@ -233,15 +234,10 @@ impl Target {
     }
 
     /// The report on this process's part of `snap`.
-    pub async fn report(
-        &mut self,
-        snap: &Snapshot,
-        last: bool,
-        exited: bool,
-    ) -> anyhow::Result<Report> {
+    pub async fn report(&mut self, snap: &Snapshot, kind: ReportKind) -> anyhow::Result<Report> {
         let report = self
             .builder
-            .build(&self.symbolizer, snap.of(self.pid), last, exited)
+            .build(&self.symbolizer, snap.of(self.pid), kind)
             .await?;
         if let Err(e) = self.exporter.write(&report) {
             eprintln!("leaktrace: warning: report {}: {e}", report.seq);

@@ -49,7 +49,7 @@ use crate::{
         engine::{ContainerLabels, ContainerRecord, Docker, EventAction},
         procfs,
     },
-    report::{ProcessCounts, Report, Reporter},
+    report::{ProcessCounts, Report, ReportKind, Reporter},
 };
 use engine_watch::News;
 use newcomers::{Waiting, LOADER_GRACE};
@@ -608,7 +608,7 @@ impl Supervisor {
             if let Some(w) = self.containers.get_mut(&id) {
                 w.left += 1;
             }
-            let mut report = t.report(&snap, true, true).await?;
+            let mut report = t.report(&snap, ReportKind::TargetExited).await?;
             report.container_processes = Some(self.counts(&id));
             self.write(&report)?;
             tracer.release(t.pid);
@@ -630,7 +630,10 @@ impl Supervisor {
         let mut open = true;
         for i in 0..self.targets.len() {
             let counts = self.counts(&self.targets[i].1);
-            let mut report = self.targets[i].0.report(&snap, last, false).await?;
+            let mut report = self.targets[i]
+                .0
+                .report(&snap, ReportKind::regular_or_final(last))
+                .await?;
             report.container_processes = Some(counts);
             open &= self.write(&report)?;
         }
