@@ -4,7 +4,7 @@
 //! [`metrics`]).
 //!
 //! Every report the session builds with exports enabled carries
-//! [`Profiles`]: the whole heap by stack (not only the top sites a text
+//! [`Profiles`] (built in `report`): the whole heap by stack (not only the top sites a text
 //! report shows) and the goroutines by creation stack; the [`Exporter`]
 //! writes them where the command line asked.
 
@@ -14,103 +14,16 @@ mod modules;
 pub mod pprof;
 mod profile_proto;
 pub mod server;
-pub mod suppressions;
 
-use std::{
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+use std::path::{Path, PathBuf};
 
 pub use modules::ModuleMap;
 pub use profile_proto::Profile;
 
-use crate::{report::Report, symbolize::Frame};
-
-/// Where a heap sample's blocks come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeapSource {
-    /// The C allocator, every call traced.
-    Malloc,
-    /// The Go runtime's own heap profile (sampled, unsampled like pprof).
-    Go,
-}
-
-impl HeapSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            HeapSource::Malloc => "malloc",
-            HeapSource::Go => "go",
-        }
-    }
-}
-
-/// One allocation stack's values.
-#[derive(Debug, Clone)]
-pub struct HeapSample {
-    /// Innermost first.
-    pub frames: Vec<Frame>,
-    /// Outstanding longer than the threshold.
-    pub inuse_bytes: u64,
-    pub inuse_objects: u64,
-    /// Allocated since attach, freed or not.
-    pub alloc_bytes: u64,
-    pub alloc_objects: u64,
-    pub source: HeapSource,
-}
-
-/// When a goroutine group was created, relative to attach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Created {
-    AfterAttach,
-    BeforeAttach,
-}
-
-impl Created {
-    pub fn name(self) -> &'static str {
-        match self {
-            Created::AfterAttach => "after-attach",
-            Created::BeforeAttach => "before-attach",
-        }
-    }
-}
-
-/// Goroutines of one creation stack.
-#[derive(Debug, Clone)]
-pub struct GoroutineSample {
-    /// The creating stack, innermost first (for goroutines from before
-    /// attach, only their `go` statement is known).
-    pub frames: Vec<Frame>,
-    pub count: u64,
-    pub created: Created,
-}
-
-/// What one report holds, whole, for the exports.
-#[derive(Debug, Clone)]
-pub struct Profiles {
-    pub pid: u32,
-    /// The container's name, when an engine named it (a `container`
-    /// label on every heap sample).
-    pub container: Option<String>,
-    pub older_than: Duration,
-    pub taken: SystemTime,
-    pub since_attach: Duration,
-    /// Every allocation stack with outstanding or allocated bytes.
-    pub heap: Vec<HeapSample>,
-    /// Present for Go targets.
-    pub goroutines: Option<Vec<GoroutineSample>>,
-}
-
-impl Profiles {
-    /// Outstanding bytes of the traced C allocator's sites (what a report
-    /// calls outstanding).
-    pub fn malloc_inuse_bytes(&self) -> u64 {
-        self.heap
-            .iter()
-            .filter(|s| s.source == HeapSource::Malloc)
-            .map(|s| s.inuse_bytes)
-            .sum()
-    }
-}
+use crate::report::{
+    profiles::{GoroutineSample, HeapSource, Profiles},
+    Report,
+};
 
 /// Errors writing an export.
 #[derive(Debug, thiserror::Error)]

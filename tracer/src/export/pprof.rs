@@ -305,7 +305,7 @@ impl<'a> Builder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::{Created, HeapSample, HeapSource};
+    use crate::report::profiles::{Created, HeapSample, HeapSource};
     use std::time::{Duration, SystemTime};
 
     fn frame(address: u64, symbol: &str, inlined: bool) -> Frame {

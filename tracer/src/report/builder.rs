@@ -15,15 +15,15 @@ use super::{
 };
 use crate::{
     collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, Snapshot},
-    export::{
-        suppressions::{Suppressed, Suppressions},
-        Profiles,
-    },
     golang::GoTracker,
     process::{
         allocator::Allocator,
         container::ContainerInfo,
         memcg::{MemoryCgroup, MemoryCgroupReading},
+    },
+    report::{
+        profiles::Profiles,
+        suppressions::{Suppressed, Suppressions},
     },
     symbolize::Symbolizer,
 };

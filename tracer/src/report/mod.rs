@@ -5,7 +5,8 @@
 pub mod aggregate;
 pub mod builder;
 mod json;
-mod profiles;
+pub mod profiles;
+pub mod suppressions;
 mod text;
 
 use std::{
@@ -149,9 +150,9 @@ pub struct Report {
     /// The target's memory cgroup (a container's limit), when mounted.
     pub memory_cgroup: Option<crate::process::memcg::MemoryCgroupReading>,
     /// The whole reading, when exports (pprof, flame graphs, --listen) are on.
-    pub profiles: Option<crate::export::Profiles>,
+    pub profiles: Option<profiles::Profiles>,
     /// With --suppressions: what the rules hid.
-    pub suppressed: Option<crate::export::suppressions::Suppressed>,
+    pub suppressed: Option<suppressions::Suppressed>,
     /// With --container: the container's traced processes now, and how
     /// many joined and left since the previous round of reports.
     pub container_processes: Option<ProcessCounts>,

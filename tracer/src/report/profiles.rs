@@ -2,15 +2,104 @@
 //! endpoint): every site that holds or allocated memory, not only the top
 //! ones a text report shows, merged by symbolized stack like the report's.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use crate::{
     collect::{stacks::Stacks, SiteId, Snapshot},
-    export::{suppressions::Suppressions, Created, GoroutineSample, HeapSample, HeapSource},
     golang::GoReport,
     report::aggregate::{self, StackKey},
-    symbolize::{Symbolizer, SymbolizerGone},
+    report::suppressions::Suppressions,
+    symbolize::{Frame, Symbolizer, SymbolizerGone},
 };
+
+/// Where a heap sample's blocks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeapSource {
+    /// The C allocator, every call traced.
+    Malloc,
+    /// The Go runtime's own heap profile (sampled, unsampled like pprof).
+    Go,
+}
+
+impl HeapSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            HeapSource::Malloc => "malloc",
+            HeapSource::Go => "go",
+        }
+    }
+}
+
+/// One allocation stack's values.
+#[derive(Debug, Clone)]
+pub struct HeapSample {
+    /// Innermost first.
+    pub frames: Vec<Frame>,
+    /// Outstanding longer than the threshold.
+    pub inuse_bytes: u64,
+    pub inuse_objects: u64,
+    /// Allocated since attach, freed or not.
+    pub alloc_bytes: u64,
+    pub alloc_objects: u64,
+    pub source: HeapSource,
+}
+
+/// When a goroutine group was created, relative to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    AfterAttach,
+    BeforeAttach,
+}
+
+impl Created {
+    pub fn name(self) -> &'static str {
+        match self {
+            Created::AfterAttach => "after-attach",
+            Created::BeforeAttach => "before-attach",
+        }
+    }
+}
+
+/// Goroutines of one creation stack.
+#[derive(Debug, Clone)]
+pub struct GoroutineSample {
+    /// The creating stack, innermost first (for goroutines from before
+    /// attach, only their `go` statement is known).
+    pub frames: Vec<Frame>,
+    pub count: u64,
+    pub created: Created,
+}
+
+/// What one report holds, whole, for the exports.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    pub pid: u32,
+    /// The container's name, when an engine named it (a `container`
+    /// label on every heap sample).
+    pub container: Option<String>,
+    pub older_than: Duration,
+    pub taken: SystemTime,
+    pub since_attach: Duration,
+    /// Every allocation stack with outstanding or allocated bytes.
+    pub heap: Vec<HeapSample>,
+    /// Present for Go targets.
+    pub goroutines: Option<Vec<GoroutineSample>>,
+}
+
+impl Profiles {
+    /// Outstanding bytes of the traced C allocator's sites (what a report
+    /// calls outstanding).
+    pub fn malloc_inuse_bytes(&self) -> u64 {
+        self.heap
+            .iter()
+            .filter(|s| s.source == HeapSource::Malloc)
+            .map(|s| s.inuse_bytes)
+            .sum()
+    }
+}
 
 /// What `snap` (and the Go section) hold, by symbolized stack.
 pub(super) async fn build(

@@ -81,7 +81,7 @@ pub(crate) struct Outputs {
     pub live: Option<export::server::Shared>,
     /// One of a container's processes: files named by pid, `?pid=N`.
     pub one_of_many: bool,
-    pub suppressions: Option<export::suppressions::Suppressions>,
+    pub suppressions: Option<crate::report::suppressions::Suppressions>,
 }
 
 impl Outputs {
@@ -108,11 +108,13 @@ impl Outputs {
 
     fn suppressions_of(
         cli: &Cli,
-    ) -> Result<Option<export::suppressions::Suppressions>, export::suppressions::SuppressionError>
-    {
+    ) -> Result<
+        Option<crate::report::suppressions::Suppressions>,
+        crate::report::suppressions::SuppressionError,
+    > {
         cli.suppressions
             .as_deref()
-            .map(export::suppressions::Suppressions::load)
+            .map(crate::report::suppressions::Suppressions::load)
             .transpose()
     }
 

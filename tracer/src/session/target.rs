@@ -219,7 +219,9 @@ impl Target {
     }
 
     /// The exports of its last report, for a container's merged view.
-    pub fn last_export(&self) -> Option<(&export::Profiles, &export::ModuleMap, &str)> {
+    pub fn last_export(
+        &self,
+    ) -> Option<(&crate::report::profiles::Profiles, &export::ModuleMap, &str)> {
         self.exporter.last()
     }
 
