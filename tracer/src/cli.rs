@@ -4,6 +4,9 @@
 use std::{ffi::OsString, time::Duration};
 
 use clap::{Parser, ValueEnum};
+
+// The lower layers' own choices, taken from the command line.
+pub use crate::{probes::ProbeMode, report::Format, unwind::UnwindMode};
 use tracer_common::{
     DEFAULT_MAX_ALLOCS, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
     DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS, DEFAULT_MAX_UNWIND_ROWS,
@@ -268,29 +271,10 @@ pub fn generate(kind: Generate, out: &mut impl std::io::Write) -> std::io::Resul
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
     Auto,
     Always,
     Never,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum UnwindMode {
-    Auto,
-    Dwarf,
-    Fp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProbeMode {
-    Full,
-    Empty,
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, `1.5s`; a bare number is seconds.

@@ -15,11 +15,10 @@ use aya::programs::ProbeKind;
 use tracer_common::{cookie, go_offsets_fit, TaskConfig, COOKIE_CHECK_TRACED};
 
 use super::{
-    btf, drop_all_at_once, entry_program, error_chain, multi_link, ProbeError, Probes, Scope,
-    TASK_TRACEPOINTS,
+    btf, drop_all_at_once, entry_program, error_chain, multi_link, ProbeError, ProbeMode, Probes,
+    Scope, TASK_TRACEPOINTS,
 };
 use crate::{
-    cli::ProbeMode,
     golang::{is_go_code, GoTarget},
     process::allocator::{Allocator, ProbeFn, ProbedObject},
 };

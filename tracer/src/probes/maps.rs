@@ -100,7 +100,7 @@ impl Probes {
                 oom_killed: take!("OOM_KILLED"),
             }),
             stacks: Rc::new(take!("STACKS")),
-            goroutines: if self.go && self.mode == crate::cli::ProbeMode::Full {
+            goroutines: if self.go && self.mode == super::ProbeMode::Full {
                 Some(Rc::new(take!("GOROUTINES")))
             } else {
                 None

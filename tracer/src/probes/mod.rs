@@ -32,7 +32,7 @@ use aya::{
 use iced_x86::Register;
 use tracer_common::{AllocKind, TaskConfig};
 
-use crate::{cli::ProbeMode, golang, process::allocator::ProbeFn};
+use crate::{golang, process::allocator::ProbeFn};
 use attach::Link;
 use error::error_chain;
 use placement::Reads;
@@ -58,6 +58,14 @@ pub struct Probes {
     traced: aya::maps::HashMap<MapData, u32, u32>,
     /// `STOPPED`: processes the kernel stopped for us (see [`stops`]).
     stopped: aya::maps::HashMap<MapData, u32, u32>,
+}
+
+/// What the probes do: leaktrace's work, or nothing (`cargo xtask bench`
+/// measures the cost of the traps alone with them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeMode {
+    Full,
+    Empty,
 }
 
 /// Whom a probe serves.

@@ -15,11 +15,18 @@ use std::{
 };
 use tracer_common::StackEnd;
 
-use crate::{cli::Format, collect::Dropped, golang::GoReport, symbolize::Frame};
+use crate::{collect::Dropped, golang::GoReport, symbolize::Frame};
 
 pub use aggregate::Trend;
 
 pub use text::{bytes, human_duration, Style};
+
+/// How reports are written: text for people, one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
 
 /// Which report of a run: one of the regular ones, or the last, and then
 /// whether it is the last because the target exited.

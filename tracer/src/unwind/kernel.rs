@@ -12,8 +12,9 @@ use tracer_common::{
     MAX_UNWIND_MAPPINGS, MAX_UNWIND_PROCESSES, MAX_UNWIND_RULES,
 };
 
+use super::UnwindMode;
 use super::{key_of, object_info, ObjectKey, ObjectUnwind, UnwindError};
-use crate::{cli::UnwindMode, process::procfs};
+use crate::process::procfs;
 
 /// `UNWIND_ROWS`, mapped into our memory (the kernel's own pages: a write
 /// here is what the probes read).

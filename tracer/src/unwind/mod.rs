@@ -16,6 +16,16 @@ use std::{
 
 pub use kernel::{UnwindSummary, UnwindTables};
 
+/// How the probes walk user stacks (`--unwind`): by the unwind tables
+/// built from each object and by frame pointers in Go code (auto), by
+/// tables only (dwarf), or by frame pointers only (fp).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    Auto,
+    Dwarf,
+    Fp,
+}
+
 /// Why an object's table could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UnwindError {
