@@ -2,12 +2,11 @@
 //! report every interval until it exits, a signal arrives or `--count`
 //! reports are out, then remove every probe.
 
-use crate::report::ReportKind;
 use std::{io, time::Instant};
 
 use anyhow::Context;
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     time::{interval, interval_at, MissedTickBehavior},
 };
 
@@ -17,7 +16,12 @@ use super::{
     tracer::{Plan, Tracer},
     Outputs,
 };
-use crate::{cli::Cli, collect, probes::Scope, report::bytes};
+use crate::{
+    cli::Cli,
+    collect,
+    probes::Scope,
+    report::{bytes, Report, ReportKind},
+};
 
 /// Loads the programs and attaches to the process `plan` names.
 pub fn attach(cli: &Cli, plan: &Plan) -> anyhow::Result<Tracer> {
@@ -83,26 +87,10 @@ pub async fn trace(
         let exited = target.exit.has_exited();
         let report = target.report(&snap, ReportKind::last(exited)).await?;
         write_report(&reporter, &mut io::stdout().lock(), &report)?;
-        if report.oom_killed && report.target_exited {
-            let limit = report
-                .memory_cgroup
-                .as_ref()
-                .and_then(|m| {
-                    Some(format!(
-                        " (memory cgroup {}, limit {})",
-                        m.path,
-                        bytes(m.limit?)
-                    ))
-                })
-                .unwrap_or_default();
-            eprintln!(
-                "leaktrace: pid {pid} was killed by the OOM killer{limit}; \
-                 the final report shows what it held when it died"
-            );
-        }
+        say_if_oom_killed(pid, &report);
     }
     let launched = target.launched;
-    let mut exit = target.into_exit_watch();
+    let exit = target.into_exit_watch();
     drop(tracer);
     eprintln!("leaktrace: all probes removed");
 
@@ -110,15 +98,50 @@ pub async fn trace(
         return Ok(0);
     }
     // Launch mode: leaktrace ends with the command, and with its status.
+    Ok(end_with_command(pid, exit_status, stop_signal, exit, sigint, sigterm).await)
+}
+
+/// Says so when the OOM killer ended the target.
+fn say_if_oom_killed(pid: u32, report: &Report) {
+    if !(report.oom_killed && report.target_exited) {
+        return;
+    }
+    let limit = report
+        .memory_cgroup
+        .as_ref()
+        .and_then(|m| {
+            Some(format!(
+                " (memory cgroup {}, limit {})",
+                m.path,
+                bytes(m.limit?)
+            ))
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "leaktrace: pid {pid} was killed by the OOM killer{limit}; \
+             the final report shows what it held when it died"
+    );
+}
+
+/// Launch mode: the exit status of the command leaktrace started (waited
+/// for, signals passed on to it).
+async fn end_with_command(
+    pid: u32,
+    exit_status: Option<i32>,
+    stop_signal: Option<i32>,
+    mut exit: super::exit_watch::ExitWatcher,
+    mut sigint: Signal,
+    mut sigterm: Signal,
+) -> i32 {
     if let Some(status) = exit_status {
-        return Ok(status);
+        return status;
     }
     if stop_signal == Some(libc::SIGTERM) {
         signal_child(pid, libc::SIGTERM);
     }
     loop {
         tokio::select! {
-            status = exit.exited() => return Ok(status.unwrap_or(0)),
+            status = exit.exited() => return status.unwrap_or(0),
             _ = sigint.recv() => { signal_child(pid, libc::SIGINT); }
             _ = sigterm.recv() => { signal_child(pid, libc::SIGTERM); }
         }
