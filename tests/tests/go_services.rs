@@ -454,9 +454,11 @@ fn gin_service_killed_by_the_oom_killer() {
     assert_eq!(cgroup["path"], limit.path.as_str(), "{last}");
     assert_eq!(cgroup["limit_bytes"], 96 << 20, "{last}");
     assert_eq!(cgroup["oom_kills"], 1, "{last}");
-    // It died at its limit (the kernel reclaims a little before it kills).
+    // It died at its limit: the kernel reclaims a little before it kills,
+    // and charges it may not fail (the dying victim's own) can take a few
+    // pages past the limit (one page over, seen under CPU load).
     let peak = cgroup["peak_bytes"].as_u64().expect("peak");
-    assert!(peak > 90 << 20 && peak <= 96 << 20, "{last}");
+    assert!(peak > 90 << 20 && peak <= (96 << 20) + (64 << 12), "{last}");
     let said = format!(
         "leaktrace: pid {} was killed by the OOM killer (memory cgroup {}, limit 100663296 B (96.0 MiB)); \
          the final report shows what it held when it died",
