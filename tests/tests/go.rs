@@ -326,7 +326,7 @@ fn cgo_service_heap_and_goroutine_leaks() {
 /// direct call to it in the binary is followed by one).
 #[test]
 fn goroutine_probes_sit_on_emulated_instructions() {
-    use leaktrace::{golang::binary::NewG, probes::placement};
+    use leaktrace::{golang::binary::NewG, placement};
     for version in GO_VERSIONS {
         let path = go_fixture(version, GoBuild::Static);
         let data = std::fs::read(&path).expect("fixture");

@@ -151,7 +151,7 @@ pub struct Cli {
         long,
         value_name = "BYTES",
         requires = "go_memprofile",
-        default_value_t = crate::golang::memprofile::GO_DEFAULT_RATE,
+        default_value_t = crate::golang::runtime::memprofile::GO_DEFAULT_RATE,
         value_parser = clap::value_parser!(u64).range(1..=(i64::MAX as u64))
     )]
     pub go_memprofile_rate: u64,

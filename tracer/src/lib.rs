@@ -4,8 +4,9 @@
 //!
 //! 1. [`process`]: what to attach to (a PID, a command leaktrace starts, a
 //!    container's processes) and where the target's allocator lives.
-//! 2. [`probes`]: leaktrace's eBPF programs, loaded into the kernel and
-//!    attached to the target, and where in each function a probe sits.
+//! 2. [`placement`]: where in each function a probe sits (x86 decoding of
+//!    the target's code); [`probes`]: leaktrace's eBPF programs, loaded
+//!    into the kernel and attached there.
 //! 3. [`collect`]: reading what the probes recorded (per-site heap totals
 //!    aged by generation, threads and child processes, stacks).
 //! 4. [`symbolize`]: addresses to functions, file:line and module, on a
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod collect;
 pub mod export;
 pub mod golang;
+pub mod placement;
 pub mod privileges;
 pub mod probes;
 pub mod process;

@@ -5,29 +5,24 @@
 //!   probes go, the runtime's variables, a pclntab symbolizer);
 //! - [`probes`]: the probe points and configuration handed to the generic
 //!   probe layer;
-//! - [`goroutines`]: the goroutines the probes recorded since attach;
-//! - [`runtime`]: the runtime's memory read out of process (goroutine
-//!   census, heap figures, heap profile), and [`heap`] its trend;
 //! - [`symbols`]: Go frames for the symbolizer;
-//! - [`tracker`] and [`section`]: the Go section of every report.
+//! - [`runtime`]: one process's runtime, read (and, when asked, written)
+//!   out of process: goroutine list, heap figures, heap profile, MemStats,
+//!   the heap profiling switch and the leak detector's trigger;
+//! - [`section`]: the Go section of every report, by feature (goroutines,
+//!   Go heap, leak check) and [`GoTracker`] which puts them together.
 
 pub mod binary;
 pub mod executable;
-pub mod goroutines;
-pub mod heap;
-pub mod leakcheck;
-pub mod memprofile;
-pub mod memstats;
 pub mod probes;
 pub mod runtime;
 pub mod section;
 pub mod symbols;
-pub mod tracker;
 
 pub use executable::{of_process, of_program, ExecutableError, GoTarget};
 pub use probes::{is_go_code, is_go_object, PROBE_PROGRAMS};
+pub use section::tracker::GoTracker;
 pub use section::{
     CensusSiteReport, GoHeapReport, GoHeapSiteReport, GoReport, GoroutineSiteReport, ProvenLeakSite,
 };
 pub use symbols::GoSymbols;
-pub use tracker::GoTracker;

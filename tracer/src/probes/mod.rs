@@ -1,14 +1,13 @@
 //! leaktrace's eBPF programs in the kernel: loading them ([`Probes::load`]),
-//! attaching them to the target (`attach`), where in each function a probe
-//! sits ([`placement`]), the tables they fill ([`maps`]), and removing them
-//! all again ([`Probes::detach`]).
+//! attaching them to the target (`attach`) at the points
+//! [`crate::placement`] chose, the tables they fill ([`maps`]), and removing
+//! them all again ([`Probes::detach`]).
 
 mod attach;
 mod btf;
 mod error;
 pub mod maps;
 mod multi_link;
-pub mod placement;
 mod seccomp_check;
 mod stops;
 pub mod table;
@@ -29,13 +28,11 @@ use aya::{
     programs::{raw_trace_point::RawTracePointLinkId, RawTracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use iced_x86::Register;
-use tracer_common::{AllocKind, TaskConfig};
+use tracer_common::TaskConfig;
 
 use crate::{golang, process::allocator::ProbeFn};
 use attach::Link;
 use error::error_chain;
-use placement::Reads;
 
 /// The eBPF object built by build.rs from `tracer-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf.o"));
@@ -122,53 +119,6 @@ fn entry_program(f: ProbeFn) -> &'static str {
 /// records a stack (see `tracer-ebpf/src/walker.rs`): each verified once
 /// per load. Their index in `WALKERS` is their place here.
 const STACK_WALKERS: [&str; 2] = ["stack_walk", "stack_store"];
-
-/// The argument registers each entry program reads (see
-/// `tracer-ebpf/src/heap.rs`): what decides how far its probe may move
-/// past the function's entry.
-pub fn reads_of(f: ProbeFn) -> Reads {
-    let args: &'static [Register] = match f {
-        ProbeFn::Free => {
-            return Reads {
-                args: &[Register::RDI],
-                skip_null_check: true,
-                stack: false,
-            }
-        }
-        ProbeFn::Alloc(k) => arg_registers(k),
-    };
-    Reads {
-        args,
-        skip_null_check: false,
-        stack: true,
-    }
-}
-
-/// The registers of the arguments `kind`'s entry program reads.
-fn arg_registers(kind: AllocKind) -> &'static [Register] {
-    // Every subset a kind reads (System V: RDI, RSI, RDX), by position.
-    const BY_ARGS: [(&[u8], &[Register]); 5] = [
-        (&[0], &[Register::RDI]),
-        (&[1], &[Register::RSI]),
-        (&[0, 1], &[Register::RDI, Register::RSI]),
-        (&[0, 2], &[Register::RDI, Register::RDX]),
-        (&[0, 1, 2], &[Register::RDI, Register::RSI, Register::RDX]),
-    ];
-    BY_ARGS
-        .iter()
-        .find(|(args, _)| *args == kind.args())
-        .map_or(
-            &[Register::RDI, Register::RSI, Register::RDX],
-            |(_, regs)| regs,
-        )
-}
-
-/// Spawn probes read no argument, only the stack.
-pub const SPAWN_READS: Reads = Reads {
-    args: &[],
-    skip_null_check: false,
-    stack: true,
-};
 
 impl Probes {
     /// Loads the programs; `go`: also those for a Go target's runtime.
@@ -419,6 +369,8 @@ fn raise_memlock_limit() {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::AllocKind;
+
     use super::*;
 
     #[test]
@@ -430,19 +382,6 @@ mod tests {
         );
         // This machine's kernel has them (the end-to-end tests rely on it).
         assert!(check_kernel_support().is_ok());
-    }
-
-    #[test]
-    fn every_alloc_kinds_arguments_have_registers() {
-        for kind in AllocKind::ALL {
-            let regs = arg_registers(kind);
-            assert_eq!(regs.len(), kind.args().len(), "{kind:?}");
-        }
-        assert_eq!(
-            arg_registers(AllocKind::PosixMemalign),
-            &[Register::RDI, Register::RDX]
-        );
-        assert_eq!(arg_registers(AllocKind::Memalign), &[Register::RSI]);
     }
 
     #[test]

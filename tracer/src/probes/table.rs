@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use super::placement::{self, Placement};
+use crate::placement::{self, Placement};
 use crate::{
     golang::GoTarget,
     process::allocator::{Allocator, ProbeFn},

@@ -10,7 +10,7 @@ use std::{
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 use tracer_common::AllocKind;
 
-use crate::probes::placement::{self, Placement};
+use crate::placement::{self, Placement, Reads};
 
 /// An object file the target has (or will have) mapped.
 #[derive(Debug, Clone)]
@@ -26,6 +26,16 @@ pub struct Candidate {
 pub enum ProbeFn {
     Alloc(AllocKind),
     Free,
+}
+
+impl ProbeFn {
+    /// What its entry program reads, for [`placement::place`].
+    pub fn reads(self) -> Reads {
+        match self {
+            ProbeFn::Free => Reads::FREE,
+            ProbeFn::Alloc(kind) => Reads::alloc(kind),
+        }
+    }
 }
 
 /// One object file to probe and the probe sites in it.
@@ -324,7 +334,7 @@ fn allocator_sites(symbols: &HashMap<String, u64>, prefixes: &[&str]) -> Option<
 /// Moves each site's probe to its cheapest equivalent point.
 fn place_probes(data: &[u8], sites: &mut [Site]) {
     for site in sites {
-        site.probe = placement::place(data, site.offset, crate::probes::reads_of(site.func));
+        site.probe = placement::place(data, site.offset, site.func.reads());
     }
 }
 
@@ -334,7 +344,7 @@ fn spawn_sites(symbols: &HashMap<String, u64>, data: &[u8]) -> Vec<SpawnSite> {
     for name in tracer_common::SPAWN_SYMBOLS {
         if let Some(&offset) = symbols.get(name) {
             if !out.iter().any(|s| s.offset == offset) {
-                let probe = placement::place(data, offset, crate::probes::SPAWN_READS);
+                let probe = placement::place(data, offset, Reads::SPAWN);
                 out.push(SpawnSite {
                     name,
                     offset,

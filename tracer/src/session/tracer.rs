@@ -46,7 +46,7 @@ pub struct Plan {
     pub candidates: Vec<Candidate>,
     pub allocator: Allocator,
     pub go: Option<GoTarget>,
-    pub memprofile: Option<golang::memprofile::Switch>,
+    pub memprofile: Option<golang::runtime::memprofile::Switch>,
 }
 
 impl Plan {
@@ -61,7 +61,7 @@ impl Plan {
     ) -> anyhow::Result<Plan> {
         let allocator = allocator_of(&candidates, go.is_some())?;
         let memprofile = match (&go, cli.go_memprofile) {
-            (Some(go), true) => Some(golang::memprofile::Switch::check(
+            (Some(go), true) => Some(golang::runtime::memprofile::Switch::check(
                 go,
                 cli.go_memprofile_rate,
             )?),

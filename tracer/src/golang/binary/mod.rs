@@ -31,7 +31,7 @@ pub use vars::RuntimeVars;
 
 use image::{Image, SectionData, Segments};
 
-use crate::probes::placement::{self, Reads};
+use crate::placement::{self, Reads};
 
 /// The exit probe reads `gp` from RAX, nothing on the stack.
 const EXIT_READS: Reads = Reads {

@@ -17,6 +17,8 @@
 //! call that takes the branch frees nothing. When nothing qualifies within
 //! a short window, the probe stays at the entry.
 
+mod reads;
+
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
     IntelFormatter, Mnemonic, OpAccess, OpKind, Register,

@@ -1,5 +1,14 @@
 //! The Go section of a report: goroutines alive past the threshold by
 //! creation site, the census of those from before attach, and the Go heap.
+//! Each feature in a module of its own ([`goroutines`], [`heap`],
+//! [`leak_check`]); [`tracker`] puts them together at each report.
+
+pub mod goroutine_table;
+pub mod goroutines;
+pub mod heap;
+pub mod leak_check;
+pub mod tracker;
+pub mod trend;
 
 use std::time::Duration;
 
@@ -98,7 +107,7 @@ pub struct GoReport {
     pub heap_profile: Option<Vec<GoHeapSiteReport>>,
     /// `runtime.ReadMemStats`' figures read out of process, with the
     /// process's OS threads and RSS (`None`: not readable, see `notes`).
-    pub memstats: Option<super::memstats::MemStats>,
+    pub memstats: Option<crate::golang::runtime::memstats::MemStats>,
     /// `--go-leak-check`: goroutines the runtime's detector found leaked,
     /// by creation site, most first; `None` when not asked for, not
     /// available, or not run yet (see `notes`).

@@ -12,7 +12,7 @@
 
 use std::{fs::OpenOptions, io, os::unix::fs::FileExt};
 
-use super::GoTarget;
+use crate::golang::GoTarget;
 
 /// Go's default `MemProfileRate` (one sample per 512 KiB allocated).
 pub const GO_DEFAULT_RATE: u64 = 512 * 1024;

@@ -7,12 +7,19 @@
 //! runtime may see a goroutine mid-update, which only ever costs one entry
 //! of one census.
 
+//!
+//! The writes leaktrace makes when asked ([`memprofile`], [`leakcheck`])
+//! and the process handle the report side holds ([`process`]) are here too.
+
+pub mod leakcheck;
+pub mod memprofile;
+pub mod memstats;
+pub mod process;
+
 use std::{collections::HashMap, fs::File, io, os::unix::fs::FileExt, sync::Arc};
 
-use super::{
-    binary::GoBinary,
-    memstats::{Addresses, MemStats, MemStatsLayout, Words},
-};
+use self::memstats::{Addresses, MemStats, MemStatsLayout, Words};
+use super::binary::GoBinary;
 
 impl Words for GoRuntime {
     fn word(&self, addr: u64) -> Option<u64> {
@@ -304,7 +311,7 @@ impl GoRuntime {
 
     /// `ReadMemStats`' figures, read out of process (see [`memstats`]).
     ///
-    /// [`memstats`]: super::memstats
+    /// [`memstats`]: self::memstats
     pub fn mem_stats(&mut self) -> Result<MemStats, GoRuntimeError> {
         let layout = MemStatsLayout::of_version(&self.bin.version).ok_or(
             GoRuntimeError::Implausible("memstats (Go version not checked)"),
@@ -318,8 +325,7 @@ impl GoRuntime {
             numgc_offset: self.bin.fields.numgc as u64,
         };
         let alive = self.goroutines()?.len() as u64;
-        super::memstats::read(&*self, &at, layout, alive)
-            .ok_or(GoRuntimeError::Implausible("memstats"))
+        memstats::read(&*self, &at, layout, alive).ok_or(GoRuntimeError::Implausible("memstats"))
     }
 
     /// `runtime.MemProfileRate`: 0 when memory profiling is off.

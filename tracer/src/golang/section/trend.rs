@@ -9,7 +9,8 @@
 
 use std::{collections::HashMap, hash::Hash};
 
-use super::{runtime::HeapReading, section::GoHeapReport};
+use super::GoHeapReport;
+use crate::golang::runtime::HeapReading;
 
 /// Consecutive post-GC rises (or falls) that make a trend.
 pub const TREND_STEPS: usize = 3;

@@ -9,7 +9,7 @@
 //! Every read races with the running program (`ReadMemStats` stops the
 //! world for a consistent snapshot); each 8-byte field is coherent.
 
-use super::binary::go_minor;
+use crate::golang::binary::go_minor;
 
 /// Offsets that differ between releases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

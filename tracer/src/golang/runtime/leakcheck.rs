@@ -11,7 +11,7 @@
 
 use std::{fs::OpenOptions, io, os::unix::fs::FileExt};
 
-use super::{binary::go_minor, GoTarget};
+use crate::golang::{binary::go_minor, GoTarget};
 
 /// `workType.goroutineLeak` (its `pending` bool first), in `runtime.work`;
 /// the same in 1.26 and 1.27 (DWARF of both).
