@@ -108,6 +108,30 @@ fn launch_mode_traces_from_the_first_allocation_and_exits_with_the_command() {
     assert_c_leaks(report, AllocatorNames::Glibc);
     // Probes were in place before the program's first allocation.
     assert_site(report, "leak_at_startup", 123, 1, "malloc");
+    // And the unwind tables of its libraries: every stack whole, from
+    // the first one (a constructor's) on, through libc to _start.
+    for s in report["stacks"].as_array().expect("stacks") {
+        assert!(s["cut_short"].is_null(), "stack cut short: {s}");
+        let frames = s["frames"].as_array().expect("frames");
+        let last = frames.last().and_then(|f| f["symbol"].as_str());
+        assert_eq!(last, Some("_start"), "stack not whole: {s}");
+    }
+    let startup = &stacks_at(report, "leak_at_startup")[0]["frames"];
+    let names: Vec<&str> = startup
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| f["symbol"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "leak_at_startup",
+            "call_init",
+            "__libc_start_main_impl",
+            "_start"
+        ]
+    );
 }
 
 #[test]

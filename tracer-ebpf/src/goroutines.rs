@@ -32,7 +32,7 @@ use tracer_common::{
 };
 
 use crate::{
-    heap::count,
+    counters::count,
     traced,
     walker::{walk_for, WalkFor, FOR_GOROUTINE},
 };

@@ -7,20 +7,21 @@ use aya_ebpf::{
         generated::{bpf_get_attach_cookie, bpf_jiffies64},
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap},
     programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use tracer_common::{
     cookie_kind, cookie_stack_delta, AllocKey, AllocKind, AllocRecord, Config, Counter, Pending,
-    SiteKey, SiteTotals, COUNTER_COUNT, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, STACK_UNKNOWN,
+    SiteKey, SiteTotals, DEFAULT_MAX_ALLOCS, DEFAULT_MAX_SITES, STACK_UNKNOWN,
 };
 
 use crate::{
+    counters::{atomic_add, count},
     inflight::{self, tid},
     traced::{self, tgid},
-    unwind::read_stack_word,
     walker::{walk_for, WalkFor, FOR_ALLOC},
+    EEXIST,
 };
 
 // Sizes here are defaults; userspace resizes every map from its flags
@@ -35,33 +36,6 @@ static SITES: HashMap<SiteKey, SiteTotals> =
 
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
-
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
-
-pub(crate) const EEXIST: i32 = 17;
-
-/// `*dst += v` as one BPF atomic add (core's atomics need compare-and-swap,
-/// which the BPF target does not offer).
-///
-/// # Safety
-/// `dst` must point into a live map value.
-#[inline(always)]
-pub(crate) unsafe fn atomic_add(dst: *mut i64, v: i64) {
-    // SAFETY: caller guarantees `dst` is a valid map value pointer.
-    unsafe {
-        core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) dst, in(reg) v);
-    }
-}
-
-#[inline(always)]
-pub(crate) fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, and uprobe programs do not nest on one CPU
-        // for the same program type, so nobody else writes it concurrently.
-        unsafe { *slot += 1 };
-    }
-}
 
 #[inline(always)]
 fn config() -> Config {
@@ -266,19 +240,6 @@ pub fn alloc_entry(ctx: ProbeContext) -> u32 {
         Err(_) => count(Counter::CallerUnreadable),
     }
     0
-}
-
-/// The return address at the entry stack pointer `entry_sp`, right after
-/// a walk of this thread's stack (out of the stack window it filled).
-#[inline(always)]
-pub(crate) fn caller_after_walk(entry_sp: u64) -> u64 {
-    match read_stack_word(entry_sp) {
-        Some(caller) => caller,
-        None => {
-            count(Counter::CallerUnreadable);
-            0
-        }
-    }
 }
 
 /// Return of every allocation function; the cookie says which.

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use tracer_common::{Counter, Pending, DEFAULT_MAX_THREADS, INFLIGHT_STALE_JIFFIES};
 
-use crate::heap::{atomic_add, count};
+use crate::counters::{atomic_add, count};
 
 /// Slots of the direct-mapped table; threads of one process have mostly
 /// consecutive ids, so up to this many of them never share a slot.

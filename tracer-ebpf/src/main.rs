@@ -11,11 +11,15 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
 mod goroutines;
 #[cfg(target_arch = "bpf")]
 mod heap;
 #[cfg(target_arch = "bpf")]
 mod inflight;
+#[cfg(target_arch = "bpf")]
+mod stack_record;
 #[cfg(target_arch = "bpf")]
 mod stacks;
 #[cfg(target_arch = "bpf")]
@@ -28,6 +32,12 @@ mod unwind;
 mod walk_memo;
 #[cfg(target_arch = "bpf")]
 mod walker;
+#[cfg(target_arch = "bpf")]
+mod window;
+
+/// The errno of a map insert with `BPF_NOEXIST` that found the key.
+#[cfg(target_arch = "bpf")]
+pub(crate) const EEXIST: i32 = 17;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

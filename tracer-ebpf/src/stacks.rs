@@ -30,9 +30,12 @@ use tracer_common::{
 };
 
 use crate::{
-    heap::{count, EEXIST},
-    unwind::{clear_window, generation_of, slot_of, walk, FRAME_POINTERS_ONLY},
+    counters::count,
+    stack_record::{HASH_SEED, STACK_SCRATCH},
+    unwind::{generation_of, slot_of, walk, FRAME_POINTERS_ONLY},
     walk_memo,
+    window::clear_window,
+    EEXIST,
 };
 
 /// Recorded stacks; never updated or deleted once written, so a reader may
@@ -49,29 +52,6 @@ static STACKS: HashMap<u32, StackRecord> =
 static KNOWN_STACKS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(KNOWN_STACKS_SIZE, 0);
 
 const KNOWN_STACKS_SIZE: u32 = 1 << 10;
-
-/// Per-CPU room to assemble a record: 1 KiB does not fit the BPF stack.
-#[map]
-pub(crate) static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
-
-/// A frame record as `push %rbp; mov %rsp,%rbp` leaves it.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct FrameRecord {
-    pub(crate) next: u64,
-    pub(crate) ret: u64,
-}
-
-/// FNV-style word hash, one step per frame (computed during the walk: one
-/// loop keeps verification linear); collisions of the full 64 bits between
-/// real stacks are not a practical concern.
-#[inline(always)]
-pub(crate) fn mix(hash: u64, ip: u64) -> u64 {
-    let h = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
-    h ^ (h >> 29)
-}
-
-const HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// What the walk ([`walk_user_stack`]) leaves for the store
 /// ([`store_walked`]), which runs as another program. Layout: 4×u64, 4×u32;

@@ -27,7 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
-    heap::count,
+    counters::count,
     traced::{self, TRACED},
     unwind,
     walker::{walk_for, WalkFor, FOR_SPAWN},

@@ -12,8 +12,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task, bpf_loop, bpf_probe_read_user as raw_read_user},
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_loop},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -25,9 +25,18 @@ use tracer_common::{
 };
 
 use crate::{
-    stacks::{mix, FrameRecord, STACK_SCRATCH},
+    stack_record::{mix, STACK_SCRATCH},
     walk_memo,
+    window::read_user,
 };
+
+/// A frame record as `push %rbp; mov %rsp,%rbp` leaves it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct FrameRecord {
+    pub(crate) next: u64,
+    pub(crate) ret: u64,
+}
 
 /// Every object's rows, back to back; userspace sizes it and fills it
 /// through a memory mapping before a process's mappings point into it.
@@ -76,7 +85,7 @@ pub(crate) fn forget_slot(tgid: u32) {
         let _ = UNWIND_SLOTS.remove(&tgid);
         if let Some(n) = UNWIND_PUBLISHED.get_ptr_mut(1) {
             // SAFETY: the map's value; other CPUs add to it too.
-            unsafe { crate::heap::atomic_add(n as *mut i64, 1) };
+            unsafe { crate::counters::atomic_add(n as *mut i64, 1) };
         }
     }
 }
@@ -251,106 +260,6 @@ fn stop(w: &mut Walk, end: StackEnd) -> i64 {
     1
 }
 
-/// Bytes of user stack copied at once.
-const WINDOW: usize = 512;
-
-/// Room in the window: a walk refills [`WINDOW`] bytes at a time, a
-/// remembered walk's check ([`walk_memo`]) copies the whole span it read.
-pub(crate) const WINDOW_ROOM: usize = 2048;
-
-/// A copy of the stack memory the walk reads next. Reading user memory
-/// costs about the same for 8 bytes as for a few hundred (the fixed cost
-/// of a fault-safe user copy), and a walk reads upwards through adjacent
-/// frames: one copy serves several frames.
-#[repr(C)]
-struct StackWindow {
-    /// User address of `bytes[0]`.
-    base: u64,
-    /// Valid bytes (0: empty).
-    len: u64,
-    bytes: [u8; WINDOW_ROOM],
-}
-
-#[map]
-static STACK_WINDOW: PerCpuArray<StackWindow> = PerCpuArray::with_max_entries(1, 0);
-
-/// Fills the window with the `len` bytes of user stack at `base` (at most
-/// [`WINDOW_ROOM`]), and returns them.
-#[inline(always)]
-pub(crate) fn fill_window(base: u64, len: u32) -> Option<&'static [u8; WINDOW_ROOM]> {
-    let win = STACK_WINDOW.get_ptr_mut(0)?;
-    if len == 0 || len as usize > WINDOW_ROOM {
-        return None;
-    }
-    // SAFETY: this CPU's window, ours while the program runs; the length
-    // is bounded by the buffer's.
-    unsafe {
-        (*win).len = 0;
-        let dst = (*win).bytes.as_mut_ptr() as *mut c_void;
-        if raw_read_user(dst, len, base as *const c_void) != 0 {
-            return None;
-        }
-        (*win).base = base;
-        (*win).len = u64::from(len);
-        Some(&(*win).bytes)
-    }
-}
-
-/// Empties the window: a new walk reads a new stack.
-#[inline(always)]
-pub(crate) fn clear_window() {
-    if let Some(win) = STACK_WINDOW.get_ptr_mut(0) {
-        // SAFETY: this CPU's window, ours while the program runs.
-        unsafe { (*win).len = 0 };
-    }
-}
-
-/// Reads a `T` of user memory at `addr`, through the window.
-#[inline(always)]
-fn read_user<T: Copy>(addr: u64) -> Option<T> {
-    let size = core::mem::size_of::<T>() as u64;
-    let win = STACK_WINDOW.get_ptr_mut(0)?;
-    // SAFETY: this CPU's window, ours while the program runs; offsets into
-    // `bytes` are bounded below before each access.
-    unsafe {
-        let off = addr.wrapping_sub((*win).base);
-        let len = (*win).len;
-        if len >= size && off <= len - size {
-            let at = (off as usize) & (WINDOW_ROOM - 1);
-            if at + size as usize <= WINDOW_ROOM {
-                return Some(core::ptr::read_unaligned(
-                    (*win).bytes.as_ptr().add(at) as *const T
-                ));
-            }
-        }
-        // Refill from `addr`: the whole window, else up to the end of its
-        // page (the stack's top page ends the mapping).
-        let dst = (*win).bytes.as_mut_ptr() as *mut c_void;
-        let src = addr as *const c_void;
-        let mut got = WINDOW as u64;
-        if raw_read_user(dst, WINDOW as u32, src) != 0 {
-            got = 4096 - (addr & 4095);
-            if got < size || got > WINDOW as u64 || raw_read_user(dst, got as u32, src) != 0 {
-                (*win).len = 0;
-                // Straddling a page, or unreadable: read it alone.
-                return bpf_probe_read_user(addr as *const T).ok();
-            }
-        }
-        (*win).base = addr;
-        (*win).len = got;
-        Some(core::ptr::read_unaligned((*win).bytes.as_ptr() as *const T))
-    }
-}
-
-/// A word of this thread's stack, usually out of the window (no copy of
-/// its own). Only once this program cleared the window or walked: the
-/// window then holds this thread's stack, or nothing.
-#[inline(always)]
-pub(crate) fn read_stack_word(addr: u64) -> Option<u64> {
-    read_user::<u64>(addr)
-}
-
-/// A stack word for the walk, noted for [`walk_memo`].
 #[inline(always)]
 fn walk_read_u64(addr: u64) -> Option<u64> {
     let v = read_user::<u64>(addr)?;

@@ -20,7 +20,7 @@
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
-use crate::unwind::{fill_window, WINDOW_ROOM};
+use crate::window::{fill_window, WINDOW_ROOM};
 
 /// Stack words one remembered walk may have read.
 const MEMO_WORDS: usize = 64;

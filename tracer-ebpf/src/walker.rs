@@ -18,11 +18,11 @@ use aya_ebpf::{
 use tracer_common::{Counter, STACK_UNKNOWN};
 
 use crate::{
-    goroutines,
-    heap::{caller_after_walk, count},
-    inflight,
+    counters::count,
+    goroutines, inflight,
     stacks::{store_walked, walk_user_stack, Walk},
     tasks,
+    window::caller_after_walk,
 };
 
 /// Index 0: [`stack_walk`], 1: [`stack_store`]; set by userspace after

@@ -1,6 +1,8 @@
 //! Developer tasks: `cargo xtask setup|build|check|demo|test|bench`.
 
 mod bench;
+#[path = "../../tracer/ebpf_build.rs"]
+mod ebpf_build;
 mod engine;
 mod image;
 mod setup;
@@ -201,7 +203,8 @@ fn check(root: &Path) -> Result<()> {
         .args(["fmt", "--all", "--check"]));
     // tracer-ebpf is linted for the host: clippy for its BPF target needs
     // a nightly with rust-src, which these machines cannot fetch (its
-    // build uses Debian's rustc, which has no clippy).
+    // build uses Debian's rustc, which has no clippy). Its BPF build with
+    // warnings denied stands in for that.
     let clippy = run(Command::new("cargo").current_dir(root).args([
         "clippy",
         "--workspace",
@@ -210,7 +213,12 @@ fn check(root: &Path) -> Result<()> {
         "-D",
         "warnings",
     ]));
-    fmt.and(clippy)
+    let bpf = run(&mut ebpf_build::command(
+        root,
+        &root.join("target").join("bpf-check"),
+        &["-Dwarnings"],
+    ));
+    fmt.and(clippy).and(bpf)
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {

@@ -97,6 +97,12 @@ impl Probes {
         }
     }
 
+    /// Whether the kernel stopped process `pid` for us (or is about to:
+    /// the record goes in first) and it has not been continued since.
+    pub fn held(&self, pid: u32) -> bool {
+        self.stopped.get(&pid, 0).is_ok()
+    }
+
     /// Continues process `pid` if the kernel stopped it for us and no
     /// event says so (a process leaktrace lets go of).
     pub fn resume(&mut self, pid: u32) {

@@ -5,7 +5,10 @@
 //! of libraries) when it starts adding objects and when they are all
 //! mapped, before any initialiser of theirs runs.
 
-use std::{os::unix::fs::MetadataExt, path::PathBuf};
+use std::{
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 use object::{
     elf,
@@ -73,6 +76,18 @@ pub fn breakpoint(pid: u32) -> Result<Option<LoaderBreakpoint>, LoaderError> {
     Err(LoaderError::NoBreakpoint { pid })
 }
 
+/// Where a command leaktrace starts, `program` (held before its exec),
+/// will call its loader's breakpoint: found from the file, since nothing
+/// of it is mapped yet. None for a statically linked program, or one whose
+/// loader has no `_dl_debug_state`.
+pub fn breakpoint_of_program(program: &Path) -> Option<LoaderBreakpoint> {
+    let data = std::fs::read(program).ok()?;
+    let path = PathBuf::from(interpreter(&data)?);
+    let loader = std::fs::read(&path).ok()?;
+    let offset = function_offsets(&loader)?.get("_dl_debug_state").copied()?;
+    Some(LoaderBreakpoint { path, offset })
+}
+
 /// Whether the ELF program `data` names an interpreter (is dynamically
 /// linked); a file that does not parse has none.
 fn has_interpreter(data: &[u8]) -> bool {
@@ -83,6 +98,19 @@ fn has_interpreter(data: &[u8]) -> bool {
     file.elf_program_headers()
         .iter()
         .any(|ph| ph.p_type(endian) == elf::PT_INTERP)
+}
+
+/// The interpreter the ELF program `data` names (`PT_INTERP`).
+fn interpreter(data: &[u8]) -> Option<String> {
+    let file = ElfFile64::<Endianness>::parse(data).ok()?;
+    let endian = file.endian();
+    let ph = file
+        .elf_program_headers()
+        .iter()
+        .find(|ph| ph.p_type(endian) == elf::PT_INTERP)?;
+    let bytes = ph.data(endian, data).ok()?;
+    let name = bytes.split(|&b| b == 0).next()?;
+    String::from_utf8(name.to_vec()).ok()
 }
 
 #[cfg(test)]
@@ -100,6 +128,20 @@ mod tests {
         let names = function_offsets(&data).expect("an ELF object");
         assert_eq!(names.get("_dl_debug_state"), Some(&found.offset));
         assert!(found.offset > 0);
+    }
+
+    #[test]
+    fn this_test_binary_names_the_loader_it_runs_under() {
+        let exe = std::fs::read_link("/proc/self/exe").expect("own program");
+        let from_file = breakpoint_of_program(&exe).expect("dynamically linked");
+        let running = breakpoint(std::process::id())
+            .expect("reads itself")
+            .expect("dynamically linked");
+        assert_eq!(from_file.offset, running.offset);
+        assert_eq!(
+            std::fs::canonicalize(&from_file.path).expect("the loader"),
+            std::fs::canonicalize(&running.path).expect("the loader")
+        );
     }
 
     #[test]

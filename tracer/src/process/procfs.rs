@@ -112,6 +112,11 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    read_stat(pid).is_ok_and(|s| s.state != 'Z')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

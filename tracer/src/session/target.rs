@@ -21,7 +21,7 @@ use crate::{
     collect::{stacks::Stacks, tasks::TaskCollector, Snapshot},
     export::{self, Exporter},
     golang::{GoTarget, GoTracker},
-    process::container,
+    process::{container, loader, procfs::alive},
     report::{
         builder::{ReportBuilder, Subject},
         human_duration, Report,
@@ -110,20 +110,43 @@ impl Target {
             go => go,
         };
         if let Some(p) = paused {
+            // Tables for the command's mappings before its first
+            // allocation: its loader's breakpoint holds it once its
+            // libraries are mapped, before their initialisers run, while
+            // they are built (else they follow its exec, racing with it).
+            let mut watch = match &tracer.unwind {
+                Some(_) => loader::breakpoint_of_program(&p.program)
+                    .and_then(|at| tracer.probes.watch_loader(pid, &at.path, at.offset).ok()),
+                None => None,
+            };
             p.release();
-            if let Some(tables) = tracer.unwind.as_mut() {
-                // Tables for the command's own mappings as soon as it has
-                // exec'd (until then its stacks are walked by frame
-                // pointers); objects its loader maps next come in with the
-                // early ticks.
+            if tracer.unwind.is_some() {
                 let objects: Vec<&str> = allocator
                     .objects
                     .iter()
                     .filter_map(|o| o.path.file_name().and_then(|n| n.to_str()))
                     .collect();
-                wait_for_exec(pid, &objects);
-                tables.refresh(pid).context("building the unwind tables")?;
-                eprintln!("leaktrace: {}", describe_unwind(&tables.summary(pid)));
+                let held = watch.is_some() && hold_until_loaded(tracer, pid, &objects);
+                if !held {
+                    drop(watch.take());
+                    // A stop that came after the last look goes on too.
+                    if tracer.probes.held(pid) {
+                        tracer.probes.wait_stopped(pid);
+                        tracer.probes.resume_stopped(pid);
+                    }
+                    wait_for_exec(pid, &objects);
+                }
+                let built = tracer
+                    .unwind
+                    .as_mut()
+                    .map(|t| t.refresh(pid).map(|()| t.summary(pid)));
+                drop(watch);
+                if held {
+                    tracer.probes.resume_stopped(pid);
+                }
+                if let Some(summary) = built.transpose().context("building the unwind tables")? {
+                    eprintln!("leaktrace: {}", describe_unwind(&summary));
+                }
             }
         }
         let heap_via = match (&go_version, allocator.objects.is_empty()) {
@@ -251,6 +274,39 @@ impl Target {
 /// Waits (briefly) until a released command has replaced leaktrace's
 /// image with its own and its loader has mapped `objects` (the allocator's:
 /// nothing is probed before they are there).
+/// Waits until the launched command `pid` stops at its loader's
+/// breakpoint with `objects` (file names) mapped, continuing it past the
+/// stops before (the loader's first call, as it starts mapping). True
+/// when it is stopped there now; false if it did not get there in time
+/// (it runs then).
+fn hold_until_loaded(tracer: &mut Tracer, pid: u32, objects: &[&str]) -> bool {
+    let deadline = Instant::now() + LOADER_GRACE;
+    while Instant::now() < deadline {
+        // The kernel records each stop of ours before it stops the
+        // process; continuing it removes the record first.
+        if !tracer.probes.held(pid) {
+            if !alive(pid) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+            continue;
+        }
+        if !tracer.probes.wait_stopped(pid) {
+            return false; // gone
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if objects.iter().all(|o| maps.contains(o)) {
+            return true;
+        }
+        tracer.probes.resume_stopped(pid);
+    }
+    false
+}
+
+/// How long a launched command may take from its exec to its loader's
+/// breakpoint.
+const LOADER_GRACE: Duration = Duration::from_secs(5);
+
 fn wait_for_exec(pid: u32, objects: &[&str]) {
     let ours: Option<PathBuf> = std::fs::read_link("/proc/self/exe").ok();
     for _ in 0..2000 {

@@ -53,6 +53,7 @@ use crate::{
 };
 use engine_watch::News;
 use newcomers::{Waiting, LOADER_GRACE};
+use procfs::alive;
 
 /// How long a container whose processes are all gone may take to start
 /// again (`docker restart`) before leaktrace counts it as ended.
@@ -713,9 +714,4 @@ fn own_container() -> Option<String> {
     static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     OWN.get_or_init(|| container::inspect(std::process::id()).id)
         .clone()
-}
-
-/// Whether process `pid` runs (exists and is not a zombie).
-fn alive(pid: u32) -> bool {
-    procfs::read_stat(pid).is_ok_and(|s| s.state != 'Z')
 }
