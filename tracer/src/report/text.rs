@@ -153,7 +153,7 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     }
     let d = &r.dropped;
     let line = format!(
-        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines{}",
+        "   not recorded: {} allocations (table full: allocs {}, sites {}, threads {}; unreadable {}), {} stacks lost, {} tasks, {} goroutines{}{}",
         d.get(Counter::AllocMapFull) + d.get(Counter::SiteMapFull) + d.get(Counter::PendingMapFull) + d.get(Counter::ResultUnreadable),
         d.get(Counter::AllocMapFull),
         d.get(Counter::SiteMapFull),
@@ -171,6 +171,11 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
             )
         } else {
             String::new()
+        },
+        // Recorded, but without the caller's address (no site frame).
+        match d.get(Counter::CallerUnreadable) {
+            0 => String::new(),
+            n => format!(", {n} callers unreadable"),
         },
     );
     if d.total() > 0 {
