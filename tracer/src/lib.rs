@@ -30,6 +30,7 @@ pub mod placement;
 pub mod privileges;
 pub mod probes;
 pub mod process;
+pub mod reach;
 pub mod report;
 pub mod session;
 pub mod symbolize;
