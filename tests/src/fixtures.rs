@@ -49,6 +49,16 @@ fn c_threads(src: &Path, out: &Path) -> Command {
     cmd
 }
 
+/// The reachability fixtures: -O0, since an optimizer drops allocations
+/// and stores nobody reads, which is what those fixtures are made of.
+fn c_unoptimized_threads(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("cc");
+    cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-Wall", "-pthread", "-o"])
+        .arg(out)
+        .arg(src);
+    cmd
+}
+
 fn cpp(src: &Path, out: &Path) -> Command {
     let mut cmd = Command::new("g++");
     cmd.args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
@@ -163,6 +173,11 @@ const FIXTURES: &[FixtureSpec] = &[
         name: "heap_c",
         source: "heap_c.c",
         compile: c,
+    },
+    FixtureSpec {
+        name: "reach_c",
+        source: "reach_c.c",
+        compile: c_unoptimized_threads,
     },
     FixtureSpec {
         name: "prefork",

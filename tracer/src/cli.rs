@@ -91,6 +91,22 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub older_than: Duration,
 
+    /// At each report, stop the target's threads for a moment (ptrace) and
+    /// mark its memory from its roots, as valgrind's leak check does: each
+    /// block older than --older-than is then definitely, indirectly or
+    /// possibly lost, or still reachable. Go's own heap is not scanned.
+    #[arg(long)]
+    pub reachability: bool,
+
+    /// With --reachability: scan at every Nth report only.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), requires = "reachability")]
+    pub reachability_every: u64,
+
+    /// With --reachability: the longest the target may stay stopped; a
+    /// scan past it is abandoned (the report says so) and the target goes on.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration, requires = "reachability")]
+    pub scan_deadline: Duration,
+
     /// Show at most this many allocation sites per report, largest first.
     #[arg(short = 'T', long, value_name = "N", default_value_t = 10)]
     pub top: usize,

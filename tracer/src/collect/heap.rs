@@ -17,7 +17,9 @@ use std::{
 };
 
 use aya::maps::MapError;
-use tracer_common::{Config, Counter, CounterKind, SiteKey, SiteTotals, COUNTERS, COUNTER_COUNT};
+use tracer_common::{
+    AllocRecord, Config, Counter, CounterKind, SiteKey, SiteTotals, COUNTERS, COUNTER_COUNT,
+};
 
 use crate::probes::HeapMaps;
 
@@ -193,6 +195,21 @@ pub trait SiteTable {
     fn publish(&mut self, config: Config) -> Result<(), MapError>;
     /// Removes the live-block records of process `tgid`.
     fn forget_blocks(&mut self, tgid: u32);
+    /// The live-block records of process `tgid`, by address.
+    fn blocks(&self, _tgid: u32) -> Vec<(u64, AllocRecord)> {
+        Vec::new()
+    }
+}
+
+/// One outstanding block, as a reachability scan needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveBlock {
+    pub addr: u64,
+    pub size: u64,
+    pub site: SiteId,
+    /// Older than the threshold: reported on (younger ones are marked
+    /// through, never reported).
+    pub old: bool,
 }
 
 impl SiteTable for HeapMaps {
@@ -223,6 +240,15 @@ impl SiteTable for HeapMaps {
         for k in keys {
             let _ = self.allocs.remove(&k);
         }
+    }
+
+    fn blocks(&self, tgid: u32) -> Vec<(u64, AllocRecord)> {
+        self.allocs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.tgid == tgid)
+            .map(|(k, v)| (k.addr, v))
+            .collect()
     }
 }
 
@@ -263,6 +289,26 @@ impl<T: SiteTable> Collector<T> {
     /// End of generation `g` (the start of the next), or `now` if current.
     fn gen_end(&self, g: u32, now: Instant) -> Instant {
         self.gen_start.get(&(g + 1)).copied().unwrap_or(now)
+    }
+
+    /// The outstanding blocks of process `tgid`, each with its site and
+    /// whether it is older than the threshold (a folded generation, below
+    /// the horizon, is).
+    pub fn live_blocks(&self, tgid: u32, now: Instant) -> Vec<LiveBlock> {
+        self.maps
+            .blocks(tgid)
+            .into_iter()
+            .map(|(addr, r)| LiveBlock {
+                addr,
+                size: r.size,
+                site: SiteId {
+                    caller: r.caller,
+                    stack_id: r.stack_id,
+                    tgid,
+                },
+                old: r.generation < self.horizon || self.is_old(r.generation, now),
+            })
+            .collect()
     }
 
     fn is_old(&self, g: u32, now: Instant) -> bool {

@@ -6,7 +6,7 @@ pub mod heap;
 pub mod stacks;
 pub mod tasks;
 
-pub use heap::{tick_period, Collector, Dropped, SiteId, SiteSurvivors, Snapshot};
+pub use heap::{tick_period, Collector, Dropped, LiveBlock, SiteId, SiteSurvivors, Snapshot};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the probes stamp records with.
 pub fn monotonic_ns() -> u64 {

@@ -7,6 +7,8 @@ use std::{fs, io, path::PathBuf};
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
+    pub readable: bool,
+    pub writable: bool,
     pub executable: bool,
     /// Offset into the mapped file.
     pub file_offset: u64,
@@ -15,6 +17,9 @@ pub struct Mapping {
     pub inode: u64,
     /// Path as the target sees it (inside its mount namespace), if file-backed.
     pub path: Option<String>,
+    /// The kernel's name of a mapping without a file (`[heap]`, `[stack]`,
+    /// `[vvar]`, `[anon:NAME]`).
+    pub pseudo: Option<String>,
 }
 
 impl Mapping {
@@ -53,6 +58,7 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     let inode = fields.next()?;
     let path = fields.next().map(str::trim_start).unwrap_or("");
     let (start, end) = range.split_once('-')?;
+    let pseudo = path.starts_with('[').then(|| path.to_string());
     let path = if path.starts_with('/') {
         Some(path.trim_end_matches(" (deleted)").to_string())
     } else {
@@ -61,11 +67,14 @@ fn parse_maps_line(line: &str) -> Option<Mapping> {
     Some(Mapping {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
+        readable: perms.as_bytes().first() == Some(&b'r'),
+        writable: perms.as_bytes().get(1) == Some(&b'w'),
         executable: perms.as_bytes().get(2) == Some(&b'x'),
         file_offset: u64::from_str_radix(offset, 16).ok()?,
         dev: dev.to_string(),
         inode: inode.parse().ok()?,
         path,
+        pseudo,
     })
 }
 

@@ -21,6 +21,8 @@
 //! pointing to a vtable sits inside a block that starts with one
 //! (`multipleinheritance`).
 
+use std::time::Instant;
+
 use super::memory::Memory;
 
 /// A traced block: where it starts and the size asked for.
@@ -100,6 +102,15 @@ pub struct Mark<'a, M: Memory> {
     stack: Vec<usize>,
     scanned: u64,
     unreadable: u64,
+    deadline: Option<Instant>,
+    late: bool,
+}
+
+/// The deadline passed before the mark was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the scan was abandoned at its deadline, after {scanned_bytes} bytes")]
+pub struct Abandoned {
+    pub scanned_bytes: u64,
 }
 
 impl<'a, M: Memory> Mark<'a, M> {
@@ -116,11 +127,26 @@ impl<'a, M: Memory> Mark<'a, M> {
             stack: Vec::new(),
             scanned: 0,
             unreadable: 0,
+            deadline: None,
+            late: false,
         }
     }
 
+    /// Gives up at `deadline` ([`Mark::run`] says so).
+    pub fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    fn over(&mut self) -> bool {
+        if !self.late {
+            self.late = self.deadline.is_some_and(|d| Instant::now() >= d);
+        }
+        self.late
+    }
+
     /// Marks from `roots` and `registers`, then gathers the cliques.
-    pub fn run(mut self, roots: &[Region], registers: &[u64]) -> Marked {
+    pub fn run(mut self, roots: &[Region], registers: &[u64]) -> Result<Marked, Abandoned> {
         for r in roots {
             self.scan_region(*r);
         }
@@ -133,6 +159,11 @@ impl<'a, M: Memory> Mark<'a, M> {
                 self.push(i);
                 self.process(Some(i));
             }
+        }
+        if self.late {
+            return Err(Abandoned {
+                scanned_bytes: self.scanned,
+            });
         }
         let verdicts = self
             .state
@@ -160,13 +191,13 @@ impl<'a, M: Memory> Mark<'a, M> {
                 }
             })
             .collect();
-        Marked {
+        Ok(Marked {
             verdicts,
             indirect_bytes,
             heuristics,
             scanned_bytes: self.scanned,
             unreadable_bytes: self.unreadable,
-        }
+        })
     }
 
     /// The block `ptr` points into.
@@ -185,6 +216,10 @@ impl<'a, M: Memory> Mark<'a, M> {
 
     fn process(&mut self, clique: Option<usize>) {
         while let Some(top) = self.stack.pop() {
+            if self.over() {
+                self.stack.clear();
+                return;
+            }
             self.pending[top] = false;
             let definite = self.state[top] != State::Possible;
             let b = self.blocks[top];
@@ -225,9 +260,12 @@ impl<'a, M: Memory> Mark<'a, M> {
         let end = r.end & !7;
         let mut buf = vec![0u8; CHUNK];
         while at < end {
+            if self.over() {
+                return;
+            }
             let len = (end - at).min(CHUNK as u64) as usize;
             if self.memory.read(at, &mut buf[..len]) {
-                self.scan_words(&buf[..len].to_vec());
+                self.scan_words(&buf[..len]);
                 self.scanned += len as u64;
                 at += len as u64;
                 continue;
@@ -238,7 +276,7 @@ impl<'a, M: Memory> Mark<'a, M> {
                 let page_end = ((at / PAGE) + 1) * PAGE;
                 let n = (page_end.min(chunk_end) - at) as usize;
                 if self.memory.read(at, &mut buf[..n]) {
-                    self.scan_words(&buf[..n].to_vec());
+                    self.scan_words(&buf[..n]);
                     self.scanned += n as u64;
                 } else {
                     self.unreadable += n as u64;
@@ -427,7 +465,9 @@ mod tests {
     }
 
     fn mark(blocks: &[Block], pic: &mut Picture, registers: &[u64]) -> Marked {
-        Mark::new(blocks, pic).run(&[ROOT], registers)
+        Mark::new(blocks, pic)
+            .run(&[ROOT], registers)
+            .expect("no deadline")
     }
 
     use Verdict::*;
@@ -567,6 +607,15 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_past_its_deadline_is_abandoned() {
+        let blocks = [block(0x10000, 16)];
+        let mut pic = Picture::default();
+        let past = Instant::now();
+        let r = Mark::new(&blocks, &mut pic).until(past).run(&[ROOT], &[]);
+        assert_eq!(r, Err(Abandoned { scanned_bytes: 0 }));
+    }
+
+    #[test]
     fn unreadable_root_pages_are_counted_and_skipped() {
         struct Holes(Picture);
         impl Memory for Holes {
@@ -590,7 +639,9 @@ mod tests {
             start: 0x1000,
             end: 0x3000,
         }];
-        let m = Mark::new(&blocks, &mut holes).run(&roots, &[]);
+        let m = Mark::new(&blocks, &mut holes)
+            .run(&roots, &[])
+            .expect("no deadline");
         assert_eq!(m.verdicts, [StillReachable]);
         assert_eq!(m.unreadable_bytes, 4096);
         assert_eq!(m.scanned_bytes, 4096 + 16);

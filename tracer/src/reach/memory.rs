@@ -1,6 +1,8 @@
 //! What the mark reads: the target's memory, and what its mappings say
 //! about an address (for the multiple-inheritance heuristic's vtables).
 
+use crate::process::procfs::Mapping;
+
 /// Memory of a stopped process (or a test's picture of one).
 pub trait Memory {
     /// Fills `buf` from `addr`; false if any of it cannot be read.
@@ -25,4 +27,53 @@ pub struct MappingKind {
     pub executable: bool,
     /// Where the mapping ends (exclusive).
     pub end: u64,
+}
+
+/// A live process's memory, read with `process_vm_readv` (no copy through
+/// the kernel's page cache, no file offset to seek), its mappings from
+/// /proc/PID/maps as read once when the process was stopped.
+pub struct ProcessMemory {
+    pid: u32,
+    maps: Vec<Mapping>,
+}
+
+impl ProcessMemory {
+    pub fn new(pid: u32, maps: Vec<Mapping>) -> Self {
+        ProcessMemory { pid, maps }
+    }
+
+    pub fn maps(&self) -> &[Mapping] {
+        &self.maps
+    }
+}
+
+impl Memory for ProcessMemory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> bool {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: one local iovec over `buf`, which outlives the call; the
+        // remote address is only read by the kernel, in the target.
+        let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
+        n == buf.len() as isize
+    }
+
+    fn mapping(&self, addr: u64) -> Option<MappingKind> {
+        let i = self
+            .maps
+            .partition_point(|m| m.start <= addr)
+            .checked_sub(1)?;
+        let m = &self.maps[i];
+        m.contains(addr).then(|| MappingKind {
+            file: m.path.is_some(),
+            readable: m.readable,
+            executable: m.executable,
+            end: m.end,
+        })
+    }
 }

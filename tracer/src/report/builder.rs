@@ -11,7 +11,7 @@ use tracer_common::STACK_UNKNOWN;
 
 use super::{
     aggregate::{self, GrowthTracker, Trend},
-    ExistingThreadReport, Report, SiteReport, ThreadSiteReport,
+    reachability, ExistingThreadReport, Report, SiteReport, ThreadSiteReport,
 };
 use crate::{
     collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, Snapshot},
@@ -21,6 +21,7 @@ use crate::{
         container::ContainerInfo,
         memcg::{MemoryCgroup, MemoryCgroupReading},
     },
+    reach::Scan,
     report::{
         profiles::Profiles,
         suppressions::{Suppressed, Suppressions},
@@ -62,6 +63,10 @@ pub struct ReportBuilder {
     /// The last reading: an engine removes the cgroup soon after its
     /// container died, and the final report still says what it was.
     last_memory_cgroup: Option<MemoryCgroupReading>,
+    /// With --reachability: the scan the next report tells of.
+    scan: Option<Scan>,
+    /// Definitely lost bytes at the last complete scan.
+    last_definitely_lost: Option<u64>,
 }
 
 impl ReportBuilder {
@@ -77,6 +82,8 @@ impl ReportBuilder {
         ReportBuilder {
             memory_cgroup: MemoryCgroup::of(subject.pid),
             last_memory_cgroup: None,
+            scan: None,
+            last_definitely_lost: None,
             subject,
             top,
             older_than,
@@ -110,6 +117,11 @@ impl ReportBuilder {
     /// from now on.
     pub fn set_container_labels(&mut self, labels: crate::process::engine::ContainerLabels) {
         self.subject.container.labels = Some(labels);
+    }
+
+    /// The next report tells of `scan`.
+    pub fn set_scan(&mut self, scan: Scan) {
+        self.scan = Some(scan);
     }
 
     /// Reports built so far.
@@ -225,6 +237,24 @@ impl ReportBuilder {
             ),
             None => None,
         };
+        let reachability = match self.scan.take() {
+            Some(scan) => {
+                let r = reachability::section(
+                    scan,
+                    &mut self.stacks,
+                    symbolizer,
+                    self.top,
+                    self.last_definitely_lost,
+                    self.go.is_some(),
+                )
+                .await?;
+                if r.incomplete.is_none() {
+                    self.last_definitely_lost = Some(r.totals[0].bytes);
+                }
+                Some(r)
+            }
+            None => None,
+        };
         let profiles = match self.profiles {
             true => Some(self.profiles(symbolizer, &snap, go.as_ref()).await?),
             false => None,
@@ -270,6 +300,7 @@ impl ReportBuilder {
             profiles,
             suppressed,
             container_processes: None,
+            reachability,
         })
     }
 

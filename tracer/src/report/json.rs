@@ -9,7 +9,10 @@ use tracer_common::{CounterKind, StackEnd};
 
 use serde_json::{json, Value};
 
-use super::{Report, SiteReport, ThreadSiteReport};
+use super::{
+    reachability::{verdict_name, ReachabilityReport, VERDICTS},
+    Report, SiteReport, ThreadSiteReport,
+};
 use crate::{collect::Dropped, golang::GoReport, symbolize::Frame};
 
 pub fn write(out: &mut impl Write, r: &Report) -> io::Result<()> {
@@ -71,6 +74,38 @@ fn to_value(r: &Report) -> Value {
             "age_ms": t.age.as_millis() as u64,
         })).collect::<Vec<_>>(),
         "go": r.go.as_ref().map(go),
+        "reachability": r.reachability.as_ref().map(reachability),
+    })
+}
+
+fn reachability(r: &ReachabilityReport) -> Value {
+    let totals: serde_json::Map<String, Value> = VERDICTS
+        .iter()
+        .zip(&r.totals)
+        .map(|(v, a)| {
+            (
+                verdict_name(*v).to_string(),
+                json!({"bytes": a.bytes, "blocks": a.blocks}),
+            )
+        })
+        .collect();
+    json!({
+        "complete": r.incomplete.is_none(),
+        "incomplete": r.incomplete,
+        "stopped_us": r.stopped.as_micros() as u64,
+        "threads": r.threads,
+        "scanned_bytes": r.scanned_bytes,
+        "unreadable_bytes": r.unreadable_bytes,
+        "go_heap_not_scanned": r.go_heap_not_scanned,
+        "totals": totals,
+        "definitely_lost_growth_bytes": r.definitely_lost_growth,
+        "records": r.records.iter().map(|l| json!({
+            "kind": verdict_name(l.verdict),
+            "bytes": l.bytes,
+            "blocks": l.blocks,
+            "indirect_bytes": l.indirect_bytes,
+            "frames": l.frames.iter().map(frame).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -256,6 +291,7 @@ mod tests {
             profiles: None,
             suppressed: None,
             container_processes: None,
+            reachability: None,
         };
         let mut buf = Vec::new();
         write(&mut buf, &r).expect("writes");

@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod builder;
 mod json;
 pub mod profiles;
+pub mod reachability;
 pub mod suppressions;
 mod text;
 
@@ -163,6 +164,8 @@ pub struct Report {
     /// With --container: the container's traced processes now, and how
     /// many joined and left since the previous round of reports.
     pub container_processes: Option<ProcessCounts>,
+    /// With --reachability, at a report that scanned: the verdicts.
+    pub reachability: Option<reachability::ReachabilityReport>,
 }
 
 /// A traced container's processes.

@@ -6,11 +6,12 @@ use std::{
 };
 use tracer_common::{Counter, StackEnd};
 
+use super::reachability::{verdict_name, ReachabilityReport, VERDICTS};
 use super::{
     aggregate::{Trend, TREND_WINDOW},
     Report, SiteReport, ThreadSiteReport,
 };
-use crate::{golang::GoReport, symbolize::Frame};
+use crate::{golang::GoReport, reach::Verdict, symbolize::Frame};
 
 /// Whether to emit ANSI colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +136,9 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     if let Some(go) = &r.go {
         go_section(out, r, go, style)?;
     }
+    if let Some(reach) = &r.reachability {
+        reachability(out, reach, style)?;
+    }
     if let Some(sup) = &r.suppressed {
         let rules: Vec<String> = sup
             .by_rule
@@ -199,6 +203,75 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
 }
 
 /// Only for a cgroup with a limit or a kill: "/" on a host says nothing.
+/// The scan's verdicts, in LeakSanitizer's words for the lost ones.
+fn reachability(out: &mut impl Write, r: &ReachabilityReport, style: Style) -> io::Result<()> {
+    if let Some(why) = &r.incomplete {
+        return writeln!(
+            out,
+            "{}",
+            style.paint("33", &format!("   reachability: scan incomplete: {why}"))
+        );
+    }
+    let totals: Vec<String> = VERDICTS
+        .iter()
+        .zip(&r.totals)
+        .map(|(v, a)| {
+            format!(
+                "{}: {} in {} block(s)",
+                verdict_name(*v).replace('_', " "),
+                bytes(a.bytes),
+                a.blocks
+            )
+        })
+        .collect();
+    writeln!(
+        out,
+        "   reachability: {}{} (target stopped {:.1} ms, {} thread(s), {} scanned{})",
+        totals.join(", "),
+        match r.definitely_lost_growth {
+            Some(g) if g != 0 => format!(" ({g:+} B definitely lost since the last scan)"),
+            _ => String::new(),
+        },
+        r.stopped.as_secs_f64() * 1000.0,
+        r.threads,
+        bytes(r.scanned_bytes),
+        match r.unreadable_bytes {
+            0 => String::new(),
+            n => format!(", {n} B unreadable"),
+        },
+    )?;
+    if r.go_heap_not_scanned {
+        writeln!(
+            out,
+            "   (the Go heap is not scanned: pointers held only there are not seen, and Go objects are not classified)"
+        )?;
+    }
+    for l in r
+        .records
+        .iter()
+        .filter(|l| l.verdict != Verdict::StillReachable)
+    {
+        let what = match l.verdict {
+            Verdict::DefinitelyLost => "Direct leak",
+            Verdict::IndirectlyLost => "Indirect leak",
+            _ => "Possible leak",
+        };
+        let indirect = match l.indirect_bytes {
+            0 => String::new(),
+            n => format!(" ({n} byte(s) indirectly lost through it)"),
+        };
+        writeln!(
+            out,
+            "   {} of {} byte(s) in {} object(s){indirect} allocated from:",
+            style.paint("1", what),
+            l.bytes,
+            l.blocks
+        )?;
+        frames(out, &l.frames, style)?;
+    }
+    Ok(())
+}
+
 fn memory_cgroup(
     out: &mut impl Write,
     m: &crate::process::memcg::MemoryCgroupReading,

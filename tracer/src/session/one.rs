@@ -66,6 +66,7 @@ pub async fn trace(
                     tracer.collector.prune_dead_threads();
                     let snap = tracer.collector.read(Instant::now()).context("reading the eBPF maps")?;
                     let last = cli.count.is_some_and(|n| target.seq() + 1 >= n);
+                    target.scan_if_due(&tracer);
                     let report = target.report(&snap, ReportKind::regular_or_final(last)).await?;
                     if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
                         break true; // reader went away (e.g. `| head`): stop quietly

@@ -22,6 +22,7 @@ use crate::{
     export::{self, Exporter},
     golang::{GoTarget, GoTracker},
     process::{container, loader, procfs::alive},
+    reach,
     report::{
         builder::{ReportBuilder, Subject},
         human_duration, Report,
@@ -48,6 +49,15 @@ pub struct Target {
     pub exit: ExitWatcher,
     /// Ticks left with early refreshes.
     early_ticks: u32,
+    /// `--reachability`: when to scan.
+    reach: Option<ReachSchedule>,
+}
+
+/// `--reachability`'s scans: every `every`th report, each within `deadline`.
+struct ReachSchedule {
+    every: u64,
+    deadline: Duration,
+    reports: u64,
 }
 
 impl Target {
@@ -84,6 +94,9 @@ impl Target {
             candidates,
         } = plan;
         let launched = paused.is_some();
+        if cli.reachability && reach::freeze::traced_by_another(pid) {
+            return Err(reach::freeze::FreezeError::AlreadyTraced(pid).into());
+        }
         let tasks = TaskCollector::new(tracer.shared.tasks.clone(), pid, cli.older_than);
         let exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
         let symbolizer =
@@ -204,7 +217,33 @@ impl Target {
             exporter,
             exit,
             early_ticks: EARLY_MAP_REFRESH_TICKS,
+            reach: cli.reachability.then_some(ReachSchedule {
+                every: cli.reachability_every,
+                deadline: cli.scan_deadline,
+                reports: 0,
+            }),
         })
+    }
+
+    /// `--reachability`: scans the target now if this report is one that
+    /// scans; the next report tells of it. A scan that cannot stop the
+    /// target (it exits, a debugger took it meanwhile) is told as
+    /// incomplete.
+    pub fn scan_if_due(&mut self, tracer: &Tracer) {
+        let Some(r) = &mut self.reach else {
+            return;
+        };
+        r.reports += 1;
+        if (r.reports - 1) % r.every != 0 {
+            return;
+        }
+        let pid = self.pid;
+        let collector = &tracer.collector;
+        let scan = reach::scan(pid, r.deadline, || {
+            collector.live_blocks(pid, Instant::now())
+        })
+        .unwrap_or_else(|e| reach::Scan::incomplete(e.to_string()));
+        self.builder.set_scan(scan);
     }
 
     /// Every tick: early on, re-reads the process's mappings (a command

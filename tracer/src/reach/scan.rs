@@ -1,0 +1,123 @@
+//! One scan: the target stopped, its blocks and roots read, the mark run,
+//! the target let go, within a deadline.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    freeze::{FreezeError, Frozen},
+    mark::{Block, Mark, Verdict},
+    memory::ProcessMemory,
+    roots::roots,
+};
+use crate::{collect::LiveBlock, process::procfs};
+
+/// What one scan found.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// Every outstanding block with its verdict.
+    pub blocks: Vec<(LiveBlock, Verdict)>,
+    /// For a definitely lost block, the bytes indirectly lost through it
+    /// (by index into `blocks`).
+    pub indirect_bytes: Vec<u64>,
+    /// How long the target was stopped.
+    pub stopped: Duration,
+    pub threads: usize,
+    pub scanned_bytes: u64,
+    pub unreadable_bytes: u64,
+    /// Why the scan gave no verdicts (the deadline passed, the target
+    /// exited): the target ran on, nothing is classified.
+    pub incomplete: Option<String>,
+}
+
+impl Scan {
+    /// A scan that could not be made, and why.
+    pub fn incomplete(why: String) -> Scan {
+        Scan {
+            blocks: Vec::new(),
+            indirect_bytes: Vec::new(),
+            stopped: Duration::ZERO,
+            threads: 0,
+            scanned_bytes: 0,
+            unreadable_bytes: 0,
+            incomplete: Some(why),
+        }
+    }
+}
+
+/// Stops process `pid`, marks from its roots the blocks `blocks` reads
+/// (called while it is stopped, so that none comes or goes meanwhile),
+/// and lets it go; abandoned at `deadline` after the start.
+pub fn scan(
+    pid: u32,
+    deadline: Duration,
+    blocks: impl FnOnce() -> Vec<LiveBlock>,
+) -> Result<Scan, FreezeError> {
+    let start = Instant::now();
+    let until = start + deadline;
+    let incomplete = |why: String, threads: usize, scanned_bytes: u64| Scan {
+        blocks: Vec::new(),
+        indirect_bytes: Vec::new(),
+        stopped: start.elapsed(),
+        threads,
+        scanned_bytes,
+        unreadable_bytes: 0,
+        incomplete: Some(why),
+    };
+    let frozen = match Frozen::freeze(pid, until) {
+        Ok(f) => f,
+        Err(FreezeError::Deadline(_)) => {
+            return Ok(incomplete(
+                format!("the threads did not all stop within {}", ms(deadline)),
+                0,
+                0,
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let threads = frozen.threads.len();
+    let Ok(maps) = procfs::read_maps(pid) else {
+        return Ok(incomplete("the target exited".into(), threads, 0));
+    };
+    let mut live = blocks();
+    live.sort_by_key(|b| b.addr);
+    let marked_blocks: Vec<Block> = live
+        .iter()
+        .map(|b| Block {
+            addr: b.addr,
+            size: b.size,
+        })
+        .collect();
+    let regions = roots(&maps, &frozen.stack_pointers(), &marked_blocks);
+    let registers = frozen.registers();
+    let mut memory = ProcessMemory::new(pid, maps);
+    let marked = Mark::new(&marked_blocks, &mut memory)
+        .until(until)
+        .run(&regions, &registers);
+    drop(frozen);
+    let stopped = start.elapsed();
+    let marked = match marked {
+        Ok(m) => m,
+        Err(a) => {
+            let mut s = incomplete(
+                format!("the deadline of {} passed", ms(deadline)),
+                threads,
+                a.scanned_bytes,
+            );
+            s.stopped = stopped;
+            return Ok(s);
+        }
+    };
+    Ok(Scan {
+        blocks: live.into_iter().zip(marked.verdicts).collect(),
+        indirect_bytes: marked.indirect_bytes,
+        stopped,
+        threads,
+        scanned_bytes: marked.scanned_bytes,
+        unreadable_bytes: marked.unreadable_bytes,
+        incomplete: None,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
