@@ -53,9 +53,16 @@ fn c_threads(src: &Path, out: &Path) -> Command {
 /// and stores nobody reads, which is what those fixtures are made of.
 fn c_unoptimized_threads(src: &Path, out: &Path) -> Command {
     let mut cmd = Command::new("cc");
-    cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-Wall", "-pthread", "-o"])
-        .arg(out)
-        .arg(src);
+    cmd.args([
+        "-O0",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-Wall",
+        "-pthread",
+        "-o",
+    ])
+    .arg(out)
+    .arg(src);
     cmd
 }
 

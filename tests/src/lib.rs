@@ -22,6 +22,7 @@ mod go_versions;
 mod kernel;
 mod leaktrace;
 mod process;
+mod reachability;
 mod report;
 mod valgrind;
 
@@ -34,6 +35,7 @@ pub use go_versions::*;
 pub use kernel::*;
 pub use leaktrace::*;
 pub use process::*;
+pub use reachability::*;
 pub use report::*;
 pub use valgrind::*;
 

@@ -94,9 +94,6 @@ impl Target {
             candidates,
         } = plan;
         let launched = paused.is_some();
-        if cli.reachability && reach::freeze::traced_by_another(pid) {
-            return Err(reach::freeze::FreezeError::AlreadyTraced(pid).into());
-        }
         let tasks = TaskCollector::new(tracer.shared.tasks.clone(), pid, cli.older_than);
         let exit = ExitWatcher::new(pid, launched).context("cannot watch the target for exit")?;
         let symbolizer =

@@ -84,6 +84,10 @@ impl Plan {
     /// The running process `pid`, inspected.
     pub fn of_process(cli: &Cli, pid: u32) -> anyhow::Result<Plan> {
         let proc_ = crate::process::inspect(pid)?;
+        // Said before anything is attached: a scan could never stop it.
+        if cli.reachability && crate::reach::freeze::traced_by_another(pid) {
+            return Err(crate::reach::freeze::FreezeError::AlreadyTraced(pid).into());
+        }
         let candidates = crate::process::mapped_objects(pid)?;
         let go = golang::of_process(pid)?;
         Plan::new(cli, pid, proc_.comm, None, candidates, go)
