@@ -113,3 +113,27 @@ fn a_target_another_tracer_holds_is_refused() {
     fixture.send("done");
     assert!(fixture.wait().success());
 }
+
+#[test]
+fn sigusr2_scans_and_reports_at_once() {
+    let mut fixture = Fixture::start("reach_c", &["wait", "one"]);
+    // No report of its own for a minute.
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["--reachability", "-i", "60", "--older-than", "0"],
+    );
+    fixture.command("go", "checkpoint");
+    lt.signal(libc::SIGUSR2);
+    let report = lt.next_report();
+    assert_eq!(report["seq"], 1);
+    assert_eq!(report["reachability"]["complete"], true, "{report}");
+    assert!(scan_saw(&report, "checkpoint", 7777), "{report}");
+    assert_eq!(
+        report["reachability"]["totals"]["definitely_lost"],
+        serde_json::json!({"bytes": 100, "blocks": 1})
+    );
+    fixture.send("done");
+    assert!(fixture.wait().success());
+    let (status, _, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+}

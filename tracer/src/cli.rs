@@ -95,7 +95,8 @@ pub struct Cli {
     /// mark its memory from its roots, as valgrind's leak check does: each
     /// block older than --older-than is then definitely, indirectly or
     /// possibly lost, or still reachable. Go's own heap is not scanned.
-    /// With --pid or a command (not yet with containers).
+    /// SIGUSR2 to leaktrace scans and reports at once. With --pid or a
+    /// command (not yet with containers).
     #[arg(long, conflicts_with_all = ["container", "pod", "all_containers"])]
     pub reachability: bool,
 

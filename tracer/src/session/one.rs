@@ -39,6 +39,9 @@ pub async fn trace(
     outputs: Outputs,
 ) -> anyhow::Result<i32> {
     let pid = plan.pid;
+    // Before the banner says tracing began: from then on SIGUSR2 asks for
+    // a scan (its default action would end leaktrace).
+    let mut sigusr2 = signal(SignalKind::user_defined2())?;
     let mut target = Target::start(&cli, &mut tracer, plan, outputs)?;
     let reporter = reporter_of(&cli);
 
@@ -73,6 +76,17 @@ pub async fn trace(
                     }
                     if last {
                         break true;
+                    }
+                }
+                _ = sigusr2.recv() => {
+                    // A scan asked for: it and a report now, whatever the
+                    // schedule (--reachability only).
+                    if target.scan_now(&tracer) {
+                        let snap = tracer.collector.read(Instant::now()).context("reading the eBPF maps")?;
+                        let report = target.report(&snap, ReportKind::regular_or_final(false)).await?;
+                        if !write_report(&reporter, &mut io::stdout().lock(), &report)? {
+                            break true;
+                        }
                     }
                 }
                 _ = sigint.recv() => { stop_signal = Some(libc::SIGINT); break false; }

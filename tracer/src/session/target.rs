@@ -231,9 +231,17 @@ impl Target {
             return;
         };
         r.reports += 1;
-        if (r.reports - 1) % r.every != 0 {
-            return;
+        if (r.reports - 1) % r.every == 0 {
+            self.scan_now(tracer);
         }
+    }
+
+    /// `--reachability`: scans the target now (SIGUSR2 asks for it); the
+    /// next report tells of it. False without --reachability.
+    pub fn scan_now(&mut self, tracer: &Tracer) -> bool {
+        let Some(r) = &self.reach else {
+            return false;
+        };
         let pid = self.pid;
         let collector = &tracer.collector;
         let scan = reach::scan(pid, r.deadline, || {
@@ -241,6 +249,7 @@ impl Target {
         })
         .unwrap_or_else(|e| reach::Scan::incomplete(e.to_string()));
         self.builder.set_scan(scan);
+        true
     }
 
     /// Every tick: early on, re-reads the process's mappings (a command
