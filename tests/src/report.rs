@@ -186,3 +186,26 @@ pub fn physical_frames(stack: &Value) -> Vec<(u64, String)> {
 pub fn frame_names(stack: &Value) -> Vec<String> {
     physical_frames(stack).into_iter().map(|(_, f)| f).collect()
 }
+
+/// promtool (Debian's prometheus package) accepts `metrics` as an exposition.
+pub fn assert_promtool_accepts(metrics: &str) {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package, installed by cargo xtask setup)");
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("stdin"),
+        metrics.as_bytes(),
+    )
+    .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

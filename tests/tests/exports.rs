@@ -218,27 +218,6 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
 }
 
 /// `promtool check metrics` on `metrics`.
-fn assert_promtool_accepts(metrics: &str) {
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package, installed by cargo xtask setup)");
-    std::io::Write::write_all(
-        &mut promtool.stdin.take().expect("stdin"),
-        metrics.as_bytes(),
-    )
-    .expect("feed promtool");
-    let checked = promtool.wait_with_output().expect("promtool");
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}\n{metrics}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-}
 
 /// `--container` with every export: per-process pprof files named by pid,
 /// the endpoint's `?pid=N` and its merged view of the container, `/metrics`

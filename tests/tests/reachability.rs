@@ -137,3 +137,61 @@ fn sigusr2_scans_and_reports_at_once() {
     let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{stderr:?}");
 }
+
+#[test]
+fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut fixture = Fixture::start("reach_c", &["wait", "tree"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &[
+            "--reachability",
+            "-i",
+            "0.2",
+            "--older-than",
+            "0",
+            "--listen",
+            &listen,
+        ],
+    );
+    fixture.command("go", "checkpoint");
+    lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
+    let metrics = http_get(port, "/metrics");
+    assert_promtool_accepts(&metrics);
+    let value = |name: &str, label: &str| -> Option<String> {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    // The tree's root is lost directly, its two children through it.
+    for line in [58, 59, 60] {
+        let site = format!("site=\"lose_tree (reach_c.c:{line})\"");
+        assert_eq!(
+            value("leaktrace_unreachable_bytes", &site).as_deref(),
+            Some("32"),
+            "{site}\n{metrics}"
+        );
+    }
+    for (kind, bytes) in [
+        ("definitely_lost", "32"),
+        ("indirectly_lost", "64"),
+        ("possibly_lost", "0"),
+    ] {
+        assert_eq!(
+            value("leaktrace_reachability_bytes", &format!("kind=\"{kind}\"")).as_deref(),
+            Some(bytes),
+            "{kind}\n{metrics}"
+        );
+    }
+    assert_eq!(
+        value("leaktrace_reachability_scan_complete", "").as_deref(),
+        Some("1")
+    );
+    fixture.send("done");
+    assert!(fixture.wait().success());
+    let (status, _, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+}

@@ -13,7 +13,11 @@ use tracer_common::CounterKind;
 
 use crate::{
     golang::GoReport,
-    report::{Report, SiteReport},
+    reach::Verdict,
+    report::{
+        reachability::{verdict_name, ReachabilityReport, VERDICTS},
+        Report, SiteReport,
+    },
     symbolize::Frame,
 };
 
@@ -236,6 +240,9 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
     if let Some(go) = &report.go {
         goroutines_and_go_heap(o, go);
     }
+    if let Some(r) = &report.reachability {
+        reachability(o, r);
+    }
     not_recorded(o, report);
     own_usage(o, own);
     out.text
@@ -269,6 +276,55 @@ fn summary(o: &mut Out, report: &Report) {
         "Outstanding traced allocations, young ones included.",
         report.live_blocks,
     );
+}
+
+/// A scan's verdicts (--reachability, in a report that scanned).
+fn reachability(o: &mut Out, r: &ReachabilityReport) {
+    gauge(
+        o,
+        "leaktrace_reachability_scan_complete",
+        "Whether the last scan gave verdicts (1), or was abandoned (0).",
+        u8::from(r.incomplete.is_none()),
+    );
+    gauge(
+        o,
+        "leaktrace_reachability_stop_seconds",
+        "How long the last scan kept the target stopped.",
+        r.stopped.as_secs_f64(),
+    );
+    gauge(
+        o,
+        "leaktrace_reachability_scanned_bytes",
+        "Memory the last scan read (roots and blocks).",
+        r.scanned_bytes,
+    );
+    if r.incomplete.is_some() {
+        return;
+    }
+    let mut f = family(
+        o,
+        "leaktrace_reachability_bytes",
+        "gauge",
+        "Bytes outstanding longer than --older-than, by valgrind's kind (definitely_lost, indirectly_lost, possibly_lost, still_reachable).",
+    );
+    for (v, a) in VERDICTS.iter().zip(&r.totals) {
+        f.sample(&[("kind", verdict_name(*v))], a.bytes);
+    }
+    let unreachable = by_label(
+        r.records
+            .iter()
+            .filter(|l| matches!(l.verdict, Verdict::DefinitelyLost | Verdict::IndirectlyLost))
+            .map(|l| (site_label(&l.frames), l.bytes)),
+    );
+    let mut f = family(
+        o,
+        "leaktrace_unreachable_bytes",
+        "gauge",
+        "Bytes nothing points to any more (definitely and indirectly lost), by allocation site.",
+    );
+    for (label, v) in &unreachable {
+        f.sample(&[("site", label)], v);
+    }
 }
 
 /// Top sites by label, the rest of the report's total as "other".
