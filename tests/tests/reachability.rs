@@ -195,3 +195,116 @@ fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
     let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{stderr:?}");
 }
+
+/// Whether any thread of `pid` is stopped (job control or ptrace).
+fn any_thread_stopped(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok).any(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with(['t', 'T'])))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// SIGUSR1 to `pid` every 200 µs until the returned flag is set.
+fn signal_storm(
+    pid: u32,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let storm = std::thread::spawn(move || {
+        let mut sent = 0;
+        while !flag.load(Ordering::Relaxed) {
+            // SAFETY: kill with plain integers.
+            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+            sent += 1;
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        sent
+    });
+    (stop, storm)
+}
+
+#[test]
+fn two_hundred_scans_of_a_churning_signalled_target_leave_it_running() {
+    let mut fixture = Fixture::start("reach_c", &["wait", "churn"]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &["--reachability", "-i", "0.02", "--older-than", "0"],
+    );
+    fixture.command("go", "checkpoint");
+    let (stop, storm) = signal_storm(fixture.pid);
+    let (mut scans, mut complete) = (0, 0);
+    while scans < 200 {
+        let r = lt.next_report();
+        if r["reachability"].is_object() {
+            scans += 1;
+            if r["reachability"]["complete"] == true {
+                complete += 1;
+                // The lost tree, whatever the churn does meanwhile.
+                assert_eq!(
+                    r["reachability"]["totals"]["definitely_lost"]["bytes"], 32,
+                    "{}",
+                    r["reachability"]
+                );
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = storm.join().expect("storm");
+    assert!(sent > 0);
+    assert!(complete > 0, "no scan completed in {scans}");
+    lt.signal(libc::SIGINT);
+    let (status, _, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(
+        !any_thread_stopped(fixture.pid),
+        "the target was left stopped"
+    );
+    fixture.send("done");
+    assert!(fixture.wait().success(), "the target did not survive");
+}
+
+#[test]
+fn leaktrace_killed_during_scans_leaves_the_target_running() {
+    let mut fixture = Fixture::start("reach_c", &["wait", "churn"]);
+    fixture.command("go", "checkpoint");
+    let (stop, storm) = signal_storm(fixture.pid);
+    for round in 0..10u64 {
+        // Scans back to back; killed after a first, at a moment that
+        // moves from round to round, within or between scans.
+        let mut lt = Leaktrace::attach(
+            fixture.pid,
+            &["--reachability", "-i", "0.01", "--older-than", "0"],
+        );
+        lt.report_where(|r| r["reachability"].is_object());
+        std::thread::sleep(std::time::Duration::from_micros(700 * round));
+        lt.signal(libc::SIGKILL);
+        let (status, _, _) = lt.finish();
+        assert_eq!(status.code(), None, "round {round}: killed");
+        // The kernel lets a dead tracer's tracees go as it reaps it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while any_thread_stopped(fixture.pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the target stayed stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    storm.join().expect("storm");
+    fixture.send("done");
+    assert!(fixture.wait().success(), "the target did not survive");
+}
