@@ -167,7 +167,7 @@ fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
             .map(str::to_string)
     };
     // The tree's root is lost directly, its two children through it.
-    for line in [58, 59, 60] {
+    for line in lines_in_function("reach_c.c", "lose_tree", "calloc(") {
         let site = format!("site=\"lose_tree (reach_c.c:{line})\"");
         assert_eq!(
             value("leaktrace_unreachable_bytes", &site).as_deref(),
@@ -194,6 +194,28 @@ fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
     assert!(fixture.wait().success());
     let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{stderr:?}");
+}
+
+/// The lines of `function` in fixture `file` that contain `needle`.
+fn lines_in_function(file: &str, function: &str, needle: &str) -> Vec<usize> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("the fixture's source");
+    let start = text
+        .lines()
+        .position(|l| l.contains(&format!(" {function}(")))
+        .expect("the function");
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .skip(start)
+        .take_while(|(i, l)| *i == start || !l.starts_with('}'))
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert!(!lines.is_empty(), "{needle} in {function}");
+    lines
 }
 
 /// Whether any thread of `pid` is stopped (job control or ptrace).
