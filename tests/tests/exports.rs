@@ -217,8 +217,6 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
     assert!(status.success());
 }
 
-/// `promtool check metrics` on `metrics`.
-
 /// `--container` with every export: per-process pprof files named by pid,
 /// the endpoint's `?pid=N` and its merged view of the container, `/metrics`
 /// with every series labelled by process, all read by `go tool pprof` and

@@ -354,16 +354,19 @@ impl<'a, M: Memory> Mark<'a, M> {
                     return Some(Heuristic::Length64);
                 }
                 // The same word, as new[]'s element count.
-                if size > 0 && b.size >= 8 && (b.size - 8) % size == 0 {
+                if size > 0 && b.size >= 8 && (b.size - 8).is_multiple_of(size) {
                     return Some(Heuristic::NewArray);
                 }
             }
         }
-        if ptr % 8 == 0 {
+        if ptr.is_multiple_of(8) {
             let inner = self.memory.word(ptr)?;
-            if inner % 8 == 0 && inner >= PAGE {
+            if inner.is_multiple_of(8) && inner >= PAGE {
                 let first = self.memory.word(b.addr)?;
-                if first % 8 == 0 && first >= PAGE && self.is_vtable(inner) && self.is_vtable(first)
+                if first.is_multiple_of(8)
+                    && first >= PAGE
+                    && self.is_vtable(inner)
+                    && self.is_vtable(first)
                 {
                     return Some(Heuristic::MultipleInheritance);
                 }
