@@ -66,6 +66,14 @@ fn c_unoptimized_threads(src: &Path, out: &Path) -> Command {
     cmd
 }
 
+fn cpp_unoptimized(src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("g++");
+    cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
+        .arg(out)
+        .arg(src);
+    cmd
+}
+
 fn cpp(src: &Path, out: &Path) -> Command {
     let mut cmd = Command::new("g++");
     cmd.args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
@@ -185,6 +193,11 @@ const FIXTURES: &[FixtureSpec] = &[
         name: "reach_c",
         source: "reach_c.c",
         compile: c_unoptimized_threads,
+    },
+    FixtureSpec {
+        name: "reach_cpp",
+        source: "reach_cpp.cpp",
+        compile: cpp_unoptimized,
     },
     FixtureSpec {
         name: "prefork",

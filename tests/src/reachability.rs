@@ -60,7 +60,8 @@ pub fn valgrind_leak_check(program: &str, args: &[&str]) -> (LeakKinds, Vec<Stri
         .filter_map(|(i, _)| {
             let by = lines.get(i + 2)?;
             let f = by.split(": ").nth(1)?.split_whitespace().next()?;
-            Some(f.to_string())
+            // C++ names come with their parameters: `lose_string()`.
+            Some(f.split('(').next().unwrap_or(f).to_string())
         })
         .collect();
     sites.sort();
