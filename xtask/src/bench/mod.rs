@@ -8,12 +8,14 @@
 //! program run (`kernel.bpf_stats_enabled`) and every probe point with the
 //! instruction under it; and what walking stacks by unwind tables costs
 //! against frame pointers (`unwind`); and how long attaching and
-//! detaching take (`attach`). Timing stays out of the tests.
+//! detaching take (`attach`); what a reachability scan stops the target
+//! for (`reachability`). Timing stays out of the tests.
 
 mod attach;
 mod http;
 mod measure;
 mod micro;
+mod reachability;
 mod redis;
 mod scale;
 mod unwind;
@@ -127,6 +129,13 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
         Vec::new()
     };
 
+    // What a reachability scan costs.
+    let scans = if want("reachability") {
+        reachability::measure(root)?
+    } else {
+        Vec::new()
+    };
+
     // Attach and detach time.
     let mut attached = if want("attach") {
         attach::measure(root, &service)?
@@ -147,6 +156,10 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
     if !attached.is_empty() {
         out.push_str("\nAttach and detach, leaktrace --pid on a running service:\n\n");
         out.push_str(&attach::table(&mut attached));
+    }
+    if !scans.is_empty() {
+        out.push_str("\nReachability scans (--reachability at every report, one a second):\n\n");
+        out.push_str(&reachability::table(&scans));
     }
     if !scaled.is_empty() {
         out.push_str("\nMany processes, one leaktrace:\n\n");
