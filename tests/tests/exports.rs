@@ -6,7 +6,7 @@
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use leaktrace_tests::*;
@@ -154,25 +154,7 @@ fn live_endpoint_serves_pprof_and_metrics_that_promtool_accepts() {
     }
 
     let metrics = http_get(port, "/metrics");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package, installed by cargo xtask setup)");
-    std::io::Write::write_all(
-        &mut promtool.stdin.take().expect("stdin"),
-        metrics.as_bytes(),
-    )
-    .expect("feed promtool");
-    let checked = promtool.wait_with_output().expect("promtool");
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}\n{metrics}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    assert_promtool_accepts(&metrics);
     let pid = fixture.pid.to_string();
     // Every series names the process.
     let value = |name: &str, labels: &[(&str, &str)]| -> u64 {

@@ -116,15 +116,8 @@ fn launch_mode_traces_from_the_first_allocation_and_exits_with_the_command() {
         let last = frames.last().and_then(|f| f["symbol"].as_str());
         assert_eq!(last, Some("_start"), "stack not whole: {s}");
     }
-    let startup = &stacks_at(report, "leak_at_startup")[0]["frames"];
-    let names: Vec<&str> = startup
-        .as_array()
-        .expect("frames")
-        .iter()
-        .filter_map(|f| f["symbol"].as_str())
-        .collect();
     assert_eq!(
-        names,
+        frame_symbols(stacks_at(report, "leak_at_startup")[0]),
         [
             "leak_at_startup",
             "call_init",

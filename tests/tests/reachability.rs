@@ -93,11 +93,17 @@ fn scan_at_checkpoint(name: &str, scenario: &str) -> serde_json::Value {
     fixture.command("go", "checkpoint");
     let report = lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
     assert_eq!(report["reachability"]["complete"], true, "{report}");
+    end_both(fixture, lt);
+    report
+}
+
+/// Lets the fixture go on from its checkpoint to its end, and leaktrace
+/// end with it: both succeed.
+fn end_both(mut fixture: Fixture, lt: Leaktrace) {
     fixture.send("done");
-    assert!(fixture.wait().success(), "{scenario}: the fixture failed");
+    assert!(fixture.wait().success(), "the fixture failed");
     let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{stderr:?}");
-    report
 }
 
 #[test]
@@ -157,10 +163,7 @@ fn sigusr2_scans_and_reports_at_once() {
         report["reachability"]["totals"]["definitely_lost"],
         serde_json::json!({"bytes": 100, "blocks": 1})
     );
-    fixture.send("done");
-    assert!(fixture.wait().success());
-    let (status, _, stderr) = lt.finish();
-    assert!(status.success(), "{stderr:?}");
+    end_both(fixture, lt);
 }
 
 #[test]
@@ -184,41 +187,31 @@ fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
     lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
     let metrics = http_get(port, "/metrics");
     assert_promtool_accepts(&metrics);
-    let value = |name: &str, label: &str| -> Option<String> {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
-            .and_then(|l| l.rsplit(' ').next())
-            .map(str::to_string)
-    };
     // The tree's root is lost directly, its two children through it.
     for line in lines_in_function("reach_c.c", "lose_tree", "calloc(") {
-        let site = format!("site=\"lose_tree (reach_c.c:{line})\"");
+        let site = format!("lose_tree (reach_c.c:{line})");
         assert_eq!(
-            value("leaktrace_unreachable_bytes", &site).as_deref(),
-            Some("32"),
+            metric(&metrics, "leaktrace_unreachable_bytes", &[("site", &site)]),
+            Some(32.0),
             "{site}\n{metrics}"
         );
     }
     for (kind, bytes) in [
-        ("definitely_lost", "32"),
-        ("indirectly_lost", "64"),
-        ("possibly_lost", "0"),
+        ("definitely_lost", 32.0),
+        ("indirectly_lost", 64.0),
+        ("possibly_lost", 0.0),
     ] {
         assert_eq!(
-            value("leaktrace_reachability_bytes", &format!("kind=\"{kind}\"")).as_deref(),
+            metric(&metrics, "leaktrace_reachability_bytes", &[("kind", kind)]),
             Some(bytes),
             "{kind}\n{metrics}"
         );
     }
     assert_eq!(
-        value("leaktrace_reachability_scan_complete", "").as_deref(),
-        Some("1")
+        metric(&metrics, "leaktrace_reachability_scan_complete", &[]),
+        Some(1.0)
     );
-    fixture.send("done");
-    assert!(fixture.wait().success());
-    let (status, _, stderr) = lt.finish();
-    assert!(status.success(), "{stderr:?}");
+    end_both(fixture, lt);
 }
 
 /// The lines of `function` in fixture `file` that contain `needle`.
