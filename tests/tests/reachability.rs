@@ -75,22 +75,24 @@ fn compare_with_valgrind(fixture: &str, scenarios: &[&str]) {
 /// The block each fixture makes at its checkpoint, last (still reachable).
 const MARKER: (u64, u64) = (7777, 1);
 
+/// `name` in `scenario` with leaktrace attached (`--reachability` and
+/// `args`), waiting at its checkpoint.
+fn at_checkpoint(name: &str, scenario: &str, args: &[&str]) -> (Fixture, Leaktrace) {
+    let mut fixture = Fixture::start(name, &["wait", scenario]);
+    let mut all = vec!["--reachability"];
+    all.extend_from_slice(args);
+    let lt = Leaktrace::attach(fixture.pid, &all);
+    fixture.command("go", "checkpoint");
+    (fixture, lt)
+}
+
 /// `name` in `scenario`, attached to, scanned at its checkpoint.
 fn scan_at_checkpoint(name: &str, scenario: &str) -> serde_json::Value {
-    let mut fixture = Fixture::start(name, &["wait", scenario]);
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &[
-            "--reachability",
-            "-i",
-            "0.2",
-            "--older-than",
-            "0",
-            "--top",
-            "200",
-        ],
+    let (fixture, mut lt) = at_checkpoint(
+        name,
+        scenario,
+        &["-i", "0.2", "--older-than", "0", "--top", "200"],
     );
-    fixture.command("go", "checkpoint");
     let report = lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
     assert_eq!(report["reachability"]["complete"], true, "{report}");
     end_both(fixture, lt);
@@ -147,13 +149,8 @@ fn a_target_another_tracer_holds_is_refused() {
 
 #[test]
 fn sigusr2_scans_and_reports_at_once() {
-    let mut fixture = Fixture::start("reach_c", &["wait", "one"]);
     // No report of its own for a minute.
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &["--reachability", "-i", "60", "--older-than", "0"],
-    );
-    fixture.command("go", "checkpoint");
+    let (fixture, mut lt) = at_checkpoint("reach_c", "one", &["-i", "60", "--older-than", "0"]);
     lt.signal(libc::SIGUSR2);
     let report = lt.next_report();
     assert_eq!(report["seq"], 1);
@@ -170,20 +167,11 @@ fn sigusr2_scans_and_reports_at_once() {
 fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut fixture = Fixture::start("reach_c", &["wait", "tree"]);
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &[
-            "--reachability",
-            "-i",
-            "0.2",
-            "--older-than",
-            "0",
-            "--listen",
-            &listen,
-        ],
+    let (fixture, mut lt) = at_checkpoint(
+        "reach_c",
+        "tree",
+        &["-i", "0.2", "--older-than", "0", "--listen", &listen],
     );
-    fixture.command("go", "checkpoint");
     lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
     let metrics = http_get(port, "/metrics");
     assert_promtool_accepts(&metrics);
@@ -278,12 +266,8 @@ fn signal_storm(
 
 #[test]
 fn two_hundred_scans_of_a_churning_signalled_target_leave_it_running() {
-    let mut fixture = Fixture::start("reach_c", &["wait", "churn"]);
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &["--reachability", "-i", "0.02", "--older-than", "0"],
-    );
-    fixture.command("go", "checkpoint");
+    let (mut fixture, mut lt) =
+        at_checkpoint("reach_c", "churn", &["-i", "0.02", "--older-than", "0"]);
     let (stop, storm) = signal_storm(fixture.pid);
     let (mut scans, mut complete) = (0, 0);
     while scans < 200 {
