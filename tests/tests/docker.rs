@@ -224,11 +224,14 @@ fn gin_service_by_container_name() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let pid = service.pid;
+    // All twelve past --older-than (they start over a few milliseconds).
     let report = lt.report_where(|r| {
         r["pid"] == pid
-            && r["go"]["goroutines"]
-                .as_array()
-                .is_some_and(|g| g.iter().any(|s| s["start_function"] == "main.searchWorker"))
+            && r["go"]["goroutines"].as_array().is_some_and(|g| {
+                g.iter().any(|s| {
+                    s["start_function"] == "main.searchWorker" && s["count"].as_u64() >= Some(12)
+                })
+            })
     });
     let leak: Vec<&serde_json::Value> = report["go"]["goroutines"]
         .as_array()
