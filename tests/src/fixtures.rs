@@ -28,19 +28,19 @@ struct FixtureSpec {
     compile: fn(&Path, &Path) -> Command,
 }
 
-fn c(src: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new("cc");
-    cmd.args([
-        "-O1",
-        "-g",
-        "-fno-omit-frame-pointer",
-        "-Wall",
-        "-Wno-deprecated-declarations",
-        "-o",
-    ])
-    .arg(out)
-    .arg(src);
+/// `compiler` at `opt`, with debug info and frame pointers, and `extra`.
+fn build(compiler: &str, opt: &str, extra: &[&str], src: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new(compiler);
+    cmd.args([opt, "-g", "-fno-omit-frame-pointer", "-Wall"])
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .arg(src);
     cmd
+}
+
+fn c(src: &Path, out: &Path) -> Command {
+    build("cc", "-O1", &["-Wno-deprecated-declarations"], src, out)
 }
 
 fn c_threads(src: &Path, out: &Path) -> Command {
@@ -52,34 +52,15 @@ fn c_threads(src: &Path, out: &Path) -> Command {
 /// The reachability fixtures: -O0, since an optimizer drops allocations
 /// and stores nobody reads, which is what those fixtures are made of.
 fn c_unoptimized_threads(src: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new("cc");
-    cmd.args([
-        "-O0",
-        "-g",
-        "-fno-omit-frame-pointer",
-        "-Wall",
-        "-pthread",
-        "-o",
-    ])
-    .arg(out)
-    .arg(src);
-    cmd
+    build("cc", "-O0", &["-pthread"], src, out)
 }
 
 fn cpp_unoptimized(src: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new("g++");
-    cmd.args(["-O0", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
-        .arg(out)
-        .arg(src);
-    cmd
+    build("g++", "-O0", &[], src, out)
 }
 
 fn cpp(src: &Path, out: &Path) -> Command {
-    let mut cmd = Command::new("g++");
-    cmd.args(["-O1", "-g", "-fno-omit-frame-pointer", "-Wall", "-o"])
-        .arg(out)
-        .arg(src);
-    cmd
+    build("g++", "-O1", &[], src, out)
 }
 
 /// The flags distributions build C with: -O2, no frame pointers, unwind

@@ -11,7 +11,7 @@
 //! dies the kernel detaches them itself (a dead tracer's tracees run on).
 
 use std::{
-    collections::BTreeMap,
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
@@ -47,7 +47,7 @@ pub struct Frozen {
     pub pid: u32,
     pub threads: Vec<Thread>,
     /// Seized threads not yet stopped (only while freezing).
-    seized: BTreeMap<u32, ()>,
+    seized: BTreeSet<u32>,
     pub took: Duration,
 }
 
@@ -61,7 +61,7 @@ impl Frozen {
         let mut frozen = Frozen {
             pid,
             threads: Vec::new(),
-            seized: BTreeMap::new(),
+            seized: BTreeSet::new(),
             took: Duration::ZERO,
         };
         loop {
@@ -82,7 +82,7 @@ impl Frozen {
     }
 
     fn has(&self, tid: u32) -> bool {
-        self.seized.contains_key(&tid) || self.threads.iter().any(|t| t.tid == tid)
+        self.seized.contains(&tid) || self.threads.iter().any(|t| t.tid == tid)
     }
 
     /// Seizes, interrupts and waits for thread `tid`; a thread gone
@@ -104,7 +104,7 @@ impl Frozen {
                 }),
             };
         }
-        self.seized.insert(tid, ());
+        self.seized.insert(tid);
         // SAFETY: as above.
         unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) };
         let mut pending_signal = 0;
@@ -188,7 +188,7 @@ impl Drop for Frozen {
                 };
             }
         }
-        for &tid in self.seized.keys() {
+        for &tid in &self.seized {
             // SAFETY: as above; a seized thread not yet stopped detaches
             // once it stops (the kernel ends the seize at once otherwise).
             unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, 0, 0) };
