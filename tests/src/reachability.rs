@@ -26,7 +26,12 @@ pub fn valgrind_leak_check(program: &str, args: &[&str]) -> (LeakKinds, Vec<Stri
         .args(args)
         .output()
         .expect("run valgrind");
-    let text = String::from_utf8_lossy(&out.stderr);
+    parse_leak_check(&String::from_utf8_lossy(&out.stderr))
+}
+
+/// valgrind's first leak check in its stderr `text`: the summary, and the
+/// allocating function of each definitely lost record, sorted.
+pub fn parse_leak_check(text: &str) -> (LeakKinds, Vec<String>) {
     // Up to the end of the first summary.
     let first = text.split("suppressed:").next().expect("a leak summary");
     let amount = |kind: &str| -> (u64, u64) {

@@ -280,6 +280,15 @@ pub fn loader_ready(_ctx: ProbeContext) -> u32 {
     0
 }
 
+/// `_exit` in a command leaktrace started with `--reachability` (a link
+/// for that process alone): the program is ending, its heap as it leaves
+/// it. Stops it, for userspace to scan before it goes.
+#[uprobe]
+pub fn exit_hold(_ctx: ProbeContext) -> u32 {
+    stop_for_probes(traced::tgid());
+    0
+}
+
 /// `sched_process_exit`, in the exiting task's context.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn task_exit(_ctx: RawTracePointContext) -> i32 {

@@ -16,7 +16,7 @@ pub use btf::Btf;
 pub use error::ProbeError;
 pub use maps::{HeapMaps, MapSizes, Maps, TaskMaps};
 pub use seccomp_check::has_seccomp_filter;
-pub use stops::{resume_all_in, LoaderWatch};
+pub use stops::{resume_all_in, ExitHold, LoaderWatch};
 
 use std::{
     path::Path,

@@ -3,7 +3,9 @@
 //! the exec tracepoint before its first instruction, and, when it has a
 //! loader, once more at the loader's `_dl_debug_state` when its libraries
 //! are mapped (the breakpoint debuggers use), before their initialisers
-//! run. Userspace attaches, then continues it ([`Probes::resume`]).
+//! run. Userspace attaches, then continues it ([`Probes::resume`]). A
+//! command leaktrace started with `--reachability` is also stopped as it
+//! calls `_exit`, for a last scan.
 //!
 //! Every stopped process is in the kernel's `STOPPED` map before it stops,
 //! so that nothing is ever left stopped: leaktrace continues them when it
@@ -23,6 +25,11 @@ use super::{error_chain, multi_link, ProbeError, Probes};
 
 /// The loader breakpoint's probe in one process; removed when dropped.
 pub struct LoaderWatch {
+    _link: OwnedFd,
+}
+
+/// The `_exit` probe in one process; removed when dropped.
+pub struct ExitHold {
     _link: OwnedFd,
 }
 
@@ -59,7 +66,40 @@ impl Probes {
         path: &Path,
         offset: u64,
     ) -> Result<LoaderWatch, ProbeError> {
-        let prog = self.program("loader_ready")?;
+        let link = self.stop_at("loader_ready", "_dl_debug_state", pid, path, offset)?;
+        Ok(LoaderWatch { _link: link })
+    }
+
+    /// Stops process `pid` when it calls `_exit`, at the file offset
+    /// `offset` of `path` (its C library), for a scan of what it leaves;
+    /// the program is loaded then (only `--reachability` of a command
+    /// leaktrace starts needs it).
+    pub fn hold_at_exit(
+        &mut self,
+        pid: u32,
+        path: &Path,
+        offset: u64,
+    ) -> Result<ExitHold, ProbeError> {
+        let prog = self.program("exit_hold")?;
+        if prog.fd().is_err() {
+            prog.load_for_uprobe_multi()
+                .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        }
+        let link = self.stop_at("exit_hold", "_exit", pid, path, offset)?;
+        Ok(ExitHold { _link: link })
+    }
+
+    /// Attaches the stopping program `name` at `function` (file offset
+    /// `offset` of `path`) in process `pid` alone.
+    fn stop_at(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        pid: u32,
+        path: &Path,
+        offset: u64,
+    ) -> Result<OwnedFd, ProbeError> {
+        let prog = self.program(name)?;
         let prog_fd = prog.fd().map_err(|e| ProbeError::Load(error_chain(&e)))?;
         let points = multi_link::MultiPoints {
             path,
@@ -68,13 +108,11 @@ impl Probes {
             returns: false,
             pid: Some(pid),
         };
-        let link =
-            multi_link::attach(prog_fd.as_fd(), &points).map_err(|e| ProbeError::Attach {
-                function: "_dl_debug_state".to_string(),
-                library: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(LoaderWatch { _link: link })
+        multi_link::attach(prog_fd.as_fd(), &points).map_err(|e| ProbeError::Attach {
+            function: function.to_string(),
+            library: path.display().to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// Waits (briefly) until process `pid`, which the kernel signalled to

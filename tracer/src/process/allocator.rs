@@ -87,24 +87,34 @@ impl Allocator {
         }
     }
 
+    /// Whether malloc is glibc's alone (no allocator interposed on it).
+    pub fn is_glibc(&self) -> bool {
+        let mut names = self.malloc_objects().map(|o| {
+            o.display
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with("libc.so"))
+        });
+        names.next() == Some(true) && names.all(|libc| libc)
+    }
+
     /// The objects defining malloc, for messages: the C library, then any
     /// allocator interposed on it.
     pub fn display(&self) -> String {
-        let names: Vec<&str> = self
-            .objects
-            .iter()
-            .filter(|o| {
-                o.sites
-                    .iter()
-                    .any(|s| s.func == ProbeFn::Alloc(AllocKind::Malloc))
-            })
-            .map(|o| o.display.as_str())
-            .collect();
+        let names: Vec<&str> = self.malloc_objects().map(|o| o.display.as_str()).collect();
         if names.is_empty() {
             "?".to_string()
         } else {
             names.join(" + ")
         }
+    }
+
+    fn malloc_objects(&self) -> impl Iterator<Item = &ProbedObject> {
+        self.objects.iter().filter(|o| {
+            o.sites
+                .iter()
+                .any(|s| s.func == ProbeFn::Alloc(AllocKind::Malloc))
+        })
     }
 
     /// The spawn function probed at file offset `probe` in `path` (as the

@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod container;
 pub mod engine;
+pub mod exit_point;
 pub mod launch;
 pub mod loader;
 pub mod memcg;

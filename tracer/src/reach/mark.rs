@@ -20,6 +20,15 @@
 //! whose first word divides the rest (`newarray`), and anywhere a word
 //! pointing to a vtable sits inside a block that starts with one
 //! (`multipleinheritance`).
+//!
+//! One departure, for glibc's heap only (valgrind's own allocator has no
+//! such thing): glibc keeps the header of the chunk after a block (its
+//! `prev_size` word is the block's last, when the block fills its chunk)
+//! inside the block's last 8 bytes, and its arena points at chunk headers
+//! (the top chunk, the bins; a free chunk at its neighbours). Such a
+//! pointer is the allocator's, not the program's, and is not taken for an
+//! interior pointer: else the block allocated last, which the top chunk
+//! follows, would always pass for possibly reachable.
 
 use std::time::Instant;
 
@@ -47,6 +56,15 @@ pub enum Verdict {
     PossiblyLost,
     IndirectlyLost,
     DefinitelyLost,
+}
+
+/// Where glibc puts the header of the chunk after block `b` (made by
+/// malloc from the heap): its chunk is 16 bytes before it and
+/// `request2size(size)` long (size plus the 8-byte size word, rounded up
+/// to 16, at least 32).
+fn next_glibc_chunk(b: Block) -> u64 {
+    let chunk = ((b.size + 8 + 15) & !15).max(32);
+    b.addr.wrapping_sub(16).wrapping_add(chunk)
 }
 
 /// Why an interior pointer was taken for a start pointer.
@@ -104,6 +122,8 @@ pub struct Mark<'a, M: Memory> {
     unreadable: u64,
     deadline: Option<Instant>,
     late: bool,
+    /// The blocks are glibc malloc's (see the module's doc).
+    glibc_chunks: bool,
 }
 
 /// The deadline passed before the mark was done.
@@ -129,7 +149,15 @@ impl<'a, M: Memory> Mark<'a, M> {
             unreadable: 0,
             deadline: None,
             late: false,
+            glibc_chunks: false,
         }
+    }
+
+    /// The blocks are glibc malloc's: pointers at the header of the chunk
+    /// that follows a block are no pointers into it.
+    pub fn glibc_chunks(mut self) -> Self {
+        self.glibc_chunks = true;
+        self
     }
 
     /// Gives up at `deadline` ([`Mark::run`] says so).
@@ -204,7 +232,9 @@ impl<'a, M: Memory> Mark<'a, M> {
     fn find(&self, ptr: u64) -> Option<usize> {
         let i = self.blocks.partition_point(|b| b.addr <= ptr);
         let i = i.checked_sub(1)?;
-        (ptr < self.blocks[i].end()).then_some(i)
+        let b = self.blocks[i];
+        let next_chunk = self.glibc_chunks && ptr != b.addr && ptr == next_glibc_chunk(b);
+        (ptr < b.end() && !next_chunk).then_some(i)
     }
 
     fn push(&mut self, i: usize) {
@@ -485,6 +515,25 @@ mod tests {
         assert_eq!(m.verdicts, [StillReachable, PossiblyLost, DefinitelyLost]);
         // Every block is scanned once: the lost one as its clique's leader.
         assert_eq!(m.scanned_bytes, 0x1000 + 3 * 32);
+    }
+
+    #[test]
+    fn a_pointer_at_the_next_glibc_chunk_header_is_the_allocators() {
+        // malloc(100): a 112-byte chunk, the next one's header at +96,
+        // inside the 100 bytes; malloc(96) the same chunk, +96 its end.
+        let blocks = [block(0x10000, 100), block(0x20000, 100), block(0x30000, 96)];
+        let mut pic = Picture::default();
+        pic.set(0x1000, 0x10000 + 96); // the arena's top chunk, say
+        pic.set(0x1008, 0x20000 + 88);
+        pic.set(0x1010, 0x30000 + 88);
+        let glibc = Mark::new(&blocks, &mut pic)
+            .glibc_chunks()
+            .run(&[ROOT], &[])
+            .expect("no deadline");
+        assert_eq!(glibc.verdicts, [DefinitelyLost, PossiblyLost, PossiblyLost]);
+        // Another allocator's blocks: an interior pointer like any other.
+        let other = mark(&blocks, &mut pic, &[]);
+        assert_eq!(other.verdicts, [PossiblyLost, PossiblyLost, PossiblyLost]);
     }
 
     #[test]

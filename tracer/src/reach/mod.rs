@@ -11,4 +11,5 @@ pub mod roots;
 pub mod scan;
 
 pub use mark::Verdict;
-pub use scan::{scan, Scan};
+pub use roots::Blocks;
+pub use scan::{scan, Scan, ScanOptions};

@@ -4,6 +4,11 @@
 //! stack, what lies below its stack pointer and red zone (dead frames).
 //! Heap memory outside traced blocks stays a root: blocks allocated before
 //! attach are unknown, and whatever they point to must not be called lost.
+//! Only when every block was seen (a command leaktrace started, probed
+//! before its first allocation) is the brk heap (`[heap]`) outside them
+//! left out: it is then freed memory and the allocator's own, which
+//! valgrind does not scan either (a freed block still holds the pointers
+//! it had; taken as a root, what only it pointed to would pass for kept).
 
 use super::mark::{Block, Region};
 use crate::process::procfs::Mapping;
@@ -12,11 +17,29 @@ use crate::process::procfs::Mapping;
 /// function may keep without moving it.
 const RED_ZONE: u64 = 128;
 
+/// Which blocks a scan knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    /// Those allocated since attach: the heap outside them is a root.
+    SinceAttach,
+    /// Every one the process allocated: the brk heap outside them is not.
+    All,
+}
+
 /// Root regions in address order, from `maps` (sorted by address), the
 /// threads' `stack_pointers` and the traced `blocks` (sorted, disjoint).
-pub fn roots(maps: &[Mapping], stack_pointers: &[u64], blocks: &[Block]) -> Vec<Region> {
+pub fn roots(
+    maps: &[Mapping],
+    stack_pointers: &[u64],
+    blocks: &[Block],
+    known: Blocks,
+) -> Vec<Region> {
     let mut regions: Vec<Region> = Vec::new();
-    for m in maps.iter().filter(|m| is_root(m)) {
+    let brk_heap = |m: &&Mapping| m.pseudo.as_deref() == Some("[heap]");
+    for m in maps
+        .iter()
+        .filter(|m| is_root(m) && !(known == Blocks::All && brk_heap(m)))
+    {
         let mut start = m.start;
         // A thread's stack: from below its stack pointer's red zone on.
         for &sp in stack_pointers {
@@ -103,7 +126,7 @@ mod tests {
         ];
         // A thread whose stack is the anonymous mapping, and main's.
         let sps = [0x7f0000008000, 0x7ffc00020000];
-        let r = roots(&maps, &sps, &blocks);
+        let r = roots(&maps, &sps, &blocks, Blocks::SinceAttach);
         let r: Vec<(u64, u64)> = r.iter().map(|r| (r.start, r.end)).collect();
         assert_eq!(
             r,
@@ -116,6 +139,14 @@ mod tests {
                 (0x7f0000020000, 0x7f0000021000),
                 (0x7ffc00020000 - 128, 0x7ffc00021000),
             ]
+        );
+        // Every block known: the brk heap around them is no root.
+        let all = roots(&maps, &sps, &blocks, Blocks::All);
+        let all: Vec<(u64, u64)> = all.iter().map(|r| (r.start, r.end)).collect();
+        assert_eq!(
+            all,
+            [r[0], r[4], r[5], r[6]],
+            "without the three pieces of [heap]"
         );
     }
 }

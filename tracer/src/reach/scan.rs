@@ -7,7 +7,7 @@ use super::{
     freeze::{FreezeError, Frozen},
     mark::{Block, Mark, Verdict},
     memory::ProcessMemory,
-    roots::roots,
+    roots::{roots, Blocks},
 };
 use crate::{collect::LiveBlock, process::procfs};
 
@@ -27,6 +27,8 @@ pub struct Scan {
     /// Why the scan gave no verdicts (the deadline passed, the target
     /// exited): the target ran on, nothing is classified.
     pub incomplete: Option<String>,
+    /// Made as the program called `_exit` (a command leaktrace started).
+    pub at_exit: bool,
 }
 
 impl Scan {
@@ -40,18 +42,35 @@ impl Scan {
             scanned_bytes: 0,
             unreadable_bytes: 0,
             incomplete: Some(why),
+            at_exit: false,
         }
     }
 }
 
+/// How to scan one process.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Abandoned this long after the start.
+    pub deadline: Duration,
+    /// Whether the blocks are all the process has.
+    pub known: Blocks,
+    /// The blocks are glibc malloc's (see [`Mark::glibc_chunks`]).
+    pub glibc_heap: bool,
+}
+
 /// Stops process `pid`, marks from its roots the blocks `blocks` reads
 /// (called while it is stopped, so that none comes or goes meanwhile),
-/// and lets it go; abandoned at `deadline` after the start.
+/// and lets it go.
 pub fn scan(
     pid: u32,
-    deadline: Duration,
+    options: ScanOptions,
     blocks: impl FnOnce() -> Vec<LiveBlock>,
 ) -> Result<Scan, FreezeError> {
+    let ScanOptions {
+        deadline,
+        known,
+        glibc_heap,
+    } = options;
     let start = Instant::now();
     let until = start + deadline;
     let incomplete = |why: String, threads: usize, scanned_bytes: u64| Scan {
@@ -62,6 +81,7 @@ pub fn scan(
         scanned_bytes,
         unreadable_bytes: 0,
         incomplete: Some(why),
+        at_exit: false,
     };
     let frozen = match Frozen::freeze(pid, until) {
         Ok(f) => f,
@@ -87,12 +107,14 @@ pub fn scan(
             size: b.size,
         })
         .collect();
-    let regions = roots(&maps, &frozen.stack_pointers(), &marked_blocks);
+    let regions = roots(&maps, &frozen.stack_pointers(), &marked_blocks, known);
     let registers = frozen.registers();
     let mut memory = ProcessMemory::new(pid, maps);
-    let marked = Mark::new(&marked_blocks, &mut memory)
-        .until(until)
-        .run(&regions, &registers);
+    let mut mark = Mark::new(&marked_blocks, &mut memory).until(until);
+    if glibc_heap {
+        mark = mark.glibc_chunks();
+    }
+    let marked = mark.run(&regions, &registers);
     drop(frozen);
     let stopped = start.elapsed();
     let marked = match marked {
@@ -115,6 +137,7 @@ pub fn scan(
         scanned_bytes: marked.scanned_bytes,
         unreadable_bytes: marked.unreadable_bytes,
         incomplete: None,
+        at_exit: false,
     })
 }
 

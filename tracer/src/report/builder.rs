@@ -124,6 +124,14 @@ impl ReportBuilder {
         self.scan = Some(scan);
     }
 
+    /// The scan the next report tells of was made as the program called
+    /// `_exit`.
+    pub fn mark_scan_at_exit(&mut self) {
+        if let Some(s) = &mut self.scan {
+            s.at_exit = true;
+        }
+    }
+
     /// Reports built so far.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -237,7 +245,13 @@ impl ReportBuilder {
             ),
             None => None,
         };
-        let reachability = match self.scan.take() {
+        // The scan at exit stays for the final report (a regular one may
+        // fall between it and the exit).
+        let scan = match &self.scan {
+            Some(s) if s.at_exit => Some(s.clone()),
+            _ => self.scan.take(),
+        };
+        let reachability = match scan {
             Some(scan) => {
                 let r = reachability::section(
                     scan,

@@ -97,6 +97,7 @@ fn reachability(r: &ReachabilityReport) -> Value {
         "scanned_bytes": r.scanned_bytes,
         "unreadable_bytes": r.unreadable_bytes,
         "go_heap_not_scanned": r.go_heap_not_scanned,
+        "at_exit": r.at_exit,
         "totals": totals,
         "definitely_lost_growth_bytes": r.definitely_lost_growth,
         "records": r.records.iter().map(|l| json!({

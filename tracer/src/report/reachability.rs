@@ -46,6 +46,8 @@ pub struct ReachabilityReport {
     pub definitely_lost_growth: Option<i64>,
     /// A Go program: its own heap is not scanned (only the C heap).
     pub go_heap_not_scanned: bool,
+    /// Made as the program called `_exit`.
+    pub at_exit: bool,
 }
 
 /// The verdicts in report order.
@@ -156,6 +158,7 @@ pub async fn section(
             _ => None,
         },
         go_heap_not_scanned: go,
+        at_exit: scan.at_exit,
     })
 }
 

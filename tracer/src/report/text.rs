@@ -203,13 +203,25 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
 }
 
 /// Only for a cgroup with a limit or a kill: "/" on a host says nothing.
+/// " at exit" for the scan made as the program called `_exit`.
+fn at_exit(r: &ReachabilityReport) -> &'static str {
+    if r.at_exit {
+        " at exit"
+    } else {
+        ""
+    }
+}
+
 /// The scan's verdicts, in LeakSanitizer's words for the lost ones.
 fn reachability(out: &mut impl Write, r: &ReachabilityReport, style: Style) -> io::Result<()> {
     if let Some(why) = &r.incomplete {
         return writeln!(
             out,
             "{}",
-            style.paint("33", &format!("   reachability: scan incomplete: {why}"))
+            style.paint(
+                "33",
+                &format!("   reachability{}: scan incomplete: {why}", at_exit(r))
+            )
         );
     }
     let totals: Vec<String> = VERDICTS
@@ -226,7 +238,8 @@ fn reachability(out: &mut impl Write, r: &ReachabilityReport, style: Style) -> i
         .collect();
     writeln!(
         out,
-        "   reachability: {}{} (target stopped {:.1} ms, {} thread(s), {} scanned{})",
+        "   reachability{}: {}{} (target stopped {:.1} ms, {} thread(s), {} scanned{})",
+        at_exit(r),
         totals.join(", "),
         match r.definitely_lost_growth {
             Some(g) if g != 0 => format!(" ({g:+} B definitely lost since the last scan)"),

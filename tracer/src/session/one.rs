@@ -42,6 +42,12 @@ pub async fn trace(
     // Before the banner says tracing began: from then on SIGUSR2 asks for
     // a scan (its default action would end leaktrace).
     let mut sigusr2 = signal(SignalKind::user_defined2())?;
+    // A command leaktrace starts is stopped at its `_exit` for a last
+    // scan, which SIGCHLD tells of; heard from before it is released.
+    let mut sigchld = match cli.reachability && plan.paused.is_some() {
+        true => Some(signal(SignalKind::child())?),
+        false => None,
+    };
     let mut target = Target::start(&cli, &mut tracer, plan, outputs)?;
     let reporter = reporter_of(&cli);
 
@@ -62,6 +68,12 @@ pub async fn trace(
                 _ = tick.tick() => {
                     tracer.collector.tick(Instant::now()).context("reading the eBPF maps")?;
                     target.tick(&mut tracer)?;
+                    // (A stop at exit is heard by SIGCHLD; this is the
+                    // belt to its braces.)
+                    target.scan_if_exiting(&mut tracer);
+                }
+                _ = child_signal(&mut sigchld) => {
+                    target.scan_if_exiting(&mut tracer);
                 }
                 _ = report_timer.tick() => {
                     // Objects mapped since (dlopen) get their tables.
@@ -114,6 +126,16 @@ pub async fn trace(
     }
     // Launch mode: leaktrace ends with the command, and with its status.
     Ok(end_with_command(pid, exit_status, stop_signal, exit, sigint, sigterm).await)
+}
+
+/// The next SIGCHLD, if heard; never otherwise.
+async fn child_signal(sigchld: &mut Option<Signal>) {
+    match sigchld {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Says so when the OOM killer ended the target.

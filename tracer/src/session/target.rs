@@ -21,7 +21,10 @@ use crate::{
     collect::{stacks::Stacks, tasks::TaskCollector, Snapshot},
     export::{self, Exporter},
     golang::{GoTarget, GoTracker},
-    process::{container, loader, procfs::alive},
+    probes::ExitHold,
+    process::{
+        allocator::Allocator, container, exit_point::exit_point, loader, procfs::alive,
+    },
     reach,
     report::{
         builder::{ReportBuilder, Subject},
@@ -51,6 +54,9 @@ pub struct Target {
     early_ticks: u32,
     /// `--reachability`: when to scan.
     reach: Option<ReachSchedule>,
+    /// `--reachability` of a command leaktrace started: the probe that
+    /// stops it as it calls `_exit`, for a last scan (until that scan).
+    exit_hold: Option<ExitHold>,
 }
 
 /// `--reachability`'s scans: every `every`th report, each within `deadline`.
@@ -119,6 +125,10 @@ impl Target {
             Some(t) if cli.go_leak_check => Some(t.with_leak_check()),
             go => go,
         };
+        let exit_hold = match &paused {
+            Some(_) if cli.reachability => hold_at_exit(tracer, pid, &allocator),
+            _ => None,
+        };
         if let Some(p) = paused {
             // Tables for the command's mappings before its first
             // allocation: its loader's breakpoint holds it once its
@@ -152,6 +162,8 @@ impl Target {
                     .map(|t| t.refresh(pid).map(|()| t.summary(pid)));
                 drop(watch);
                 if held {
+                    // Its libraries, for symbols even if it exits at once.
+                    symbolizer.refresh_now();
                     tracer.probes.resume_stopped(pid);
                 }
                 if let Some(summary) = built.transpose().context("building the unwind tables")? {
@@ -219,7 +231,27 @@ impl Target {
                 deadline: cli.scan_deadline,
                 reports: 0,
             }),
+            exit_hold,
         })
+    }
+
+    /// `--reachability` of a command leaktrace started: if it is stopped
+    /// at its `_exit`, scans it there (the final report tells of it) and
+    /// lets it go on to exit. True when it was.
+    pub fn scan_if_exiting(&mut self, tracer: &mut Tracer) -> bool {
+        if self.exit_hold.is_none() || !tracer.probes.held(self.pid) {
+            return false;
+        }
+        // Once: a thread calling `_exit` after it goes on.
+        self.exit_hold = None;
+        if tracer.probes.wait_stopped(self.pid) {
+            self.scan_now(tracer);
+            self.builder.mark_scan_at_exit();
+            // What it mapped since (dlopen), before it is gone.
+            self.symbolizer.refresh_now();
+        }
+        tracer.probes.resume_stopped(self.pid);
+        true
     }
 
     /// `--reachability`: scans the target now if this report is one that
@@ -244,7 +276,18 @@ impl Target {
         };
         let pid = self.pid;
         let collector = &tracer.collector;
-        let scan = reach::scan(pid, r.deadline, || {
+        // A command leaktrace started was probed before its first
+        // allocation: every block is known.
+        let known = match self.launched {
+            true => reach::Blocks::All,
+            false => reach::Blocks::SinceAttach,
+        };
+        let options = reach::ScanOptions {
+            deadline: r.deadline,
+            known,
+            glibc_heap: self.allocator.is_glibc(),
+        };
+        let scan = reach::scan(pid, options, || {
             collector.live_blocks(pid, Instant::now())
         })
         .unwrap_or_else(|e| reach::Scan::incomplete(e.to_string()));
@@ -313,6 +356,26 @@ impl Target {
             eprintln!("leaktrace: warning: report {}: {e}", report.seq);
         }
         Ok(report)
+    }
+}
+
+/// The probe that stops command `pid` as it calls `_exit` (its C
+/// library's, found among the allocator's `objects`); None, said on
+/// stderr, when it cannot be placed (the scan at exit is not made).
+fn hold_at_exit(tracer: &mut Tracer, pid: u32, allocator: &Allocator) -> Option<ExitHold> {
+    let Some(at) = exit_point(&allocator.objects) else {
+        eprintln!(
+            "leaktrace: warning: no _exit in {}: no reachability scan at exit",
+            allocator.display()
+        );
+        return None;
+    };
+    match tracer.probes.hold_at_exit(pid, &at.path, at.offset) {
+        Ok(hold) => Some(hold),
+        Err(e) => {
+            eprintln!("leaktrace: warning: no reachability scan at exit: {e}");
+            None
+        }
     }
 }
 

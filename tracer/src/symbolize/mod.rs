@@ -73,6 +73,8 @@ enum Request {
     },
     Refresh {
         pid: u32,
+        /// Told once the mappings are read.
+        done: Option<mpsc::Sender<()>>,
     },
     Symbolize {
         pid: u32,
@@ -131,7 +133,24 @@ impl Symbolizer {
 
     /// Re-reads the target's mappings (new libraries, before it exits).
     pub fn refresh(&self) {
-        let _ = self.tx.send(Request::Refresh { pid: self.pid });
+        let _ = self.tx.send(Request::Refresh {
+            pid: self.pid,
+            done: None,
+        });
+    }
+
+    /// [`Symbolizer::refresh`], returning once the mappings are read: for
+    /// a target held still that may exit as soon as it goes on (a short
+    /// command at its loader's breakpoint or its `_exit`).
+    pub fn refresh_now(&self) {
+        let (done, wait) = mpsc::channel();
+        let sent = self.tx.send(Request::Refresh {
+            pid: self.pid,
+            done: Some(done),
+        });
+        if sent.is_ok() {
+            let _ = wait.recv();
+        }
     }
 
     /// Symbolizes return addresses (or, with `return_addresses == false`,
@@ -233,7 +252,12 @@ impl Service {
                     );
                     self.refresh(pid);
                 }
-                Request::Refresh { pid } => self.refresh(pid),
+                Request::Refresh { pid, done } => {
+                    self.refresh(pid);
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
                 Request::Symbolize {
                     pid,
                     addrs,
