@@ -21,6 +21,7 @@ mod go;
 mod go_versions;
 mod kernel;
 mod leaktrace;
+mod pprof;
 mod process;
 mod reachability;
 mod report;
@@ -34,6 +35,7 @@ pub use go::*;
 pub use go_versions::*;
 pub use kernel::*;
 pub use leaktrace::*;
+pub use pprof::*;
 pub use process::*;
 pub use reachability::*;
 pub use report::*;
@@ -46,6 +48,16 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ is in the workspace")
         .to_path_buf()
+}
+
+/// target/tmp/NAME-PID, empty.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = workspace_root()
+        .join("target/tmp")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
 }
 
 /// The leaktrace binary under test (built by `cargo xtask test`).

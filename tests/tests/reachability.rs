@@ -203,6 +203,44 @@ fn metrics_give_unreachable_bytes_by_site_and_promtool_accepts_them() {
 }
 
 /// The lines of `function` in fixture `file` that contain `needle`.
+/// The heap profile of a report with a scan: `unreachable_space` and
+/// `unreachable_objects` by allocating function, as the report's records
+/// say (definitely and indirectly lost), read by `go tool pprof`.
+#[test]
+fn pprof_gives_unreachable_space_and_objects_by_site() {
+    let dir = scratch_dir("reach-pprof");
+    let d = dir.display().to_string();
+    let (fixture, mut lt) = at_checkpoint(
+        "reach_c",
+        "everything",
+        &["-i", "0.2", "--older-than", "0", "--top", "200", "--pprof-dir", &d],
+    );
+    let report = lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
+    end_both(fixture, lt);
+    let file = dir.join(format!("heap-{}.pb.gz", report["seq"]));
+    let file = file.display().to_string();
+    let space = pprof_top(&file, &["-sample_index=unreachable_space", "-unit=B"]);
+    let objects = pprof_top(&file, &["-sample_index=unreachable_objects"]);
+    // From the report: bytes and blocks unreachable by allocating function.
+    let mut expected: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for r in report["reachability"]["records"].as_array().expect("records") {
+        if r["kind"] == "definitely_lost" || r["kind"] == "indirectly_lost" {
+            let f = r["frames"][0]["symbol"].as_str().expect("symbol");
+            let e = expected.entry(f.to_string()).or_default();
+            e.0 += r["bytes"].as_u64().expect("bytes");
+            e.1 += r["blocks"].as_u64().expect("blocks");
+        }
+    }
+    assert_eq!(expected.get("lose_tree"), Some(&(96, 3)), "{expected:?}");
+    assert_eq!(expected.get("lose_one"), Some(&(100, 1)), "{expected:?}");
+    for (function, (bytes, blocks)) in &expected {
+        assert_eq!(flat_of(&space, function), Some(format!("{bytes}B")), "{space:?}");
+        assert_eq!(flat_of(&objects, function), Some(blocks.to_string()), "{objects:?}");
+    }
+    let nonzero = space.iter().filter(|(flat, _)| flat != "0").count();
+    assert_eq!(nonzero, expected.len(), "nothing else unreachable: {space:?}");
+}
+
 fn lines_in_function(file: &str, function: &str, needle: &str) -> Vec<usize> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")

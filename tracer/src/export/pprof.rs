@@ -1,5 +1,6 @@
 //! pprof profiles (`profile.proto`, gzip'd) of what a report holds: the heap
-//! with Go's own four sample types, and goroutines by creation stack.
+//! with Go's own four sample types (and, after a reachability scan, what
+//! it found unreachable), and goroutines by creation stack.
 //!
 //! Built to be read anywhere: every location carries its function, file,
 //! line and inlined frames, and every mapping says it is already
@@ -27,6 +28,11 @@ const HEAP_TYPES: [(&str, &str); 4] = [
     ("inuse_space", "bytes"),
 ];
 
+/// After a complete reachability scan, two more: what of `inuse_*` it
+/// found definitely or indirectly lost (LeakSanitizer's "unreachable").
+const UNREACHABLE_TYPES: [(&str, &str); 2] =
+    [("unreachable_objects", "count"), ("unreachable_space", "bytes")];
+
 /// The heap profile: outstanding blocks older than the threshold
 /// (`inuse_*`), and everything allocated since attach (`alloc_*`).
 pub fn heap(profiles: &Profiles, modules: &ModuleMap) -> Profile {
@@ -41,7 +47,9 @@ pub fn heap_of(parts: &[(&Profiles, &ModuleMap)]) -> Profile {
         return Profile::default();
     };
     let mut b = Builder::new(first_modules);
-    for (t, u) in HEAP_TYPES {
+    let scanned = parts.iter().any(|(p, _)| p.scanned);
+    let extra: &[(&str, &str)] = if scanned { &UNREACHABLE_TYPES } else { &[] };
+    for &(t, u) in HEAP_TYPES.iter().chain(extra) {
         let vt = b.value_type(t, u);
         b.profile.sample_type.push(vt);
     }
@@ -80,14 +88,18 @@ pub fn heap_of(parts: &[(&Profiles, &ModuleMap)]) -> Profile {
                     ..Label::default()
                 });
             }
+            let mut value = vec![
+                s.alloc_objects as i64,
+                s.alloc_bytes as i64,
+                s.inuse_objects as i64,
+                s.inuse_bytes as i64,
+            ];
+            if scanned {
+                value.extend([s.unreachable_objects as i64, s.unreachable_bytes as i64]);
+            }
             let sample = Sample {
                 location_id: b.stack(&s.frames),
-                value: vec![
-                    s.alloc_objects as i64,
-                    s.alloc_bytes as i64,
-                    s.inuse_objects as i64,
-                    s.inuse_bytes as i64,
-                ],
+                value,
                 label,
             };
             b.profile.sample.push(sample);
@@ -328,6 +340,7 @@ mod tests {
             taken: SystemTime::now(),
             since_attach: Duration::from_secs(3),
             heap,
+            scanned: false,
             goroutines: None,
         }
     }
@@ -345,6 +358,8 @@ mod tests {
             inuse_objects: 4,
             alloc_bytes: 1000,
             alloc_objects: 10,
+            unreachable_bytes: 300,
+            unreachable_objects: 3,
             source: HeapSource::Malloc,
         }]);
         let prof = heap(&p, &ModuleMap::default());
@@ -359,6 +374,22 @@ mod tests {
         let pt = prof.period_type.as_ref().expect("period type");
         assert_eq!((s(pt.r#type), s(pt.unit)), ("space", "bytes"));
         assert_eq!(prof.sample[0].value, vec![10, 1000, 4, 400]);
+        // After a scan, what it found unreachable, last.
+        let scanned = heap(
+            &Profiles {
+                scanned: true,
+                ..p.clone()
+            },
+            &ModuleMap::default(),
+        );
+        let name = |i: i64| scanned.string_table[i as usize].as_str();
+        let types: Vec<_> = scanned
+            .sample_type
+            .iter()
+            .map(|t| (name(t.r#type), name(t.unit)))
+            .collect();
+        assert_eq!(types[4..], UNREACHABLE_TYPES);
+        assert_eq!(scanned.sample[0].value, vec![10, 1000, 4, 400, 3, 300]);
         // Two locations, leaf first; the leaf holds both functions, the
         // inlined one first; addresses are the call instructions'.
         assert_eq!(prof.sample[0].location_id, vec![1, 2]);

@@ -1,7 +1,10 @@
 //! One scan: the target stopped, its blocks and roots read, the mark run,
 //! the target let go, within a deadline.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     freeze::{FreezeError, Frozen},
@@ -9,7 +12,10 @@ use super::{
     memory::ProcessMemory,
     roots::{roots, Blocks},
 };
-use crate::{collect::LiveBlock, process::procfs};
+use crate::{
+    collect::{LiveBlock, SiteId},
+    process::procfs,
+};
 
 /// What one scan found.
 #[derive(Debug, Clone)]
@@ -32,6 +38,24 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// Bytes and blocks unreachable (definitely or indirectly lost) by
+    /// site, over the blocks older than the threshold; None when the scan
+    /// gave no verdicts.
+    pub fn unreachable_by_site(&self) -> Option<HashMap<SiteId, (u64, u64)>> {
+        if self.incomplete.is_some() {
+            return None;
+        }
+        let mut out: HashMap<SiteId, (u64, u64)> = HashMap::new();
+        for (b, v) in &self.blocks {
+            if b.old && matches!(v, Verdict::DefinitelyLost | Verdict::IndirectlyLost) {
+                let e = out.entry(b.site).or_default();
+                e.0 += b.size;
+                e.1 += 1;
+            }
+        }
+        Some(out)
+    }
+
     /// A scan that could not be made, and why.
     pub fn incomplete(why: String) -> Scan {
         Scan {

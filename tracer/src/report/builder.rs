@@ -4,7 +4,10 @@
 
 use super::ReportKind;
 use crate::golang::GoReport;
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Context;
 use tracer_common::STACK_UNKNOWN;
@@ -14,7 +17,7 @@ use super::{
     reachability, ExistingThreadReport, Report, SiteReport, ThreadSiteReport,
 };
 use crate::{
-    collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, Snapshot},
+    collect::{stacks::Stacks, tasks::TaskCollector, tasks::TaskKind, SiteId, Snapshot},
     golang::GoTracker,
     process::{
         allocator::Allocator,
@@ -251,6 +254,7 @@ impl ReportBuilder {
             Some(s) if s.at_exit => Some(s.clone()),
             _ => self.scan.take(),
         };
+        let unreachable = scan.as_ref().and_then(Scan::unreachable_by_site);
         let reachability = match scan {
             Some(scan) => {
                 let r = reachability::section(
@@ -270,7 +274,10 @@ impl ReportBuilder {
             None => None,
         };
         let profiles = match self.profiles {
-            true => Some(self.profiles(symbolizer, &snap, go.as_ref()).await?),
+            true => Some(
+                self.profiles(symbolizer, &snap, go.as_ref(), unreachable.as_ref())
+                    .await?,
+            ),
             false => None,
         };
 
@@ -343,6 +350,7 @@ impl ReportBuilder {
         symbolizer: &Symbolizer,
         snap: &Snapshot,
         go: Option<&GoReport>,
+        unreachable: Option<&HashMap<SiteId, (u64, u64)>>,
     ) -> anyhow::Result<Profiles> {
         let (heap, goroutines) = super::profiles::build(
             symbolizer,
@@ -350,6 +358,7 @@ impl ReportBuilder {
             snap,
             go,
             self.suppressions.as_ref(),
+            unreachable,
         )
         .await?;
         Ok(Profiles {
@@ -364,6 +373,7 @@ impl ReportBuilder {
             taken: SystemTime::now(),
             since_attach: self.start.elapsed(),
             heap,
+            scanned: unreachable.is_some(),
             goroutines,
         })
     }

@@ -44,6 +44,10 @@ pub struct HeapSample {
     /// Allocated since attach, freed or not.
     pub alloc_bytes: u64,
     pub alloc_objects: u64,
+    /// Of the outstanding, what the report's scan found unreachable
+    /// (definitely or indirectly lost; see [`Profiles::scanned`]).
+    pub unreachable_bytes: u64,
+    pub unreachable_objects: u64,
     pub source: HeapSource,
 }
 
@@ -85,6 +89,9 @@ pub struct Profiles {
     pub since_attach: Duration,
     /// Every allocation stack with outstanding or allocated bytes.
     pub heap: Vec<HeapSample>,
+    /// The report has a complete reachability scan: the heap samples'
+    /// unreachable values are its verdicts.
+    pub scanned: bool,
     /// Present for Go targets.
     pub goroutines: Option<Vec<GoroutineSample>>,
 }
@@ -101,13 +108,15 @@ impl Profiles {
     }
 }
 
-/// What `snap` (and the Go section) hold, by symbolized stack.
+/// What `snap` (and the Go section) hold, by symbolized stack, with what
+/// a scan found `unreachable` by site.
 pub(super) async fn build(
     symbolizer: &Symbolizer,
     stacks: &mut Stacks,
     snap: &Snapshot,
     go: Option<&GoReport>,
     suppressions: Option<&Suppressions>,
+    unreachable: Option<&HashMap<SiteId, (u64, u64)>>,
 ) -> Result<(Vec<HeapSample>, Option<Vec<GoroutineSample>>), SymbolizerGone> {
     let inuse: HashMap<SiteId, (u64, u64)> = snap
         .sites
@@ -115,8 +124,10 @@ pub(super) async fn build(
         .map(|s| (s.site, (s.bytes, s.blocks)))
         .collect();
     let mut ids: Vec<SiteId> = snap.allocated.keys().copied().collect();
-    ids.extend(inuse.keys().filter(|id| !snap.allocated.contains_key(id)));
+    ids.extend(inuse.keys().copied());
+    ids.extend(unreachable.into_iter().flat_map(|u| u.keys().copied()));
     ids.sort();
+    ids.dedup();
     let addrs: Vec<Vec<u64>> = ids
         .iter()
         .map(|id| stacks.frames(id.caller, id.stack_id))
@@ -134,6 +145,9 @@ pub(super) async fn build(
             .collect();
         let (inuse_bytes, inuse_objects) = inuse.get(id).copied().unwrap_or_default();
         let allocated = snap.allocated.get(id).copied().unwrap_or_default();
+        let (unreachable_bytes, unreachable_objects) = unreachable
+            .and_then(|u| u.get(id).copied())
+            .unwrap_or_default();
         let i = *index.entry(aggregate::key(&frames)).or_insert_with(|| {
             heap.push(HeapSample {
                 frames,
@@ -141,6 +155,8 @@ pub(super) async fn build(
                 inuse_objects: 0,
                 alloc_bytes: 0,
                 alloc_objects: 0,
+                unreachable_bytes: 0,
+                unreachable_objects: 0,
                 source: HeapSource::Malloc,
             });
             heap.len() - 1
@@ -150,6 +166,8 @@ pub(super) async fn build(
         s.inuse_objects += inuse_objects;
         s.alloc_bytes += allocated.bytes;
         s.alloc_objects += allocated.blocks;
+        s.unreachable_bytes += unreachable_bytes;
+        s.unreachable_objects += unreachable_objects;
     }
     let hidden = |frames: &[crate::symbolize::Frame]| {
         suppressions.is_some_and(|rules| rules.matching(frames).is_some())
@@ -176,6 +194,8 @@ pub(super) async fn build(
             inuse_objects: site.objects,
             alloc_bytes: 0,
             alloc_objects: 0,
+            unreachable_bytes: 0,
+            unreachable_objects: 0,
             source: HeapSource::Go,
         });
     }
