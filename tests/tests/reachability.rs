@@ -453,3 +453,34 @@ fn every_scenario_at_exit_is_classified_as_valgrind_does() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// `--container` with `--reachability`: each process of the container is
+/// scanned (by its host PID, from outside its namespaces), with the same
+/// verdicts as by `--pid`.
+#[test]
+fn a_containers_processes_are_scanned() {
+    let mut fixture = Fixture::in_container("reach_c", &["wait", "tree"]);
+    let id = fixture.container().map(|c| c.id.clone()).expect("container");
+    let mut lt = Leaktrace::start(&[
+        "--container",
+        &id[..12],
+        "--reachability",
+        "-i",
+        "0.2",
+        "--older-than",
+        "0",
+    ]);
+    fixture.command("go", "checkpoint");
+    let pid = fixture.pid;
+    let report = lt.report_where(|r| r["pid"] == pid && scan_saw(r, "checkpoint", 7777));
+    assert_eq!(report["reachability"]["complete"], true, "{report}");
+    let kinds = scan_kinds(&report);
+    assert_eq!(kinds.definitely, (32, 1), "{}", report["reachability"]);
+    assert_eq!(kinds.indirectly, (64, 2), "{}", report["reachability"]);
+    assert_eq!(scan_sites(&report, "definitely_lost"), ["lose_tree"]);
+    fixture.send("done");
+    assert!(fixture.wait().success(), "the fixture failed");
+    lt.signal(libc::SIGINT);
+    let (status, _, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+}

@@ -95,9 +95,10 @@ pub struct Cli {
     /// mark its memory from its roots, as valgrind's leak check does: each
     /// block older than --older-than is then definitely, indirectly or
     /// possibly lost, or still reachable. Go's own heap is not scanned.
-    /// SIGUSR2 to leaktrace scans and reports at once. With --pid or a
-    /// command (not yet with containers).
-    #[arg(long, conflicts_with_all = ["container", "pod", "all_containers"])]
+    /// SIGUSR2 to leaktrace scans and reports at once. A command
+    /// leaktrace starts is scanned once more as it exits. With containers,
+    /// each process is scanned in turn.
+    #[arg(long)]
     pub reachability: bool,
 
     /// With --reachability: scan at every Nth report only.

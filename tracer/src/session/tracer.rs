@@ -85,7 +85,9 @@ impl Plan {
     pub fn of_process(cli: &Cli, pid: u32) -> anyhow::Result<Plan> {
         let proc_ = crate::process::inspect(pid)?;
         // Said before anything is attached: a scan could never stop it.
-        if cli.reachability && crate::reach::freeze::traced_by_another(pid) {
+        // (In a container it is traced still, its scans incomplete.)
+        let in_containers = cli.container.is_some() || cli.pod.is_some() || cli.all_containers;
+        if cli.reachability && !in_containers && crate::reach::freeze::traced_by_another(pid) {
             return Err(crate::reach::freeze::FreezeError::AlreadyTraced(pid).into());
         }
         let candidates = crate::process::mapped_objects(pid)?;

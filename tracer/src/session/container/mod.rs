@@ -24,7 +24,7 @@ use std::{
 use anyhow::Context;
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
     sync::mpsc::UnboundedReceiver,
     time::{interval, interval_at, MissedTickBehavior},
 };
@@ -111,6 +111,9 @@ pub fn run(cli: Cli, selection: Selection) -> anyhow::Result<i32> {
         .context("cannot start the async runtime")?;
     // Each process's exit watch registers with the runtime.
     let _runtime = runtime.enter();
+    // Before the first banner: from then on SIGUSR2 asks for a scan (its
+    // default action would end leaktrace).
+    let sigusr2 = signal(SignalKind::user_defined2())?;
     let mut supervisor = Supervisor {
         cli,
         watch,
@@ -148,7 +151,7 @@ pub fn run(cli: Cli, selection: Selection) -> anyhow::Result<i32> {
     for w in supervisor.containers.values_mut() {
         w.joined = 0;
     }
-    runtime.block_on(supervisor.supervise(tracer, news))
+    runtime.block_on(supervisor.supervise(tracer, news, sigusr2))
 }
 
 /// Newcomers are held still at exec until their probes are in (see
@@ -379,6 +382,7 @@ impl Supervisor {
         mut self,
         mut tracer: Tracer,
         mut news: Option<UnboundedReceiver<News>>,
+        mut sigusr2: Signal,
     ) -> anyhow::Result<i32> {
         let cli = self.cli.clone();
         let tick_period = collect::tick_period(cli.older_than, cli.interval);
@@ -431,7 +435,23 @@ impl Supervisor {
                     self.reap(&mut tracer).await?;
                     rounds += 1;
                     let last = cli.count.is_some_and(|n| rounds >= n);
+                    if !last {
+                        for (t, _) in &mut self.targets {
+                            t.scan_if_due(&tracer);
+                        }
+                    }
                     if !self.report_all(&mut tracer, last).await? || last {
+                        stopped = true;
+                    }
+                }
+                _ = sigusr2.recv() => {
+                    // Scans asked for (--reachability only): every
+                    // process, one at a time, and a report now.
+                    let mut scanned = false;
+                    for (t, _) in &mut self.targets {
+                        scanned |= t.scan_now(&tracer);
+                    }
+                    if scanned && !self.report_all(&mut tracer, false).await? {
                         stopped = true;
                     }
                 }
