@@ -144,6 +144,11 @@ fn rust_unwind(src: &Path, out: &Path) -> Command {
     cargo_fixture(src, out, "unwind_rust", "", None)
 }
 
+/// tests/fixtures/reach_rust, built as Rust programs ship.
+fn rust_reach(src: &Path, out: &Path) -> Command {
+    cargo_fixture(src, out, "reach_rust", "", None)
+}
+
 fn rust_system(src: &Path, out: &Path) -> Command {
     rust_heap(src, out, "")
 }
@@ -229,6 +234,11 @@ const FIXTURES: &[FixtureSpec] = &[
         name: "threads_c",
         source: "threads_c.c",
         compile: c_threads,
+    },
+    FixtureSpec {
+        name: "reach_rust",
+        source: "reach_rust/src/main.rs",
+        compile: rust_reach,
     },
     FixtureSpec {
         name: "heap_rust",

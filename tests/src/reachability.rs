@@ -20,13 +20,42 @@ pub struct LeakKinds {
 /// args`: the summary, and the allocating function of each definitely
 /// lost record, sorted.
 pub fn valgrind_leak_check(program: &str, args: &[&str]) -> (LeakKinds, Vec<String>) {
+    parse_leak_check(&valgrind_stderr(program, args, &[]))
+}
+
+/// valgrind's stderr for `program args` with its leak check (every kind)
+/// and `extra` options.
+pub fn valgrind_stderr(program: &str, args: &[&str], extra: &[&str]) -> String {
     let out = Command::new("valgrind")
         .args(["--leak-check=full", "--show-leak-kinds=all"])
+        .args(extra)
         .arg(program)
         .args(args)
         .output()
         .expect("run valgrind");
-    parse_leak_check(&String::from_utf8_lossy(&out.stderr))
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The functions of each definitely lost record's stack in valgrind's
+/// stderr `text` (its `by` lines, inlined ones included), innermost first.
+pub fn valgrind_lost_stacks(text: &str) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("are definitely lost in loss record"))
+        .map(|(i, _)| {
+            lines[i + 1..]
+                .iter()
+                .take_while(|l| l.contains(" at 0x") || l.contains(" by 0x"))
+                .filter_map(|l| {
+                    let f = l.split(": ").nth(1)?;
+                    let f = f.split(" (").next().unwrap_or(f);
+                    Some(f.to_string())
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// valgrind's first leak check in its stderr `text`: the summary, and the

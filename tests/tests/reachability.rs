@@ -484,3 +484,89 @@ fn a_containers_processes_are_scanned() {
     let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{stderr:?}");
 }
+
+/// The scenarios of tests/fixtures/reach_rust (a release build, no frame
+/// pointers), each run to its exit under valgrind and under leaktrace.
+const RUST_SCENARIOS: &[&str] = &[
+    "none",
+    "forgotten_tree",
+    "rc_cycle",
+    "leaked_buffer",
+    "kept_strings",
+    "interior",
+    "forgotten_vec",
+    "everything",
+];
+
+/// The Rust fixture's scenarios at exit: the four kinds equal valgrind's,
+/// bytes and blocks, and what is definitely lost is so in the same
+/// scenario functions (Rust's allocation frames are inlined into them:
+/// the sites are told by the scenario function on each stack).
+#[test]
+fn every_rust_scenario_at_exit_is_classified_as_valgrind_does() {
+    let program = fixtures().path("reach_rust");
+    let program = program.to_str().expect("utf8 path");
+    let scenario_of = |functions: Vec<&str>| -> Option<String> {
+        functions.into_iter().find_map(|f| {
+            RUST_SCENARIOS
+                .iter()
+                .find(|s| f == **s || f.ends_with(&format!("::{s}")))
+                .map(|s| s.to_string())
+        })
+    };
+    let mut failures = Vec::new();
+    for scenario in RUST_SCENARIOS {
+        let stderr = valgrind_stderr(program, &[scenario], &["--num-callers=60"]);
+        let (oracle, _) = parse_leak_check(&stderr);
+        let mut oracle_lost: Vec<Option<String>> = valgrind_lost_stacks(&stderr)
+            .iter()
+            .map(|stack| scenario_of(stack.iter().map(String::as_str).collect()))
+            .collect();
+        let lt = Leaktrace::start(&[
+            "--reachability",
+            "--older-than",
+            "0",
+            "-i",
+            "3600",
+            "--top",
+            "200",
+            "--",
+            program,
+            scenario,
+        ]);
+        let (status, reports, stderr) = lt.finish();
+        assert!(status.success(), "{scenario}: {stderr:?}");
+        let last = reports.last().expect("a final report");
+        assert_eq!(last["reachability"]["at_exit"], true, "{scenario}: {last}");
+        let got = scan_kinds(last);
+        let mut lost: Vec<Option<String>> = last["reachability"]["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .filter(|r| r["kind"] == "definitely_lost")
+            .map(|r| {
+                let frames = r["frames"].as_array().expect("frames");
+                scenario_of(frames.iter().filter_map(|f| f["symbol"].as_str()).collect())
+            })
+            .collect();
+        for l in [&mut oracle_lost, &mut lost] {
+            l.sort();
+            l.dedup();
+        }
+        if *scenario == "everything" {
+            let named: Vec<&str> = lost.iter().flatten().map(String::as_str).collect();
+            assert_eq!(
+                named,
+                ["forgotten_tree", "forgotten_vec", "leaked_buffer", "rc_cycle"],
+                "every lost block named by its scenario: {lost:?}"
+            );
+        }
+        if got != oracle || lost != oracle_lost {
+            failures.push(format!(
+                "{scenario}: valgrind {oracle:?} {oracle_lost:?}, leaktrace {got:?} {lost:?}: {}",
+                last["reachability"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
