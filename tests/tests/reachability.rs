@@ -571,3 +571,66 @@ fn every_rust_scenario_at_exit_is_classified_as_valgrind_does() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Bytes and blocks of the `kind` records allocated in `function`.
+fn records_at(report: &serde_json::Value, kind: &str, function: &str) -> (u64, u64) {
+    report["reachability"]["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["kind"] == kind && r["frames"][0]["symbol"] == function)
+        .fold((0, 0), |(b, n), r| {
+            (
+                b + r["bytes"].as_u64().expect("bytes"),
+                n + r["blocks"].as_u64().expect("blocks"),
+            )
+        })
+}
+
+/// A cgo service: its C heap is scanned, with the Go heap's memory among
+/// the roots, so a C block Go keeps (in a slice) is still reachable and
+/// one nothing points at is definitely lost; the report says the Go heap's
+/// own objects are not classified.
+#[test]
+fn a_cgo_services_c_heap_is_scanned_with_go_memory_as_roots() {
+    let bin = go_fixture(newest_go(), GoBuild::Cgo);
+    let service = GoService::start(&bin, &[]);
+    let mut lt = Leaktrace::attach(
+        service.pid(),
+        &["--reachability", "-i", "0.3", "--older-than", "0", "--top", "100"],
+    );
+    for _ in 0..2 {
+        assert_eq!(http_get(service.port, "/clost").trim(), "clost");
+    }
+    for _ in 0..3 {
+        assert_eq!(http_get(service.port, "/ckeep").trim(), "ckept");
+    }
+    for _ in 0..4 {
+        assert_eq!(http_get(service.port, "/cleak").trim(), "cleaked");
+    }
+    let report = lt.report_where(|r| {
+        r["reachability"]["complete"] == true
+            && records_at(r, "still_reachable", CGO_LEAK_SITE).1 == 4
+    });
+    let scan = &report["reachability"];
+    assert_eq!(scan["go_heap_not_scanned"], true, "{scan}");
+    assert_eq!(
+        records_at(&report, "definitely_lost", "cgo_lose_block"),
+        (6000, 2),
+        "{scan}"
+    );
+    assert_eq!(
+        records_at(&report, "still_reachable", "cgo_keep_block"),
+        (6000, 3),
+        "{scan}"
+    );
+    assert_eq!(
+        records_at(&report, "still_reachable", CGO_LEAK_SITE),
+        (4 * CGO_LEAK_BYTES, 4),
+        "{scan}"
+    );
+    lt.signal(libc::SIGINT);
+    let (status, _, stderr) = lt.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+}
