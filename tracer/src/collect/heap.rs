@@ -13,12 +13,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
-use aya::maps::MapError;
+use aya::maps::{IterableMap, MapError};
 use tracer_common::{
-    AllocRecord, Config, Counter, CounterKind, SiteKey, SiteTotals, COUNTERS, COUNTER_COUNT,
+    AllocKey, AllocRecord, Config, Counter, CounterKind, SiteKey, SiteTotals, COUNTERS,
+    COUNTER_COUNT,
 };
 
 use crate::probes::HeapMaps;
@@ -243,6 +245,15 @@ impl SiteTable for HeapMaps {
     }
 
     fn blocks(&self, tgid: u32) -> Vec<(u64, AllocRecord)> {
+        let fd = self.allocs.map().fd().as_fd();
+        if let Ok(all) = super::batch::lookup_all::<AllocKey, AllocRecord>(fd) {
+            return all
+                .into_iter()
+                .filter(|(k, _)| k.tgid == tgid)
+                .map(|(k, v)| (k.addr, v))
+                .collect();
+        }
+        // A kernel without batch lookups: an entry at a time.
         self.allocs
             .iter()
             .filter_map(Result::ok)

@@ -32,7 +32,7 @@
 
 use std::time::Instant;
 
-use super::memory::Memory;
+use super::memory::{Memory, IOV_MAX};
 
 /// A traced block: where it starts and the size asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,13 @@ pub enum Verdict {
     PossiblyLost,
     IndirectlyLost,
     DefinitelyLost,
+}
+
+/// The aligned words of block `b`: where they start, and how many bytes.
+fn words_of(b: Block) -> (u64, usize) {
+    let start = b.addr.next_multiple_of(8);
+    let end = (b.addr + b.size) & !7;
+    (start, end.saturating_sub(start) as usize)
 }
 
 /// Where glibc puts the header of the chunk after block `b` (made by
@@ -124,6 +131,9 @@ pub struct Mark<'a, M: Memory> {
     late: bool,
     /// The blocks are glibc malloc's (see the module's doc).
     glibc_chunks: bool,
+    /// Where the first block starts and the last one's pointers end.
+    low: u64,
+    high: u64,
 }
 
 /// The deadline passed before the mark was done.
@@ -150,6 +160,8 @@ impl<'a, M: Memory> Mark<'a, M> {
             deadline: None,
             late: false,
             glibc_chunks: false,
+            low: blocks.first().map_or(0, |b| b.addr),
+            high: blocks.last().map_or(0, Block::end),
         }
     }
 
@@ -230,6 +242,10 @@ impl<'a, M: Memory> Mark<'a, M> {
 
     /// The block `ptr` points into.
     fn find(&self, ptr: u64) -> Option<usize> {
+        // Most words point at no block (zeros, small numbers, text).
+        if ptr < self.low || ptr >= self.high {
+            return None;
+        }
         let i = self.blocks.partition_point(|b| b.addr <= ptr);
         let i = i.checked_sub(1)?;
         let b = self.blocks[i];
@@ -244,42 +260,70 @@ impl<'a, M: Memory> Mark<'a, M> {
         }
     }
 
+    /// Scans the blocks on the mark stack until it is empty, taking them
+    /// off in batches read with one call (up to [`IOV_MAX`] blocks or
+    /// [`CHUNK`] bytes). A block's state is read as it is scanned, as
+    /// valgrind's is when it pops it; one raised by a block before it in
+    /// its batch is pushed again, and scanned again, as there.
     fn process(&mut self, clique: Option<usize>) {
-        while let Some(top) = self.stack.pop() {
+        let mut batch: Vec<(usize, u64, usize)> = Vec::new();
+        let mut ranges: Vec<(u64, usize)> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        while !self.stack.is_empty() {
             if self.over() {
                 self.stack.clear();
                 return;
             }
-            self.pending[top] = false;
-            let definite = self.state[top] != State::Possible;
-            let b = self.blocks[top];
-            self.scan_block(b, definite, clique, top);
+            batch.clear();
+            let mut bytes = 0;
+            while let Some(&top) = self.stack.last() {
+                let (start, len) = words_of(self.blocks[top]);
+                if !batch.is_empty() && (batch.len() == IOV_MAX || bytes + len > CHUNK) {
+                    break;
+                }
+                self.stack.pop();
+                self.pending[top] = false;
+                batch.push((top, start, len));
+                bytes += len;
+            }
+            ranges.clear();
+            ranges.extend(batch.iter().filter(|b| b.2 > 0).map(|b| (b.1, b.2)));
+            buf.clear();
+            buf.resize(bytes, 0);
+            if !self.memory.read_many(&ranges, &mut buf) {
+                self.read_each(&ranges, &mut buf);
+            }
+            self.scanned += bytes as u64;
+            let mut at = 0;
+            for &(i, _, len) in &batch {
+                let definite = self.state[i] != State::Possible;
+                for w in buf[at..at + len].chunks_exact(8) {
+                    let value = u64::from_le_bytes(w.try_into().unwrap_or_default());
+                    match clique {
+                        None => self.push_without_clique(value, definite),
+                        Some(leader) => self.push_with_clique(value, leader, i),
+                    }
+                }
+                at += len;
+            }
         }
     }
 
-    fn scan_block(&mut self, b: Block, definite: bool, clique: Option<usize>, cur: usize) {
-        let start = b.addr.next_multiple_of(8);
-        let end = (b.addr + b.size) & !7;
-        if end <= start {
-            return;
-        }
-        let mut buf = vec![0u8; (end - start) as usize];
-        if !self.memory.read(start, &mut buf) {
-            // A traced block is mapped: only a process gone mid-scan
-            // fails here. Word by word, what can be read.
-            for (k, w) in buf.chunks_exact_mut(8).enumerate() {
-                if !self.memory.read(start + 8 * k as u64, w) {
-                    w.fill(0);
+    /// What a batch's one read could not: each block alone, and a block
+    /// that cannot be read whole word by word (a traced block is mapped:
+    /// only a process gone mid-scan fails here), zero where unreadable.
+    fn read_each(&mut self, ranges: &[(u64, usize)], buf: &mut [u8]) {
+        let mut at = 0;
+        for &(start, len) in ranges {
+            let part = &mut buf[at..at + len];
+            if !self.memory.read(start, part) {
+                for (k, w) in part.chunks_exact_mut(8).enumerate() {
+                    if !self.memory.read(start + 8 * k as u64, w) {
+                        w.fill(0);
+                    }
                 }
             }
-        }
-        self.scanned += end - start;
-        for w in buf.chunks_exact(8) {
-            let value = u64::from_le_bytes(w.try_into().unwrap_or_default());
-            match clique {
-                None => self.push_without_clique(value, definite),
-                Some(leader) => self.push_with_clique(value, leader, cur),
-            }
+            at += len;
         }
     }
 

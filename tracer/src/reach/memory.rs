@@ -11,6 +11,22 @@ pub trait Memory {
     /// How `addr` is mapped: `None` when it is not.
     fn mapping(&self, addr: u64) -> Option<MappingKind>;
 
+    /// Fills `buf` with the `ranges` (address, length) one after another;
+    /// false if any of it cannot be read.
+    fn read_many(&mut self, ranges: &[(u64, usize)], buf: &mut [u8]) -> bool {
+        let mut at = 0;
+        for &(addr, len) in ranges {
+            let Some(part) = buf.get_mut(at..at + len) else {
+                return false;
+            };
+            if !self.read(addr, part) {
+                return false;
+            }
+            at += len;
+        }
+        true
+    }
+
     /// One aligned word at `addr`.
     fn word(&mut self, addr: u64) -> Option<u64> {
         let mut b = [0u8; 8];
@@ -28,6 +44,9 @@ pub struct MappingKind {
     /// Where the mapping ends (exclusive).
     pub end: u64,
 }
+
+/// The most iovecs one `process_vm_readv` takes (Linux's `UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
 
 /// A live process's memory, read with `process_vm_readv` (no copy through
 /// the kernel's page cache, no file offset to seek), its mappings from
@@ -61,6 +80,40 @@ impl Memory for ProcessMemory {
         // remote address is only read by the kernel, in the target.
         let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
         n == buf.len() as isize
+    }
+
+    /// One system call for up to `IOV_MAX` blocks: the mark reads them in
+    /// batches (a call per block would cost more than the copy).
+    fn read_many(&mut self, ranges: &[(u64, usize)], buf: &mut [u8]) -> bool {
+        let total: usize = ranges.iter().map(|r| r.1).sum();
+        if ranges.len() > IOV_MAX || total != buf.len() {
+            return false;
+        }
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote: Vec<libc::iovec> = ranges
+            .iter()
+            .map(|&(addr, len)| libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: one local iovec over `buf`, as long as all the remote
+        // ones together, both outliving the call; the remote addresses are
+        // only read by the kernel, in the target.
+        let n = unsafe {
+            libc::process_vm_readv(
+                self.pid as i32,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        n == total as isize
     }
 
     fn mapping(&self, addr: u64) -> Option<MappingKind> {

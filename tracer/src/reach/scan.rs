@@ -27,6 +27,8 @@ pub struct Scan {
     pub indirect_bytes: Vec<u64>,
     /// How long the target was stopped.
     pub stopped: Duration,
+    /// Of which reading the outstanding blocks from the kernel.
+    pub blocks_read: Duration,
     pub threads: usize,
     pub scanned_bytes: u64,
     pub unreadable_bytes: u64,
@@ -62,6 +64,7 @@ impl Scan {
             blocks: Vec::new(),
             indirect_bytes: Vec::new(),
             stopped: Duration::ZERO,
+            blocks_read: Duration::ZERO,
             threads: 0,
             scanned_bytes: 0,
             unreadable_bytes: 0,
@@ -101,6 +104,7 @@ pub fn scan(
         blocks: Vec::new(),
         indirect_bytes: Vec::new(),
         stopped: start.elapsed(),
+        blocks_read: Duration::ZERO,
         threads,
         scanned_bytes,
         unreadable_bytes: 0,
@@ -122,7 +126,9 @@ pub fn scan(
     let Ok(maps) = procfs::read_maps(pid) else {
         return Ok(incomplete("the target exited".into(), threads, 0));
     };
+    let reading = Instant::now();
     let mut live = blocks();
+    let blocks_read = reading.elapsed();
     live.sort_by_key(|b| b.addr);
     let marked_blocks: Vec<Block> = live
         .iter()
@@ -150,6 +156,7 @@ pub fn scan(
                 a.scanned_bytes,
             );
             s.stopped = stopped;
+            s.blocks_read = blocks_read;
             return Ok(s);
         }
     };
@@ -157,6 +164,7 @@ pub fn scan(
         blocks: live.into_iter().zip(marked.verdicts).collect(),
         indirect_bytes: marked.indirect_bytes,
         stopped,
+        blocks_read,
         threads,
         scanned_bytes: marked.scanned_bytes,
         unreadable_bytes: marked.unreadable_bytes,

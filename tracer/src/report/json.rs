@@ -93,6 +93,7 @@ fn reachability(r: &ReachabilityReport) -> Value {
         "complete": r.incomplete.is_none(),
         "incomplete": r.incomplete,
         "stopped_us": r.stopped.as_micros() as u64,
+        "blocks_read_us": r.blocks_read.as_micros() as u64,
         "threads": r.threads,
         "scanned_bytes": r.scanned_bytes,
         "unreadable_bytes": r.unreadable_bytes,

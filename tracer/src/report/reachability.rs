@@ -32,6 +32,8 @@ pub struct LossRecord {
 pub struct ReachabilityReport {
     /// How long the target was stopped.
     pub stopped: Duration,
+    /// Of which reading the outstanding blocks from the kernel.
+    pub blocks_read: Duration,
     pub threads: usize,
     pub scanned_bytes: u64,
     pub unreadable_bytes: u64,
@@ -147,6 +149,7 @@ pub async fn section(
     let complete = scan.incomplete.is_none();
     Ok(ReachabilityReport {
         stopped: scan.stopped,
+        blocks_read: scan.blocks_read,
         threads: scan.threads,
         scanned_bytes: scan.scanned_bytes,
         unreadable_bytes: scan.unreadable_bytes,
