@@ -48,4 +48,3 @@ pub fn flat_of(rows: &[(String, String)], function: &str) -> Option<String> {
         .find(|(_, name)| name == function)
         .map(|(flat, _)| flat.clone())
 }
-

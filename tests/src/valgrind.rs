@@ -293,7 +293,10 @@ pub fn assert_lost_like(report: &Value, valgrind: &ValgrindRun, fewer_percent: i
         "leaktrace at exit {kinds:?}\nvalgrind at exit {:?}",
         valgrind.leaks
     );
-    let (lt, vg) = (kinds.definitely.0 as i64, valgrind.leaks.definitely.0 as i64);
+    let (lt, vg) = (
+        kinds.definitely.0 as i64,
+        valgrind.leaks.definitely.0 as i64,
+    );
     assert!(
         (lt - vg) * 100 <= vg && (vg - lt) * 100 <= vg * fewer_percent,
         "definitely lost: leaktrace {lt} B, valgrind {vg} B \

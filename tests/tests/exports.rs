@@ -3,11 +3,7 @@
 //! `/metrics` checked by Debian's `promtool`, the flame graph parsed as
 //! XML, folded stacks summed; and suppressions.
 
-use std::{
-    net::TcpListener,
-    path::Path,
-    process::Command,
-};
+use std::{net::TcpListener, path::Path, process::Command};
 
 use leaktrace_tests::*;
 use serde_json::Value;

@@ -214,7 +214,16 @@ fn pprof_gives_unreachable_space_and_objects_by_site() {
     let (fixture, mut lt) = at_checkpoint(
         "reach_c",
         "everything",
-        &["-i", "0.2", "--older-than", "0", "--top", "200", "--pprof-dir", &d],
+        &[
+            "-i",
+            "0.2",
+            "--older-than",
+            "0",
+            "--top",
+            "200",
+            "--pprof-dir",
+            &d,
+        ],
     );
     let report = lt.report_where(|r| scan_saw(r, "checkpoint", 7777));
     end_both(fixture, lt);
@@ -224,7 +233,10 @@ fn pprof_gives_unreachable_space_and_objects_by_site() {
     let objects = pprof_top(&file, &["-sample_index=unreachable_objects"]);
     // From the report: bytes and blocks unreachable by allocating function.
     let mut expected: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    for r in report["reachability"]["records"].as_array().expect("records") {
+    for r in report["reachability"]["records"]
+        .as_array()
+        .expect("records")
+    {
         if r["kind"] == "definitely_lost" || r["kind"] == "indirectly_lost" {
             let f = r["frames"][0]["symbol"].as_str().expect("symbol");
             let e = expected.entry(f.to_string()).or_default();
@@ -235,11 +247,23 @@ fn pprof_gives_unreachable_space_and_objects_by_site() {
     assert_eq!(expected.get("lose_tree"), Some(&(96, 3)), "{expected:?}");
     assert_eq!(expected.get("lose_one"), Some(&(100, 1)), "{expected:?}");
     for (function, (bytes, blocks)) in &expected {
-        assert_eq!(flat_of(&space, function), Some(format!("{bytes}B")), "{space:?}");
-        assert_eq!(flat_of(&objects, function), Some(blocks.to_string()), "{objects:?}");
+        assert_eq!(
+            flat_of(&space, function),
+            Some(format!("{bytes}B")),
+            "{space:?}"
+        );
+        assert_eq!(
+            flat_of(&objects, function),
+            Some(blocks.to_string()),
+            "{objects:?}"
+        );
     }
     let nonzero = space.iter().filter(|(flat, _)| flat != "0").count();
-    assert_eq!(nonzero, expected.len(), "nothing else unreachable: {space:?}");
+    assert_eq!(
+        nonzero,
+        expected.len(),
+        "nothing else unreachable: {space:?}"
+    );
 }
 
 fn lines_in_function(file: &str, function: &str, needle: &str) -> Vec<usize> {
@@ -461,7 +485,10 @@ fn every_scenario_at_exit_is_classified_as_valgrind_does() {
 #[test]
 fn a_containers_processes_are_scanned() {
     let mut fixture = Fixture::in_container("reach_c", &["wait", "tree"]);
-    let id = fixture.container().map(|c| c.id.clone()).expect("container");
+    let id = fixture
+        .container()
+        .map(|c| c.id.clone())
+        .expect("container");
     let mut lt = Leaktrace::start(&[
         "--container",
         &id[..12],
@@ -558,7 +585,12 @@ fn every_rust_scenario_at_exit_is_classified_as_valgrind_does() {
             let named: Vec<&str> = lost.iter().flatten().map(String::as_str).collect();
             assert_eq!(
                 named,
-                ["forgotten_tree", "forgotten_vec", "leaked_buffer", "rc_cycle"],
+                [
+                    "forgotten_tree",
+                    "forgotten_vec",
+                    "leaked_buffer",
+                    "rc_cycle"
+                ],
                 "every lost block named by its scenario: {lost:?}"
             );
         }
@@ -597,7 +629,15 @@ fn a_cgo_services_c_heap_is_scanned_with_go_memory_as_roots() {
     let service = GoService::start(&bin, &[]);
     let mut lt = Leaktrace::attach(
         service.pid(),
-        &["--reachability", "-i", "0.3", "--older-than", "0", "--top", "100"],
+        &[
+            "--reachability",
+            "-i",
+            "0.3",
+            "--older-than",
+            "0",
+            "--top",
+            "100",
+        ],
     );
     for _ in 0..2 {
         assert_eq!(http_get(service.port, "/clost").trim(), "clost");

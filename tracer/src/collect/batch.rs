@@ -43,7 +43,11 @@ pub fn lookup_all<K: Copy, V: Copy>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)
         let mut keys = vec![0u8; count as usize * size_of::<K>()];
         let mut values = vec![0u8; count as usize * size_of::<V>()];
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &token_in as *const u64 as u64 },
+            in_batch: if first {
+                0
+            } else {
+                &token_in as *const u64 as u64
+            },
             out_batch: &mut token_out as *mut u64 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,

@@ -30,8 +30,10 @@ const HEAP_TYPES: [(&str, &str); 4] = [
 
 /// After a complete reachability scan, two more: what of `inuse_*` it
 /// found definitely or indirectly lost (LeakSanitizer's "unreachable").
-const UNREACHABLE_TYPES: [(&str, &str); 2] =
-    [("unreachable_objects", "count"), ("unreachable_space", "bytes")];
+const UNREACHABLE_TYPES: [(&str, &str); 2] = [
+    ("unreachable_objects", "count"),
+    ("unreachable_space", "bytes"),
+];
 
 /// The heap profile: outstanding blocks older than the threshold
 /// (`inuse_*`), and everything allocated since attach (`alloc_*`).

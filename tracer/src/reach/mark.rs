@@ -58,6 +58,16 @@ pub enum Verdict {
     DefinitelyLost,
 }
 
+/// The words of `bytes` that could point into a block (in `low..high`):
+/// most words are zeros, small numbers or text, and are passed over here
+/// before any search.
+fn candidates(bytes: &[u8], low: u64, high: u64) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+        .filter(move |v| (low..high).contains(v))
+}
+
 /// The aligned words of block `b`: where they start, and how many bytes.
 fn words_of(b: Block) -> (u64, usize) {
     let start = b.addr.next_multiple_of(8);
@@ -134,6 +144,43 @@ pub struct Mark<'a, M: Memory> {
     /// Where the first block starts and the last one's pointers end.
     low: u64,
     high: u64,
+    /// Blocks' words read ahead of their scan.
+    prefetched: Prefetched,
+}
+
+/// Fewer blocks than this to read in a batch: read their neighbours too.
+const PREFETCH_WHEN_FEWER: usize = 16;
+/// How far around such a block (by address order) to look.
+const PREFETCH_AROUND: usize = 256;
+/// The most read ahead and not yet scanned.
+const PREFETCH_BYTES: usize = 64 << 20;
+
+/// Words of blocks read ahead, by block index, until their scan.
+#[derive(Default)]
+struct Prefetched {
+    words: std::collections::HashMap<usize, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Prefetched {
+    fn has(&self, i: usize) -> bool {
+        self.words.contains_key(&i)
+    }
+
+    fn room(&self) -> bool {
+        self.bytes < PREFETCH_BYTES
+    }
+
+    fn put(&mut self, i: usize, words: Vec<u8>) {
+        self.bytes += words.len();
+        self.words.insert(i, words);
+    }
+
+    fn take(&mut self, i: usize) -> Option<Vec<u8>> {
+        let w = self.words.remove(&i)?;
+        self.bytes -= w.len();
+        Some(w)
+    }
 }
 
 /// The deadline passed before the mark was done.
@@ -162,6 +209,7 @@ impl<'a, M: Memory> Mark<'a, M> {
             glibc_chunks: false,
             low: blocks.first().map_or(0, |b| b.addr),
             high: blocks.last().map_or(0, Block::end),
+            prefetched: Prefetched::default(),
         }
     }
 
@@ -286,27 +334,95 @@ impl<'a, M: Memory> Mark<'a, M> {
                 batch.push((top, start, len));
                 bytes += len;
             }
-            ranges.clear();
-            ranges.extend(batch.iter().filter(|b| b.2 > 0).map(|b| (b.1, b.2)));
-            buf.clear();
-            buf.resize(bytes, 0);
-            if !self.memory.read_many(&ranges, &mut buf) {
-                self.read_each(&ranges, &mut buf);
-            }
+            self.read_batch(&batch, &mut ranges, &mut buf);
             self.scanned += bytes as u64;
             let mut at = 0;
             for &(i, _, len) in &batch {
                 let definite = self.state[i] != State::Possible;
-                for w in buf[at..at + len].chunks_exact(8) {
-                    let value = u64::from_le_bytes(w.try_into().unwrap_or_default());
+                let owned = self.prefetched.take(i);
+                let words: &[u8] = match &owned {
+                    Some(words) => words,
+                    None => {
+                        at += len;
+                        &buf[at - len..at]
+                    }
+                };
+                // A clique's leader is scanned again if a later clique
+                // takes it in: its words are kept for then.
+                if clique == Some(i) && self.prefetched.room() {
+                    self.prefetched.put(i, words.to_vec());
+                }
+                let (low, high) = (self.low, self.high);
+                for value in candidates(words, low, high) {
                     match clique {
                         None => self.push_without_clique(value, definite),
                         Some(leader) => self.push_with_clique(value, leader, i),
                     }
                 }
-                at += len;
             }
         }
+    }
+
+    /// Reads the words of the `batch` blocks not prefetched into `buf`,
+    /// one after another, with one call; when they are few (a chain, one
+    /// block at a time), the same call prefetches the unreached blocks
+    /// around them by address, which will be scanned too (reached later,
+    /// or in the clique pass: every block is), so that a chain costs a
+    /// call per hundreds of blocks, not per block.
+    fn read_batch(
+        &mut self,
+        batch: &[(usize, u64, usize)],
+        ranges: &mut Vec<(u64, usize)>,
+        buf: &mut Vec<u8>,
+    ) {
+        ranges.clear();
+        let mut needed = 0;
+        for &(i, start, len) in batch {
+            if len > 0 && !self.prefetched.has(i) {
+                ranges.push((start, len));
+                needed += len;
+            }
+        }
+        let direct = ranges.len();
+        let mut extra: Vec<usize> = Vec::new();
+        if direct > 0 && direct < PREFETCH_WHEN_FEWER && self.prefetched.room() {
+            let mut total = needed;
+            'around: for &(i, _, _) in batch {
+                let (lo, hi) = (i.saturating_sub(PREFETCH_AROUND), i + PREFETCH_AROUND);
+                for j in lo..hi.min(self.blocks.len()) {
+                    if ranges.len() == IOV_MAX || total >= CHUNK {
+                        break 'around;
+                    }
+                    let (start, len) = words_of(self.blocks[j]);
+                    let wanted = self.state[j] == State::Unreached
+                        && !self.pending[j]
+                        && len > 0
+                        && len <= CHUNK
+                        && !self.prefetched.has(j)
+                        && !batch.iter().any(|b| b.0 == j)
+                        && !extra.contains(&j);
+                    if wanted {
+                        ranges.push((start, len));
+                        extra.push(j);
+                        total += len;
+                    }
+                }
+            }
+        }
+        let total: usize = ranges.iter().map(|r| r.1).sum();
+        buf.clear();
+        buf.resize(total, 0);
+        if !ranges.is_empty() && !self.memory.read_many(ranges, buf) {
+            self.read_each(ranges, buf);
+        }
+        // The prefetched ones, after the batch's own words.
+        let mut at = needed;
+        for (k, &j) in extra.iter().enumerate() {
+            let len = ranges[direct + k].1;
+            self.prefetched.put(j, buf[at..at + len].to_vec());
+            at += len;
+        }
+        buf.truncate(needed);
     }
 
     /// What a batch's one read could not: each block alone, and a block
@@ -361,8 +477,8 @@ impl<'a, M: Memory> Mark<'a, M> {
     }
 
     fn scan_words(&mut self, bytes: &[u8]) {
-        for w in bytes.chunks_exact(8) {
-            let value = u64::from_le_bytes(w.try_into().unwrap_or_default());
+        let (low, high) = (self.low, self.high);
+        for value in candidates(bytes, low, high) {
             self.push_without_clique(value, true);
         }
     }
@@ -496,6 +612,8 @@ mod tests {
         words: BTreeMap<u64, u64>,
         code: Vec<(u64, u64)>,
         rodata: Vec<(u64, u64)>,
+        /// Calls to read_many (one system call each, for a process).
+        batches: usize,
     }
 
     impl Picture {
@@ -509,6 +627,15 @@ mod tests {
             for (k, b) in buf.chunks_mut(8).enumerate() {
                 let w = self.words.get(&(addr + 8 * k as u64)).copied().unwrap_or(0);
                 b.copy_from_slice(&w.to_le_bytes()[..b.len()]);
+            }
+            true
+        }
+        fn read_many(&mut self, ranges: &[(u64, usize)], buf: &mut [u8]) -> bool {
+            self.batches += 1;
+            let mut at = 0;
+            for &(addr, len) in ranges {
+                self.read(addr, &mut buf[at..at + len]);
+                at += len;
             }
             true
         }
@@ -559,6 +686,37 @@ mod tests {
         assert_eq!(m.verdicts, [StillReachable, PossiblyLost, DefinitelyLost]);
         // Every block is scanned once: the lost one as its clique's leader.
         assert_eq!(m.scanned_bytes, 0x1000 + 3 * 32);
+    }
+
+    #[test]
+    fn chains_are_read_hundreds_of_blocks_a_call_with_the_same_verdicts() {
+        // Two chains of 2000 blocks, each block pointing at the one below
+        // it: one hangs from a root, the other from nothing.
+        const N: u64 = 2000;
+        let blocks: Vec<Block> = (0..2 * N)
+            .map(|i| block(0x100000 + i * 0x40, 0x40))
+            .collect();
+        let mut pic = Picture::default();
+        for i in 1..2 * N {
+            if i != N {
+                pic.set(blocks[i as usize].addr, blocks[i as usize - 1].addr);
+            }
+        }
+        pic.set(0x1000, blocks[N as usize - 1].addr);
+        let m = mark(&blocks, &mut pic, &[]);
+        let n = N as usize;
+        assert!(m.verdicts[..n].iter().all(|v| *v == StillReachable));
+        assert_eq!(m.verdicts[2 * n - 1], DefinitelyLost);
+        assert!(m.verdicts[n..2 * n - 1]
+            .iter()
+            .all(|v| *v == IndirectlyLost));
+        assert_eq!(m.indirect_bytes[2 * n - 1], (N - 1) * 0x40);
+        assert!(
+            pic.batches < 40,
+            "{} reads for {} blocks",
+            pic.batches,
+            2 * N
+        );
     }
 
     #[test]

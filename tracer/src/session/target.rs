@@ -22,9 +22,7 @@ use crate::{
     export::{self, Exporter},
     golang::{GoTarget, GoTracker},
     probes::ExitHold,
-    process::{
-        allocator::Allocator, container, exit_point::exit_point, loader, procfs::alive,
-    },
+    process::{allocator::Allocator, container, exit_point::exit_point, loader, procfs::alive},
     reach,
     report::{
         builder::{ReportBuilder, Subject},
@@ -287,10 +285,8 @@ impl Target {
             known,
             glibc_heap: self.allocator.is_glibc(),
         };
-        let scan = reach::scan(pid, options, || {
-            collector.live_blocks(pid, Instant::now())
-        })
-        .unwrap_or_else(|e| reach::Scan::incomplete(e.to_string()));
+        let scan = reach::scan(pid, options, || collector.live_blocks(pid, Instant::now()))
+            .unwrap_or_else(|e| reach::Scan::incomplete(e.to_string()));
         self.builder.set_scan(scan);
         true
     }

@@ -3,7 +3,9 @@
 //! reachable) is scanned at every report by `--pid --reachability`: how
 //! long its threads stay stopped per scan, per 100 MB read; and its
 //! malloc/free throughput untraced, traced, and traced with a scan at
-//! every report (one a second).
+//! every report (one a second). By `--pid` its heap is from before attach,
+//! read as roots; started by leaktrace (`-- reach_heap MB`) every block is
+//! traced, and is read and marked as a block: both stop times are given.
 
 use std::{
     io::{BufRead, BufReader},
@@ -24,6 +26,10 @@ pub struct ScanCost {
     pub heap_mb: u64,
     /// Per scan, median of the scans taken.
     pub stopped_ms: f64,
+    /// The same, every block traced (started by leaktrace).
+    pub stopped_traced_ms: f64,
+    /// Of which reading the blocks from the kernel.
+    pub blocks_read_ms: f64,
     pub scanned_bytes: u64,
     pub complete: bool,
     /// Pairs per second: untraced, traced, traced with scans.
@@ -132,15 +138,62 @@ fn one(root: &Path, bin: &Path, mb: u64) -> Result<ScanCost> {
     if scanned == 0 {
         bail!("{mb} MB: nothing scanned");
     }
+    let (stopped_traced_ms, blocks_read_ms, traced_complete) = traced_blocks(root, bin, mb)?;
+    complete &= traced_complete;
     Ok(ScanCost {
         heap_mb: mb,
         stopped_ms: median(&mut stopped),
+        stopped_traced_ms,
+        blocks_read_ms,
         scanned_bytes: scanned,
         complete,
         untraced,
         traced,
         scanning,
     })
+}
+
+/// reach_heap started by leaktrace, scanned at every report once its
+/// blocks are all made: the median stop and block-read times (ms), and
+/// whether every scan completed.
+fn traced_blocks(root: &Path, bin: &Path, mb: u64) -> Result<(f64, f64, bool)> {
+    let size = mb.to_string();
+    let program = bin.to_str().context("utf8 path")?;
+    let mut lt = leaktrace(
+        root,
+        &[
+            "-i",
+            "1",
+            "--older-than",
+            "0",
+            "--reachability",
+            "--scan-deadline",
+            "30s",
+            "--",
+            program,
+            &size,
+        ],
+    )?;
+    let reports = reports_of(&mut lt)?;
+    let blocks = mb * 1024 * 1024 / 4096;
+    let (mut stopped, mut read, mut complete) = (Vec::new(), Vec::new(), true);
+    while stopped.len() < SCANS {
+        let r = reports
+            .recv_timeout(Duration::from_secs(120))
+            .context("a report with a scan of the traced blocks")?;
+        let s = &r["reachability"];
+        let reachable = s["totals"]["still_reachable"]["blocks"]
+            .as_u64()
+            .unwrap_or(0);
+        if !s.is_object() || (s["complete"] == true && reachable < blocks) {
+            continue; // still making its heap
+        }
+        complete &= s["complete"] == true;
+        stopped.push(s["stopped_us"].as_f64().unwrap_or(0.0) / 1000.0);
+        read.push(s["blocks_read_us"].as_f64().unwrap_or(0.0) / 1000.0);
+    }
+    stop(lt);
+    Ok((median(&mut stopped), median(&mut read), complete))
 }
 
 fn leaktrace(root: &Path, args: &[&str]) -> Result<Child> {
@@ -176,17 +229,20 @@ fn stop(mut lt: Child) {
 
 pub fn table(rows: &[ScanCost]) -> String {
     let mut s = String::from(
-        "| live heap | target stopped per scan (median) | read per scan | stopped per 100 MB read | complete | malloc/free untraced | traced | traced, a scan a second | scanning / traced |\n\
-         | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n",
+        "| live heap | target stopped per scan (median), heap from before attach | read per scan | stopped per 100 MB read | every block traced: stopped per scan | of which reading the blocks | per 100 MB | complete | malloc/free untraced | traced | traced, a scan a second | scanning / traced |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         let mb = r.scanned_bytes as f64 / 1e6;
         s.push_str(&format!(
-            "| {} MB | {:.1} ms | {:.0} MB | {:.1} ms | {} | {:.0}/s | {:.0}/s | {:.0}/s | {:.2} |\n",
+            "| {} MB | {:.1} ms | {:.0} MB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.0}/s | {:.0}/s | {:.0}/s | {:.2} |\n",
             r.heap_mb,
             r.stopped_ms,
             mb,
             r.stopped_ms / mb * 100.0,
+            r.stopped_traced_ms,
+            r.blocks_read_ms,
+            r.stopped_traced_ms / mb * 100.0,
             if r.complete { "yes" } else { "NO" },
             r.untraced,
             r.traced,
