@@ -192,7 +192,11 @@ fn traced_blocks(root: &Path, bin: &Path, mb: u64) -> Result<(f64, f64, bool)> {
         stopped.push(s["stopped_us"].as_f64().unwrap_or(0.0) / 1000.0);
         read.push(s["blocks_read_us"].as_f64().unwrap_or(0.0) / 1000.0);
     }
-    stop(lt);
+    // SIGTERM: leaktrace passes it on to the command it started (SIGINT
+    // it leaves to the terminal, and would wait for reach_heap forever).
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(lt.id() as i32, libc::SIGTERM) };
+    let _ = lt.wait();
     Ok((median(&mut stopped), median(&mut read), complete))
 }
 
