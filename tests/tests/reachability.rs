@@ -450,23 +450,7 @@ fn every_scenario_at_exit_is_classified_as_valgrind_does() {
         .filter(|s| !["thread_stack", "tls", "register", "everything"].contains(s))
     {
         let (oracle, oracle_lost) = valgrind_leak_check(program, &["exit", scenario]);
-        let lt = Leaktrace::start(&[
-            "--reachability",
-            "--older-than",
-            "0",
-            "-i",
-            "3600",
-            "--top",
-            "200",
-            "--",
-            program,
-            "exit",
-            scenario,
-        ]);
-        let (status, reports, stderr) = lt.finish();
-        assert_eq!(status.code(), Some(3), "{scenario}: {stderr:?}");
-        let last = reports.last().expect("a final report");
-        assert_eq!(last["reachability"]["at_exit"], true, "{scenario}: {last}");
+        let last = &scanned_at_exit(&[program, "exit", scenario], 3);
         let got = scan_kinds(last);
         let lost = scan_sites(last, "definitely_lost");
         if got != oracle || lost != oracle_lost {
@@ -550,22 +534,7 @@ fn every_rust_scenario_at_exit_is_classified_as_valgrind_does() {
             .iter()
             .map(|stack| scenario_of(stack.iter().map(String::as_str).collect()))
             .collect();
-        let lt = Leaktrace::start(&[
-            "--reachability",
-            "--older-than",
-            "0",
-            "-i",
-            "3600",
-            "--top",
-            "200",
-            "--",
-            program,
-            scenario,
-        ]);
-        let (status, reports, stderr) = lt.finish();
-        assert!(status.success(), "{scenario}: {stderr:?}");
-        let last = reports.last().expect("a final report");
-        assert_eq!(last["reachability"]["at_exit"], true, "{scenario}: {last}");
+        let last = &scanned_at_exit(&[program, scenario], 0);
         let got = scan_kinds(last);
         let mut lost: Vec<Option<String>> = last["reachability"]["records"]
             .as_array()
@@ -673,4 +642,25 @@ fn a_cgo_services_c_heap_is_scanned_with_go_memory_as_roots() {
     let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{stderr:?}");
     assert_eq!(http_get(service.port, "/ok").trim(), "ok");
+}
+
+/// The final report of `command` run by leaktrace with `--reachability`
+/// to its exit (status `status`), which carries the scan at exit.
+fn scanned_at_exit(command: &[&str], status: i32) -> serde_json::Value {
+    let mut args = vec![
+        "--reachability",
+        "--older-than",
+        "0",
+        "-i",
+        "3600",
+        "--top",
+        "200",
+        "--",
+    ];
+    args.extend_from_slice(command);
+    let (got, reports, stderr) = Leaktrace::start(&args).finish();
+    assert_eq!(got.code(), Some(status), "{command:?}: {stderr:?}");
+    let last = reports.last().expect("a final report").clone();
+    assert_eq!(last["reachability"]["at_exit"], true, "{command:?}: {last}");
+    last
 }
