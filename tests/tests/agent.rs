@@ -205,36 +205,23 @@ fn agent_image_scraped_by_prometheus_gives_each_containers_leak() {
     // One container's profile through go tool pprof: its leak exact.
     let name = &services[1].0.name;
     let url = format!("http://{listen}/debug/pprof/heap?container={name}");
-    let out = go_command(GO_VERSIONS[GO_VERSIONS.len() - 1])
-        .args([
-            "tool",
-            "pprof",
-            "-top",
-            "-nodefraction=0",
-            "-nodecount=10000",
-            "-sample_index=inuse_space",
-            "-unit=B",
-            &url,
-        ])
-        .output()
-        .expect("go tool pprof");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let rows = pprof_top(&url, &["-sample_index=inuse_space", "-unit=B"]);
+    assert_eq!(
+        flat_of(&rows, "leak_malloc"),
+        Some("3000B".into()),
+        "{rows:?}"
     );
-    let flat = |function: &str| {
-        text.lines()
-            .find(|l| l.split_whitespace().nth(5) == Some(function))
-            .and_then(|l| l.split_whitespace().next())
-            .map(String::from)
-    };
-    assert_eq!(flat("leak_malloc"), Some("3000B".into()), "{text}");
-    assert_eq!(flat("leak_realloc"), Some("5000B".into()), "{text}");
-    assert!(
-        text.contains(&format!("Total: {C_TOTAL_BYTES}B"))
-            || text.contains(&format!("of {C_TOTAL_BYTES}B total")),
-        "only this container's bytes: {text}"
+    assert_eq!(
+        flat_of(&rows, "leak_realloc"),
+        Some("5000B".into()),
+        "{rows:?}"
+    );
+    let total: u64 = rows
+        .iter()
+        .filter_map(|(flat, _)| flat.strip_suffix('B')?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        total, C_TOTAL_BYTES,
+        "only this container's bytes: {rows:?}"
     );
 }

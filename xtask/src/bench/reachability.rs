@@ -102,20 +102,7 @@ fn one(root: &Path, bin: &Path, mb: u64) -> Result<ScanCost> {
         stop(lt);
         t
     };
-    let mut lt = leaktrace(
-        root,
-        &[
-            "--pid",
-            &pid,
-            "-i",
-            "1",
-            "--older-than",
-            "0",
-            "--reachability",
-            "--scan-deadline",
-            "30s",
-        ],
-    )?;
+    let mut lt = scanning(root, &["--pid", &pid])?;
     let reports = reports_of(&mut lt)?;
     let mut stopped = Vec::new();
     let (mut scanned, mut complete) = (0, true);
@@ -153,27 +140,29 @@ fn one(root: &Path, bin: &Path, mb: u64) -> Result<ScanCost> {
     })
 }
 
+/// leaktrace on `target` (`--pid N` or `-- CMD`), scanning every block at
+/// each report (one a second) with no deadline to cut it.
+fn scanning(root: &Path, target: &[&str]) -> Result<std::process::Child> {
+    let mut args = vec![
+        "-i",
+        "1",
+        "--older-than",
+        "0",
+        "--reachability",
+        "--scan-deadline",
+        "30s",
+    ];
+    args.extend_from_slice(target);
+    leaktrace(root, &args)
+}
+
 /// reach_heap started by leaktrace, scanned at every report once its
 /// blocks are all made: the median stop and block-read times (ms), and
 /// whether every scan completed.
 fn traced_blocks(root: &Path, bin: &Path, mb: u64) -> Result<(f64, f64, bool)> {
     let size = mb.to_string();
     let program = bin.to_str().context("utf8 path")?;
-    let mut lt = leaktrace(
-        root,
-        &[
-            "-i",
-            "1",
-            "--older-than",
-            "0",
-            "--reachability",
-            "--scan-deadline",
-            "30s",
-            "--",
-            program,
-            &size,
-        ],
-    )?;
+    let mut lt = scanning(root, &["--", program, &size])?;
     let reports = reports_of(&mut lt)?;
     let blocks = mb * 1024 * 1024 / 4096;
     let (mut stopped, mut read, mut complete) = (Vec::new(), Vec::new(), true);
