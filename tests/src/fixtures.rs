@@ -176,6 +176,11 @@ const FIXTURES: &[FixtureSpec] = &[
         compile: c,
     },
     FixtureSpec {
+        name: "kmem_hold",
+        source: "kmem_hold.c",
+        compile: c,
+    },
+    FixtureSpec {
         name: "reach_c",
         source: "reach_c.c",
         compile: c_unoptimized_threads,

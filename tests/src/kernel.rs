@@ -33,6 +33,7 @@ pub fn loaded_leaktrace_programs() -> Vec<String> {
         "oom_victim",
         "go_goroutine_",
         "empty_return",
+        "kmem_",
     ];
     v.as_array()
         .map(|a| {

@@ -45,7 +45,10 @@ impl Leaktrace {
             stderr,
             stderr_seen: Vec::new(),
         };
-        lt.wait_stderr("leaktrace: tracing pid");
+        lt.wait_stderr_any(&[
+            "leaktrace: tracing pid",
+            "leaktrace: tracing the whole kernel",
+        ]);
         lt
     }
 
@@ -84,13 +87,19 @@ impl Leaktrace {
     }
 
     pub fn wait_stderr(&mut self, prefix: &str) -> String {
+        self.wait_stderr_any(&[prefix])
+    }
+
+    /// The next stderr line starting with one of `prefixes`.
+    pub fn wait_stderr_any(&mut self, prefixes: &[&str]) -> String {
+        let prefix = prefixes;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr.recv_timeout(left) {
                 Ok(line) => {
                     self.stderr_seen.push(line.clone());
-                    if line.starts_with(prefix) {
+                    if prefix.iter().any(|p| line.starts_with(p)) {
                         return line;
                     }
                 }

@@ -60,9 +60,14 @@ counters! {
     ProcessMapFull = 14, Dropped, "process_map_full";
     /// A process event userspace never got (its ring buffer was full).
     EventLost = 15, Dropped, "events_lost";
+    /// A kernel block (`--kernel`) not recorded: its table was full.
+    KmemMapFull = 16, Dropped, "kernel_block_map_full";
+    /// A kernel block recorded without its kernel stack (the kernel's
+    /// walk failed, or the kernel stack table was full).
+    KmemStackLost = 17, Dropped, "kernel_stacks_lost";
 }
 
-pub const COUNTER_COUNT: u32 = 16;
+pub const COUNTER_COUNT: u32 = 18;
 
 // The table is in index order (userspace indexes it by `Counter as usize`).
 const _: () = {

@@ -12,6 +12,7 @@
 pub mod counters;
 pub mod goroutines;
 pub mod heap;
+pub mod kmem;
 pub mod stacks;
 pub mod tasks;
 pub mod unwind;
@@ -19,6 +20,7 @@ pub mod unwind;
 pub use counters::*;
 pub use goroutines::*;
 pub use heap::*;
+pub use kmem::*;
 pub use stacks::*;
 pub use tasks::*;
 pub use unwind::*;

@@ -19,6 +19,8 @@ mod heap;
 #[cfg(target_arch = "bpf")]
 mod inflight;
 #[cfg(target_arch = "bpf")]
+mod kmem;
+#[cfg(target_arch = "bpf")]
 mod stack_record;
 #[cfg(target_arch = "bpf")]
 mod stacks;

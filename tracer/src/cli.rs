@@ -8,8 +8,9 @@ use clap::{Parser, ValueEnum};
 // The lower layers' own choices, taken from the command line.
 pub use crate::{probes::ProbeMode, report::Format, unwind::UnwindMode};
 use tracer_common::{
-    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS,
-    DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS, DEFAULT_MAX_UNWIND_ROWS,
+    DEFAULT_MAX_ALLOCS, DEFAULT_MAX_GOROUTINES, DEFAULT_MAX_KMEM_BLOCKS, DEFAULT_MAX_KMEM_STACKS,
+    DEFAULT_MAX_SITES, DEFAULT_MAX_STACKS, DEFAULT_MAX_TASKS, DEFAULT_MAX_THREADS,
+    DEFAULT_MAX_UNWIND_ROWS,
 };
 
 #[derive(Debug, Clone, Parser)]
@@ -27,7 +28,8 @@ On Ctrl-C, SIGTERM, --count reports or target exit it prints a final report and 
 Needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE).",
     after_help = "Examples:\n  sudo leaktrace --pid 4242\n  sudo leaktrace -p 4242 -i 10 --older-than 30s --top 5\n  \
 sudo leaktrace --format json -n 3 -- ./server --port 8080\n  \
-sudo leaktrace --container shop\n  sudo leaktrace --pod default/cart-7d9f -c app\n  sudo leaktrace --all-containers --listen 0.0.0.0:9090 --listen-public"
+sudo leaktrace --container shop\n  sudo leaktrace --pod default/cart-7d9f -c app\n  sudo leaktrace --all-containers --listen 0.0.0.0:9090 --listen-public\n  \
+sudo leaktrace --kernel -i 10\n  sudo leaktrace --kernel -p 4242"
 )]
 pub struct Cli {
     /// Trace the already running process with this PID.
@@ -35,7 +37,7 @@ pub struct Cli {
         short = 'p',
         long,
         value_name = "PID",
-        required_unless_present_any = ["command", "container", "pod", "all_containers", "generate"]
+        required_unless_present_any = ["command", "container", "pod", "all_containers", "generate", "kernel"]
     )]
     pub pid: Option<u32>,
 
@@ -109,6 +111,28 @@ pub struct Cli {
     /// scan past it is abandoned (the report says so) and the target goes on.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration, requires = "reachability")]
     pub scan_deadline: Duration,
+
+    /// Also report kernel memory: slab objects (kmalloc, kmem_cache_alloc),
+    /// pages and per-CPU allocations outstanding longer than --older-than,
+    /// by kernel stack (and the user stack of a traced process that made
+    /// them), slab caches by name, pages by order and GFP flags. Alone
+    /// (no --pid, command or container): the whole kernel's, as bcc's
+    /// memleak without -p. With a target: only what the kernel allocated
+    /// in the context of its processes.
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// With --kernel: capacity of the table of outstanding kernel blocks
+    /// (about 130 B each, taken at start: an insert that allocated would
+    /// itself be kernel memory); blocks beyond it are counted as dropped.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_KMEM_BLOCKS, requires = "kernel")]
+    pub max_kernel_blocks: u32,
+
+    /// With --kernel: capacity of the kernel stack table (about 560 B
+    /// each, taken at start); blocks whose stack finds no room are
+    /// counted.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_KMEM_STACKS, requires = "kernel")]
+    pub max_kernel_stacks: u32,
 
     /// Show at most this many allocation sites per report, largest first.
     #[arg(short = 'T', long, value_name = "N", default_value_t = 10)]

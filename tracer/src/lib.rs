@@ -19,13 +19,15 @@
 //! [`golang`] holds everything specific to Go targets: reading Go
 //! executables, the runtime's memory read out of process, the goroutine
 //! collector and the Go section of each report; the layers above ask it for
-//! probe points and for that section. [`session`] runs the whole thing for
+//! probe points and for that section. [`kernel`] is the kernel's own memory
+//! (`--kernel`): its blocks by kernel stack, symbolized by kallsyms. [`session`] runs the whole thing for
 //! one target or a container's processes.
 
 pub mod cli;
 pub mod collect;
 pub mod export;
 pub mod golang;
+pub mod kernel;
 pub mod placement;
 pub mod privileges;
 pub mod probes;

@@ -499,7 +499,7 @@ impl Collector<HeapMaps> {
         Ok(snap)
     }
 
-    fn dropped(&self) -> Result<Dropped, MapError> {
+    pub fn dropped(&self) -> Result<Dropped, MapError> {
         let mut sums = [0u64; COUNTER_COUNT as usize];
         for (i, sum) in sums.iter_mut().enumerate() {
             *sum = self.maps.counters.get(&(i as u32), 0)?.iter().sum();

@@ -2,7 +2,7 @@
 //! generation ([`heap`]), the threads and child processes the target keeps
 //! ([`tasks`]), and the recorded stacks ([`stacks`]).
 
-mod batch;
+pub(crate) mod batch;
 pub mod heap;
 pub mod stacks;
 pub mod tasks;

@@ -9,6 +9,8 @@ use crate::symbolize::Frame;
 /// The root frame Go heap samples hang under, so a mixed (cgo) target's
 /// graph keeps the runtime's sampled heap apart from traced malloc.
 const GO_HEAP_ROOT: &str = "[go heap, sampled]";
+/// Kernel memory (`--kernel`) under a root of its own.
+const KERNEL_ROOT: &str = "[kernel]";
 
 /// One line per stack with outstanding bytes, `root;…;leaf BYTES`, sorted
 /// (inferno needs sorted input).
@@ -19,8 +21,10 @@ pub fn folded(profiles: &Profiles) -> Vec<String> {
         .filter(|s| s.inuse_bytes > 0)
         .map(|s| {
             let mut names: Vec<String> = s.frames.iter().rev().map(frame_name).collect();
-            if s.source == HeapSource::Go {
-                names.insert(0, GO_HEAP_ROOT.to_string());
+            match s.source {
+                HeapSource::Go => names.insert(0, GO_HEAP_ROOT.to_string()),
+                HeapSource::Kernel => names.insert(0, KERNEL_ROOT.to_string()),
+                HeapSource::Malloc => {}
             }
             if names.is_empty() {
                 names.push("[unknown]".to_string());

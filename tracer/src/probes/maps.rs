@@ -24,6 +24,10 @@ pub struct MapSizes {
     pub unwind_rows: u32,
     /// Traced processes at once.
     pub processes: u32,
+    /// `--kernel`: outstanding kernel blocks and kernel stacks (1 each
+    /// without it).
+    pub kmem_blocks: u32,
+    pub kmem_stacks: u32,
 }
 
 /// The probes' goroutine table.

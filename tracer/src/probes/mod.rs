@@ -6,6 +6,7 @@
 mod attach;
 mod btf;
 mod error;
+mod kmem;
 pub mod maps;
 mod multi_link;
 mod seccomp_check;
@@ -14,6 +15,7 @@ pub mod table;
 
 pub use btf::Btf;
 pub use error::ProbeError;
+pub use kmem::KmemMaps;
 pub use maps::{HeapMaps, MapSizes, Maps, TaskMaps};
 pub use seccomp_check::has_seccomp_filter;
 pub use stops::{resume_all_in, ExitHold, LoaderWatch};
@@ -145,6 +147,8 @@ impl Probes {
             .map_max_entries("UNWIND_ROWS", sizes.unwind_rows.max(1))
             .map_max_entries("TRACED", sizes.processes.max(1))
             .map_max_entries("OOM_KILLED", sizes.processes.max(1))
+            .map_max_entries("KMEM_BLOCKS", sizes.kmem_blocks.max(1))
+            .map_max_entries("KMEM_STACKS", sizes.kmem_stacks.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
         let mut ebpf = ebpf;

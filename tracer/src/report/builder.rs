@@ -322,6 +322,7 @@ impl ReportBuilder {
             suppressed,
             container_processes: None,
             reachability,
+            kernel: None,
         })
     }
 

@@ -75,6 +75,7 @@ fn to_value(r: &Report) -> Value {
         })).collect::<Vec<_>>(),
         "go": r.go.as_ref().map(go),
         "reachability": r.reachability.as_ref().map(reachability),
+        "kernel": r.kernel.as_ref().map(super::kernel::to_json),
     })
 }
 
@@ -294,6 +295,7 @@ mod tests {
             suppressed: None,
             container_processes: None,
             reachability: None,
+            kernel: None,
         };
         let mut buf = Vec::new();
         write(&mut buf, &r).expect("writes");

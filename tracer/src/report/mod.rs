@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod builder;
 mod json;
+pub mod kernel;
 pub mod profiles;
 pub mod reachability;
 pub mod suppressions;
@@ -166,6 +167,9 @@ pub struct Report {
     pub container_processes: Option<ProcessCounts>,
     /// With --reachability, at a report that scanned: the verdicts.
     pub reachability: Option<reachability::ReachabilityReport>,
+    /// With --kernel: what the kernel holds (for this process, or the
+    /// whole kernel's).
+    pub kernel: Option<kernel::KernelReport>,
 }
 
 /// A traced container's processes.
@@ -188,6 +192,11 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(format: Format, style: Style) -> Self {
         Reporter { format, style }
+    }
+
+    /// The text style reports are written in.
+    pub fn style(&self) -> Style {
+        self.style
     }
 
     pub fn write(&self, out: &mut impl Write, report: &Report) -> io::Result<()> {

@@ -22,6 +22,9 @@ pub enum HeapSource {
     Malloc,
     /// The Go runtime's own heap profile (sampled, unsampled like pprof).
     Go,
+    /// The kernel's allocators (`--kernel`): kernel stack, then the
+    /// allocating process's user stack.
+    Kernel,
 }
 
 impl HeapSource {
@@ -29,6 +32,7 @@ impl HeapSource {
         match self {
             HeapSource::Malloc => "malloc",
             HeapSource::Go => "go",
+            HeapSource::Kernel => "kernel",
         }
     }
 }
@@ -220,4 +224,25 @@ pub(super) async fn build(
         });
     }
     Ok((heap, Some(goroutines)))
+}
+
+/// The kernel sites of a report as heap samples: kernel frames, then the
+/// user frames that made the system call (pages under slabs and large
+/// kmallocs left out: their objects are samples already). Allocated
+/// values are the outstanding ones: kernel frees are not counted by site.
+pub fn kernel_samples(sites: &[crate::report::kernel::KernelSite]) -> Vec<HeapSample> {
+    sites
+        .iter()
+        .filter(|s| s.backing.is_none())
+        .map(|s| HeapSample {
+            frames: s.frames.iter().chain(&s.user_frames).cloned().collect(),
+            inuse_bytes: s.bytes,
+            inuse_objects: s.blocks,
+            alloc_bytes: s.bytes,
+            alloc_objects: s.blocks,
+            unreachable_bytes: 0,
+            unreachable_objects: 0,
+            source: HeapSource::Kernel,
+        })
+        .collect()
 }

@@ -21,7 +21,7 @@ pub enum Style {
 }
 
 impl Style {
-    fn paint(self, code: &str, s: &str) -> String {
+    pub(super) fn paint(self, code: &str, s: &str) -> String {
         match self {
             Style::Plain => s.to_string(),
             Style::Color => format!("\x1b[{code}m{s}\x1b[0m"),
@@ -138,6 +138,9 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
     }
     if let Some(reach) = &r.reachability {
         reachability(out, reach, style)?;
+    }
+    if let Some(k) = &r.kernel {
+        super::kernel::write_text(out, k, style)?;
     }
     if let Some(sup) = &r.suppressed {
         let rules: Vec<String> = sup

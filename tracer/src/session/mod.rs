@@ -4,6 +4,7 @@
 
 mod container;
 mod exit_watch;
+mod kernel;
 mod one;
 pub mod resume_watchdog;
 pub mod stop;
@@ -28,6 +29,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     if cli.list_probes {
         return list_probes(&cli);
+    }
+    if tracer::whole_kernel(&cli) {
+        return kernel::run(cli);
     }
     // Bad export options fail before anything is attached or started.
     let outputs = Outputs::from_cli(&cli)?;

@@ -55,6 +55,13 @@ pub struct Target {
     /// `--reachability` of a command leaktrace started: the probe that
     /// stops it as it calls `_exit`, for a last scan (until that scan).
     exit_hold: Option<ExitHold>,
+    /// `--kernel`: the kernel-memory tables, and the threshold and number
+    /// of sites to report.
+    kernel: Option<(
+        std::rc::Rc<std::cell::RefCell<crate::kernel::KernelMemory>>,
+        std::time::Duration,
+        usize,
+    )>,
 }
 
 /// `--reachability`'s scans: every `every`th report, each within `deadline`.
@@ -230,6 +237,7 @@ impl Target {
                 reports: 0,
             }),
             exit_hold,
+            kernel: tracer.kernel.clone().map(|k| (k, cli.older_than, cli.top)),
         })
     }
 
@@ -344,10 +352,24 @@ impl Target {
 
     /// The report on this process's part of `snap`.
     pub async fn report(&mut self, snap: &Snapshot, kind: ReportKind) -> anyhow::Result<Report> {
-        let report = self
+        let mut report = self
             .builder
             .build(&self.symbolizer, snap.of(self.pid), kind)
             .await?;
+        if let Some((kernel, older_than, top)) = &self.kernel {
+            let pending = kernel
+                .borrow_mut()
+                .begin(Some(self.pid), *older_than)
+                .context("reading the kernel-memory table")?;
+            let user = pending.user_frames(Some(&self.symbolizer)).await;
+            let (section, all) = kernel
+                .borrow_mut()
+                .finish(pending, user, *top, &report.dropped);
+            if let Some(p) = report.profiles.as_mut() {
+                p.heap.extend(crate::report::profiles::kernel_samples(&all));
+            }
+            report.kernel = Some(section);
+        }
         if let Err(e) = self.exporter.write(&report) {
             eprintln!("leaktrace: warning: report {}: {e}", report.seq);
         }

@@ -13,6 +13,7 @@ use crate::{
     cli::{Cli, ProbeMode, UnwindMode},
     collect::Collector,
     golang::{self, GoTarget},
+    kernel::KernelMemory,
     probes::{self, maps::GoroutineTable, MapSizes, Probes, Scope},
     process::{
         allocator::{find_allocator, Allocator, AllocatorError, Candidate},
@@ -35,6 +36,8 @@ pub struct Tracer {
     pub collector: Collector,
     pub unwind: Option<UnwindTables>,
     pub events: aya::maps::RingBuf<aya::maps::MapData>,
+    /// `--kernel`: the kernel-memory tables, read by every report.
+    pub kernel: Option<std::rc::Rc<std::cell::RefCell<KernelMemory>>>,
 }
 
 /// A process checked and ready to attach to.
@@ -119,6 +122,8 @@ impl Tracer {
             goroutines: cli.max_goroutines,
             unwind_rows: cli.max_unwind_rows,
             processes: cli.max_processes,
+            kmem_blocks: if cli.kernel { cli.max_kernel_blocks } else { 1 },
+            kmem_stacks: if cli.kernel { cli.max_kernel_stacks } else { 1 },
         };
         let loading = Instant::now();
         stop::test_hold("load");
@@ -150,6 +155,13 @@ impl Tracer {
                     .context("cannot set up the unwind tables")?,
             )
         };
+        let kernel = match cli.kernel {
+            true => Some(std::rc::Rc::new(std::cell::RefCell::new(kernel_memory(
+                cli,
+                &mut probes,
+            )?))),
+            false => None,
+        };
         let maps = probes.take_maps()?;
         let collector = Collector::new(maps.heap, cli.older_than, Instant::now())
             .context("cannot initialise the eBPF maps")?;
@@ -163,6 +175,7 @@ impl Tracer {
             collector,
             unwind,
             events: maps.events,
+            kernel,
         })
     }
 
@@ -240,6 +253,30 @@ impl Tracer {
         }
         let _ = self.collector.forget_process(pid);
     }
+}
+
+/// `--kernel`'s programs attached: for the whole kernel when there is no
+/// target, else for the traced processes.
+fn kernel_memory(cli: &Cli, probes: &mut Probes) -> anyhow::Result<KernelMemory> {
+    let whole = whole_kernel(cli);
+    let filter = match whole {
+        true => tracer_common::KMEM_ALL,
+        false => tracer_common::KMEM_TRACED,
+    };
+    let maps = probes
+        .attach_kernel_memory(filter)
+        .context("cannot attach the kernel-memory tracepoints")?;
+    Ok(KernelMemory::new(maps, whole)?)
+}
+
+/// `--kernel` with nothing else to trace: the whole kernel's memory.
+pub fn whole_kernel(cli: &Cli) -> bool {
+    cli.kernel
+        && cli.pid.is_none()
+        && cli.command.is_empty()
+        && cli.container.is_none()
+        && cli.pod.is_none()
+        && !cli.all_containers
 }
 
 /// The start banner's line on unwind tables.

@@ -32,7 +32,8 @@ use crate::{
 pub struct ProgramInfo(pub(crate) bpf_prog_info);
 
 impl ProgramInfo {
-    pub(crate) fn new_from_fd(fd: BorrowedFd<'_>) -> Result<Self, ProgramError> {
+    /// leaktrace's patch: public, for a program held only by its fd.
+    pub fn new_from_fd(fd: BorrowedFd<'_>) -> Result<Self, ProgramError> {
         let info = bpf_prog_get_info_by_fd(fd, &mut [])?;
         Ok(Self(info))
     }
@@ -199,6 +200,15 @@ impl ProgramInfo {
     /// Introduced in kernel v5.16.
     pub fn verified_instruction_count(&self) -> Option<u32> {
         (self.0.verified_insns > 0).then_some(self.0.verified_insns)
+    }
+
+    /// leaktrace's patch: how many times the kernel skipped running the
+    /// program because it was already running on that CPU (a tracing
+    /// program is not re-entered from an interrupt).
+    ///
+    /// Introduced in kernel v5.12; 0 before.
+    pub fn recursion_misses(&self) -> u64 {
+        self.0.recursion_misses
     }
 
     /// How much memory in bytes has been allocated and locked for the program.
