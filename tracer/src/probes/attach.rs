@@ -139,14 +139,7 @@ impl Probes {
         // Exit first: a task created once fork is watched always has
         // its exit seen.
         for (name, tracepoint) in TASK_TRACEPOINTS.iter().rev() {
-            let id =
-                self.tracepoint(name)?
-                    .attach(tracepoint)
-                    .map_err(|e| ProbeError::Tracepoint {
-                        tracepoint,
-                        reason: error_chain(&e),
-                    })?;
-            self.tracepoint_links.push((name, id));
+            self.attach_tracepoint(name, tracepoint)?;
         }
         Ok(())
     }

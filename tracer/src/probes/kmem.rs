@@ -1,8 +1,6 @@
 //! The kernel-memory programs (`--kernel`): loaded and attached only when
 //! asked for, to the kmem and percpu tracepoints.
 
-use std::time::Instant;
-
 use std::os::fd::AsFd;
 
 use aya::{
@@ -11,20 +9,20 @@ use aya::{
 };
 use tracer_common::{KmemBlock, KmemCacheName, KmemConfig, KmemKey, KmemStack};
 
-use super::{btf::Btf, error_chain, ProbeError, Probes, ProgramLoad};
+use super::{btf::Btf, error_chain, ProbeError, Probes};
 
 /// Program and tracepoint, frees first: once an allocation is recorded,
 /// its free is already watched.
-const KMEM_TRACEPOINTS: [(&str, &str); 7] = [
+const KMEM_TRACEPOINTS: [(&str, &str); 8] = [
     ("kmem_kfree", "kfree"),
     ("kmem_cache_free", "kmem_cache_free"),
     ("kmem_page_free", "mm_page_free"),
     ("kmem_percpu_free", "percpu_free_percpu"),
+    ("kmem_percpu_alloc", "percpu_alloc_percpu"),
     ("kmem_kmalloc", "kmalloc"),
     ("kmem_cache_alloc", "kmem_cache_alloc"),
     ("kmem_page_alloc", "mm_page_alloc"),
 ];
-const KMEM_PERCPU_ALLOC: (&str, &str) = ("kmem_percpu_alloc", "percpu_alloc_percpu");
 
 /// The tables the kernel-memory programs fill.
 pub struct KmemMaps {
@@ -65,29 +63,9 @@ impl Probes {
             cache_name_offset: offset("name")?,
         };
         let mut programs = Vec::new();
-        let mut points = KMEM_TRACEPOINTS.to_vec();
-        points.insert(4, KMEM_PERCPU_ALLOC);
-        for (name, tracepoint) in points {
-            let started = Instant::now();
-            let prog = self.tracepoint(name)?;
-            prog.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
-            let insns = prog
-                .info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count());
-            self.load_times.push(ProgramLoad {
-                name,
-                took: started.elapsed(),
-                verified_insns: insns,
-            });
-            let id =
-                self.tracepoint(name)?
-                    .attach(tracepoint)
-                    .map_err(|e| ProbeError::Tracepoint {
-                        tracepoint,
-                        reason: error_chain(&e),
-                    })?;
-            self.tracepoint_links.push((name, id));
+        for (name, tracepoint) in KMEM_TRACEPOINTS {
+            self.load_tracepoint(name)?;
+            self.attach_tracepoint(name, tracepoint)?;
             let fd = self
                 .tracepoint(name)?
                 .fd()

@@ -206,18 +206,7 @@ impl Probes {
         }
         if mode == ProbeMode::Full {
             for (name, _) in TASK_TRACEPOINTS {
-                let started = Instant::now();
-                let prog = probes.tracepoint(name)?;
-                prog.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
-                let insns = prog
-                    .info()
-                    .ok()
-                    .and_then(|i| i.verified_instruction_count());
-                probes.load_times.push(ProgramLoad {
-                    name,
-                    took: started.elapsed(),
-                    verified_insns: insns,
-                });
+                probes.load_tracepoint(name)?;
             }
             probes.install_stack_walk()?;
         }
@@ -262,6 +251,40 @@ impl Probes {
         config
             .set(0, value, 0)
             .map_err(|e| ProbeError::Load(error_chain(&e)))
+    }
+
+    /// Loads (the kernel verifies) tracepoint program `name`, timed.
+    fn load_tracepoint(&mut self, name: &'static str) -> Result<(), ProbeError> {
+        let started = Instant::now();
+        let prog = self.tracepoint(name)?;
+        prog.load().map_err(|e| ProbeError::Load(error_chain(&e)))?;
+        let insns = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
+        self.load_times.push(ProgramLoad {
+            name,
+            took: started.elapsed(),
+            verified_insns: insns,
+        });
+        Ok(())
+    }
+
+    /// Attaches loaded program `name` to `tracepoint`, until drop.
+    fn attach_tracepoint(
+        &mut self,
+        name: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<(), ProbeError> {
+        let id = self
+            .tracepoint(name)?
+            .attach(tracepoint)
+            .map_err(|e| ProbeError::Tracepoint {
+                tracepoint,
+                reason: error_chain(&e),
+            })?;
+        self.tracepoint_links.push((name, id));
+        Ok(())
     }
 
     fn tracepoint(&mut self, name: &'static str) -> Result<&mut RawTracePoint, ProbeError> {
