@@ -11,13 +11,23 @@ use tracer_common::{KmemBlock, KmemCacheName, KmemConfig, KmemKey, KmemStack};
 
 use super::{btf::Btf, error_chain, ProbeError, Probes};
 
-/// Program and tracepoint, frees first: once an allocation is recorded,
-/// its free is already watched.
-const KMEM_TRACEPOINTS: [(&str, &str); 8] = [
-    ("kmem_kfree", "kfree"),
-    ("kmem_cache_free", "kmem_cache_free"),
-    ("kmem_page_free", "mm_page_free"),
-    ("kmem_percpu_free", "percpu_free_percpu"),
+/// Free programs and their tracepoints, each free watched by two programs
+/// (see tracer-ebpf/src/kmem.rs: the kernel skips a program's run when it
+/// is already running on that CPU, and then the twin takes it).
+const KMEM_FREES: [(&str, &str, &str); 4] = [
+    ("kmem_kfree", "kmem_kfree_2", "kfree"),
+    ("kmem_cache_free", "kmem_cache_free2", "kmem_cache_free"),
+    ("kmem_page_free", "kmem_page_free_2", "mm_page_free"),
+    (
+        "kmem_percpu_free",
+        "kmem_percpu_free2",
+        "percpu_free_percpu",
+    ),
+];
+
+/// Allocation programs and their tracepoints (attached after the frees:
+/// once an allocation is recorded, its free is already watched).
+const KMEM_ALLOCS: [(&str, &str); 4] = [
     ("kmem_percpu_alloc", "percpu_alloc_percpu"),
     ("kmem_kmalloc", "kmalloc"),
     ("kmem_cache_alloc", "kmem_cache_alloc"),
@@ -29,20 +39,30 @@ pub struct KmemMaps {
     pub blocks: HashMap<MapData, KmemKey, KmemBlock>,
     pub stacks: HashMap<MapData, u64, KmemStack>,
     pub caches: HashMap<MapData, u64, KmemCacheName>,
-    /// The programs, for the kernel's count of runs it skipped.
-    programs: Vec<ProgramFd>,
+    /// The allocation programs, and the free programs in twins, for the
+    /// kernel's counts of runs it skipped.
+    allocs: Vec<ProgramFd>,
+    frees: Vec<(ProgramFd, ProgramFd)>,
 }
 
 impl KmemMaps {
-    /// Kernel-memory program runs the kernel skipped because another ran
-    /// on the same CPU (an interrupt's free while one was recording): each
-    /// is an event lost (a missed free leaves a block that is gone).
+    /// Events the programs missed, by the kernel's counts of runs it
+    /// skipped (one of them already running on that CPU): allocations not
+    /// recorded, and at most this many frees missed by both twins (a free
+    /// missed leaves a block outstanding that is gone).
     pub fn missed_events(&self) -> u64 {
-        self.programs
+        let misses = |fd: &ProgramFd| {
+            ProgramInfo::new_from_fd(fd.as_fd())
+                .map(|i| i.recursion_misses())
+                .unwrap_or(0)
+        };
+        let allocs: u64 = self.allocs.iter().map(misses).sum();
+        let frees: u64 = self
+            .frees
             .iter()
-            .filter_map(|fd| ProgramInfo::new_from_fd(fd.as_fd()).ok())
-            .map(|i| i.recursion_misses())
-            .sum()
+            .map(|(a, b)| misses(a).min(misses(b)))
+            .sum();
+        allocs + frees
     }
 }
 
@@ -62,17 +82,16 @@ impl Probes {
             cache_size_offset: offset("size")?,
             cache_name_offset: offset("name")?,
         };
-        let mut programs = Vec::new();
-        for (name, tracepoint) in KMEM_TRACEPOINTS {
-            self.load_tracepoint(name)?;
-            self.attach_tracepoint(name, tracepoint)?;
-            let fd = self
-                .tracepoint(name)?
-                .fd()
-                .map_err(|e| ProbeError::Load(error_chain(&e)))?
-                .try_clone()
-                .map_err(|e| ProbeError::Load(e.to_string()))?;
-            programs.push(fd);
+        let mut frees = Vec::new();
+        for (first, second, tracepoint) in KMEM_FREES {
+            frees.push((
+                self.load_and_attach(first, tracepoint)?,
+                self.load_and_attach(second, tracepoint)?,
+            ));
+        }
+        let mut allocs = Vec::new();
+        for (name, tracepoint) in KMEM_ALLOCS {
+            allocs.push(self.load_and_attach(name, tracepoint)?);
         }
         // Recording starts once every free is watched.
         self.set_config("KMEM_CONFIG", config)?;
@@ -88,7 +107,24 @@ impl Probes {
             blocks: blocks.try_into().map_err(bad("KMEM_BLOCKS"))?,
             stacks: stacks.try_into().map_err(bad("KMEM_STACKS"))?,
             caches: caches.try_into().map_err(bad("KMEM_CACHES"))?,
-            programs,
+            allocs,
+            frees,
         })
+    }
+
+    /// Loads and attaches one program to `tracepoint`; its fd, for its
+    /// counts.
+    fn load_and_attach(
+        &mut self,
+        name: &'static str,
+        tracepoint: &'static str,
+    ) -> Result<ProgramFd, ProbeError> {
+        self.load_tracepoint(name)?;
+        self.attach_tracepoint(name, tracepoint)?;
+        self.tracepoint(name)?
+            .fd()
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?
+            .try_clone()
+            .map_err(|e| ProbeError::Load(e.to_string()))
     }
 }
