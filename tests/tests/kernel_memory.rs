@@ -1,6 +1,8 @@
 //! --kernel: what the kernel holds for a traced process, found at its
 //! kernel stack with the right bytes, against /proc/slabinfo, and gone
-//! once the process lets it go.
+//! once the process lets it go; in a Docker container; for the whole
+//! kernel; in pprof, `/metrics` (checked by promtool) and folded stacks,
+//! with suppressions.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,9 @@ use serde_json::Value;
 /// Rounds of kmem_hold: N pipes (100 bytes unread each), N AF_UNIX stream
 /// pairs (1000 bytes unread), N memfds (two pages written).
 const N: u64 = 2000;
+
+/// eBPF array maps kmem_hold makes (one 4096-byte value each).
+const MAPS: u64 = 200;
 
 /// One test at a time: the whole kernel's report sees the other's objects.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -108,7 +113,7 @@ fn cache_blocks(report: &Value, cache: &str) -> u64 {
 #[test]
 fn kernel_memory_held_for_a_process_is_found_at_its_stacks_and_goes_when_freed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut fixture = Fixture::start("kmem_hold", &[&N.to_string()]);
+    let mut fixture = Fixture::start("kmem_hold", &[&N.to_string(), &MAPS.to_string()]);
     let mut lt = Leaktrace::attach(
         fixture.pid,
         &["--kernel", "-i", "0.5", "--older-than", "0", "-T", "500"],
@@ -142,6 +147,26 @@ fn kernel_memory_held_for_a_process_is_found_at_its_stacks_and_goes_when_freed()
     // memfds: two page-cache pages each.
     let (bytes, blocks) = held(&report, "shmem_alloc_folio", "page", None);
     assert_eq!((bytes, blocks), (2 * N * 4096, 2 * N), "{}", brief(&report));
+    // eBPF maps: struct bpf_array and its value in one kmalloc (4096 B
+    // and the struct's header, rounded up to the 8 KiB class).
+    let maps = sites_with(&report, "array_map_alloc");
+    let (bytes, blocks) = held(&report, "array_map_alloc", "slab", None);
+    assert_eq!((bytes, blocks), (MAPS * 8192, MAPS), "{}", brief(&report));
+    assert!(
+        maps.iter()
+            .all(|s| s["cache"].as_str().is_some_and(|c| c.ends_with("-8k"))),
+        "{maps:?}"
+    );
+    let requested: u64 = maps
+        .iter()
+        .map(|s| s["requested_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(requested % MAPS, 0, "every map asks the same: {requested}");
+    assert!(
+        (4096 + 64..4096 + 1024).contains(&(requested / MAPS)),
+        "a map's request: its 4096 B value and the struct: {}",
+        requested / MAPS
+    );
     // Each site's user stack names the call that made it.
     let pipe = sites_with(&report, "alloc_pipe_info");
     assert!(
@@ -175,17 +200,234 @@ fn kernel_memory_held_for_a_process_is_found_at_its_stacks_and_goes_when_freed()
             && held(r, "alloc_pipe_info", "slab", None).1 == 0
             && held(r, "shmem_alloc_folio", "page", None).1 == 0
             && held(r, "anon_pipe_write", "page", None).1 == 0
+            && held(r, "array_map_alloc", "slab", None).1 == 0
             && r["kernel"]["old"]["blocks"].as_u64().unwrap_or(u64::MAX) < N / 10
     });
     assert_eq!(gone["kernel"]["dropped"]["blocks"], 0, "{}", brief(&gone));
 }
 
-/// `--kernel` alone: the whole kernel's memory, the same objects among it.
+/// Bytes of the kernel sites named by `function` (their first frame below
+/// the allocator's), every cache.
+fn site_bytes(report: &Value, function: &str) -> u64 {
+    report["kernel"]["sites"]
+        .as_array()
+        .map(|sites| {
+            sites
+                .iter()
+                .filter(|s| s["site"] == function)
+                .map(|s| s["bytes"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `go tool pprof` of `source`, the allocators' frames hidden: each kernel
+/// site's bytes as the flat value of its function.
+fn pprof_kernel_sites(source: &str) -> Vec<(String, String)> {
+    pprof_top(
+        source,
+        &[
+            "-sample_index=inuse_space",
+            "-unit=B",
+            "-tagfocus=heap=kernel",
+            "-hide=_noprof$|^kmalloc|^__kmalloc|^alloc_pages|^__alloc_pages",
+        ],
+    )
+}
+
+/// The kernel sites in pprof, `/metrics` and folded stacks say what the
+/// report says; a suppressed site is in none of them, counted.
+#[test]
+fn kernel_sites_are_exported_and_suppressed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch_dir("kernel-exports");
+    let rules = dir.join("suppressions");
+    std::fs::write(&rules, "# the sockets are known\nleak:unix_create1\n").expect("rules");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let folded = dir.join("kernel.folded");
+    let mut fixture = Fixture::start("kmem_hold", &[&N.to_string()]);
+    let mut lt = Leaktrace::attach(
+        fixture.pid,
+        &[
+            "--kernel",
+            "-i",
+            "0.5",
+            "--older-than",
+            "0",
+            "-T",
+            "500",
+            "--listen",
+            &listen,
+            "--folded",
+            folded.to_str().expect("path"),
+            "--suppressions",
+            rules.to_str().expect("path"),
+        ],
+    );
+    fixture.command("hold", "held");
+    let report = lt.report_where(|r| held(r, "shmem_alloc_folio", "page", None).1 >= 2 * N);
+    // Suppressed: the sockets' own objects, every site with unix_create1
+    // on its stack, counted (two struct unix_sock a pair at least).
+    assert!(
+        sites_with(&report, "unix_create1").is_empty(),
+        "{}",
+        brief(&report)
+    );
+    let sup = &report["kernel"]["suppressed"];
+    assert_eq!(sup["rules"][0]["pattern"], "unix_create1", "{sup}");
+    assert!(sup["blocks"].as_u64() >= Some(2 * N), "{sup}");
+    // Held objects stay: whichever report the endpoint and the file hold
+    // now, it says what this one says.
+    let pipes = site_bytes(&report, "alloc_pipe_info");
+    assert!(pipes >= N * 1024, "{}", brief(&report));
+    let url = format!("http://{listen}/debug/pprof/heap");
+    let rows = pprof_kernel_sites(&url);
+    assert_eq!(
+        flat_of(&rows, "alloc_pipe_info"),
+        Some(format!("{pipes}B")),
+        "{rows:?}"
+    );
+    assert_eq!(flat_of(&rows, "unix_create1"), None, "{rows:?}");
+
+    let metrics = http_get(port, "/metrics");
+    assert_promtool_accepts(&metrics);
+    let pid = fixture.pid.to_string();
+    let series = |labels: &[(&str, &str)]| {
+        let mut all = vec![("pid", pid.as_str())];
+        all.extend_from_slice(labels);
+        metric(&metrics, "leaktrace_kernel_outstanding_bytes", &all)
+            .unwrap_or_else(|| panic!("no {all:?} in\n{metrics}")) as u64
+    };
+    assert_eq!(
+        series(&[
+            ("site", "alloc_pipe_info"),
+            ("cache", "kmalloc-cg-1k"),
+            ("kind", "slab")
+        ]),
+        N * 1024
+    );
+    assert_eq!(
+        series(&[
+            ("site", "shmem_alloc_folio"),
+            ("cache", "order-0"),
+            ("kind", "page")
+        ]),
+        2 * N * 4096
+    );
+    assert!(!metrics.contains("site=\"unix_create1\""), "{metrics}");
+    assert!(
+        metric(
+            &metrics,
+            "leaktrace_kernel_suppressed_bytes",
+            &[("pid", &pid)]
+        )
+        .is_some_and(|b| b > 0.0),
+        "{metrics}"
+    );
+
+    // Folded stacks: under [kernel], outermost first, the user stack's
+    // system call wrapper above the kernel's entry.
+    let text = std::fs::read_to_string(&folded).expect("folded file");
+    let pipe_line = text
+        .lines()
+        .find(|l| l.contains(";alloc_pipe_info;"))
+        .unwrap_or_else(|| panic!("no alloc_pipe_info in\n{text}"));
+    assert!(pipe_line.starts_with("[kernel];"), "{pipe_line}");
+    assert!(!text.contains("unix_create1"), "{text}");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `--container NAME --kernel`: what the kernel holds for a process in a
+/// Docker container, exactly, named by its container.
+#[test]
+fn kernel_memory_of_a_docker_container() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    require_engine();
+    const IN_CONTAINER: u64 = 500;
+    let image = docker_image(&["kmem_hold"]);
+    let (container, mut fixture) = DockerContainer::start(
+        &image,
+        &unique_name("kmem"),
+        &[],
+        &["/app/kmem_hold", &IN_CONTAINER.to_string()],
+    );
+    let mut lt = Leaktrace::start(&[
+        "--container",
+        &container.name,
+        "--kernel",
+        "-i",
+        "0.5",
+        "--older-than",
+        "0",
+        "-T",
+        "500",
+    ]);
+    lt.stderr_line(&format!("leaktrace: tracing pid {}", fixture.pid));
+    fixture.command("hold", "held");
+    let pid = fixture.pid;
+    let report = lt.report_where(|r| {
+        r["pid"] == pid && held(r, "shmem_alloc_folio", "page", None).1 >= 2 * IN_CONTAINER
+    });
+    assert_eq!(report["container"]["name"], container.name.as_str());
+    assert_eq!(report["kernel"]["whole_kernel"], false);
+    let (bytes, blocks) = held(&report, "alloc_pipe_info", "slab", Some("kmalloc-cg-1k"));
+    assert_eq!(
+        (bytes, blocks),
+        (IN_CONTAINER * 1024, IN_CONTAINER),
+        "{}",
+        brief(&report)
+    );
+    let (bytes, blocks) = held(&report, "kmalloc_reserve", "slab", Some("kmalloc-cg-2k"));
+    assert_eq!(
+        (bytes, blocks),
+        (IN_CONTAINER * 2048, IN_CONTAINER),
+        "{}",
+        brief(&report)
+    );
+    let (bytes, blocks) = held(&report, "shmem_alloc_folio", "page", None);
+    assert_eq!(
+        (bytes, blocks),
+        (2 * IN_CONTAINER * 4096, 2 * IN_CONTAINER),
+        "{}",
+        brief(&report)
+    );
+    fixture.command("free", "freed");
+    lt.report_where(|r| {
+        r["pid"] == pid
+            && held(r, "alloc_pipe_info", "slab", None).1 == 0
+            && held(r, "shmem_alloc_folio", "page", None).1 == 0
+    });
+    lt.signal(libc::SIGINT);
+    let (status, _, stderr) = lt.finish();
+    assert_eq!(status.code(), Some(0), "{stderr:?}");
+}
+
+/// `--kernel` alone: the whole kernel's memory, the same objects among it,
+/// exported (pprof files, `/metrics` without process labels).
 #[test]
 fn the_whole_kernel_is_traced_without_a_target() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch_dir("kernel-whole");
+    let pprof_dir = dir.join("pprof");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
     let mut fixture = Fixture::start("kmem_hold", &[&N.to_string()]);
-    let mut lt = Leaktrace::start(&["--kernel", "-i", "0.5", "--older-than", "0", "-T", "5000"]);
+    let mut lt = Leaktrace::start(&[
+        "--kernel",
+        "-i",
+        "0.5",
+        "--older-than",
+        "0",
+        "-T",
+        "5000",
+        "--pprof-dir",
+        pprof_dir.to_str().expect("path"),
+        "--listen",
+        &listen,
+    ]);
     assert!(
         lt.stderr_line("leaktrace: tracing")
             .contains("the whole kernel"),
@@ -200,6 +442,24 @@ fn the_whole_kernel_is_traced_without_a_target() {
     let (bytes, blocks) = held(&report, "alloc_pipe_info", "slab", Some("kmalloc-cg-1k"));
     assert!((N..N + 50).contains(&blocks), "{}", brief(&report));
     assert_eq!(bytes, blocks * 1024);
+    // This report's profile, read by pprof: its site's bytes.
+    let file = pprof_dir.join(format!("heap-{}.pb.gz", report["seq"]));
+    let rows = pprof_kernel_sites(file.to_str().expect("path"));
+    assert_eq!(
+        flat_of(&rows, "alloc_pipe_info"),
+        Some(format!("{}B", site_bytes(&report, "alloc_pipe_info"))),
+        "{rows:?}"
+    );
+    let metrics = http_get(port, "/metrics");
+    assert_promtool_accepts(&metrics);
+    let pipes = metric(
+        &metrics,
+        "leaktrace_kernel_outstanding_bytes",
+        &[("site", "alloc_pipe_info"), ("cache", "kmalloc-cg-1k")],
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(pipes >= (N * 1024) as f64, "{metrics}");
+    assert!(!metrics.contains("pid=\""), "no process labels: {metrics}");
     fixture.command("free", "freed");
     lt.report_where(|r| held(r, "alloc_pipe_info", "slab", Some("kmalloc-cg-1k")).1 < N / 10);
     lt.signal(libc::SIGINT);

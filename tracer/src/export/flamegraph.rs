@@ -58,8 +58,8 @@ pub fn svg(folded: &[String], profiles: &Profiles) -> Result<Vec<u8>, ExportErro
     options.colors = Palette::Basic(BasicPalette::Mem);
     options.count_name = "bytes".to_string();
     options.title = format!(
-        "leaktrace: pid {}, outstanding longer than {} s",
-        profiles.pid,
+        "leaktrace: {}, outstanding longer than {} s",
+        profiles.subject(),
         profiles.older_than.as_secs_f64()
     );
     options.deterministic = true;

@@ -15,6 +15,7 @@ use crate::{
     golang::GoReport,
     reach::Verdict,
     report::{
+        kernel::{KernelReport, KernelSite},
         reachability::{verdict_name, ReachabilityReport, VERDICTS},
         Report, SiteReport,
     },
@@ -243,9 +244,111 @@ pub fn render(report: &Report, own: OwnUsage) -> String {
     if let Some(r) = &report.reachability {
         reachability(o, r);
     }
+    if let Some(k) = &report.kernel {
+        kernel_memory(o, k);
+    }
     not_recorded(o, report);
     own_usage(o, own);
     out.text
+}
+
+/// The exposition of a whole-kernel report (`--kernel` alone: no process,
+/// no process labels).
+pub fn render_kernel(k: &KernelReport, seq: u64, own: OwnUsage) -> String {
+    let mut out = Out {
+        text: String::new(),
+        base: Vec::new(),
+    };
+    let o = &mut out;
+    gauge(
+        o,
+        "leaktrace_report_sequence",
+        "Sequence number of the report these values come from.",
+        seq,
+    );
+    kernel_memory(o, k);
+    own_usage(o, own);
+    out.text
+}
+
+/// What the kernel's allocators hold (`--kernel`): by site (its function
+/// below the allocator's, cache or page, allocator kind; the top sites,
+/// the rest as site="other"), by slab cache, and what was not recorded.
+fn kernel_memory(o: &mut Out, k: &KernelReport) {
+    gauge(
+        o,
+        "leaktrace_kernel_live_bytes",
+        "Bytes the kernel's allocators hold that leaktrace saw allocated, young ones included.",
+        k.live.bytes,
+    );
+    let old = k.old();
+    for (name, what, total, amount) in [
+        (
+            "leaktrace_kernel_outstanding_bytes",
+            "Bytes",
+            old.bytes,
+            (|s: &KernelSite| s.bytes) as fn(&KernelSite) -> u64,
+        ),
+        (
+            "leaktrace_kernel_outstanding_allocations",
+            "Blocks",
+            old.blocks,
+            |s: &KernelSite| s.blocks,
+        ),
+    ] {
+        let help = format!(
+            "{what} the kernel holds longer than --older-than, by kernel site, cache (or page order) and allocator kind (top sites; the rest as site=\"other\")."
+        );
+        let mut shown: BTreeMap<(String, String, &'static str), u64> = BTreeMap::new();
+        for s in &k.sites {
+            let site = crate::kernel::site_function(&s.frames).unwrap_or("unknown");
+            let cache = match (&s.cache, s.order) {
+                (Some(c), _) => c.clone(),
+                (None, Some(order)) => format!("order-{order}"),
+                (None, None) => String::new(),
+            };
+            *shown
+                .entry((site.to_string(), cache, s.kind.name()))
+                .or_default() += amount(s);
+        }
+        let other = total.saturating_sub(shown.values().sum());
+        let mut f = family(o, name, "gauge", &help);
+        for ((site, cache, kind), v) in &shown {
+            f.sample(&[("site", site), ("cache", cache), ("kind", kind)], v);
+        }
+        f.sample(&[("site", "other"), ("cache", ""), ("kind", "")], other);
+    }
+    let mut f = family(
+        o,
+        "leaktrace_kernel_slab_cache_bytes",
+        "gauge",
+        "Bytes of slab objects outstanding longer than --older-than, by cache.",
+    );
+    for c in &k.caches {
+        f.sample(&[("cache", &c.name)], c.amount.bytes);
+    }
+    let d = k.dropped;
+    let mut f = family(
+        o,
+        "leaktrace_kernel_not_recorded_total",
+        "counter",
+        "Kernel allocations or frees not recorded since attach, by reason (block_table_full: see --max-kernel-blocks; stack_lost: recorded without a stack; missed: a probe already running on that CPU).",
+    );
+    for (reason, v) in [
+        ("block_table_full", d.blocks),
+        ("stack_lost", d.stacks),
+        ("missed", d.missed),
+    ] {
+        f.sample(&[("reason", reason)], v);
+    }
+    if let Some(sup) = &k.suppressed {
+        gauge(
+            o,
+            "leaktrace_kernel_suppressed_bytes",
+            "Outstanding bytes of the kernel sites hidden by --suppressions.",
+            sup.bytes,
+        );
+    }
 }
 
 /// The target, the report, and everything outstanding.

@@ -168,8 +168,18 @@ impl Exporter {
         let Some(profiles) = &report.profiles else {
             return Ok(());
         };
-        let seq = report.seq;
         self.modules.refresh(self.pid);
+        let metrics = metrics::render(report, metrics::OwnUsage::now());
+        self.write_profiles(report.seq, profiles, metrics)
+    }
+
+    /// Writes report `seq`'s `profiles`, and serves them with `metrics`.
+    pub fn write_profiles(
+        &mut self,
+        seq: u64,
+        profiles: &Profiles,
+        metrics: String,
+    ) -> Result<(), ExportError> {
         let heap = encoded(&pprof::heap(profiles, &self.modules))?;
         let goroutine = match &profiles.goroutines {
             Some(g) => Some(encoded(&pprof::goroutines(profiles, g, &self.modules))?),
@@ -193,7 +203,6 @@ impl Exporter {
             let svg = flamegraph::svg(&folded, profiles)?;
             write_atomically(&self.named(path), &svg)?;
         }
-        let metrics = metrics::render(report, metrics::OwnUsage::now());
         if let Some(live) = &self.live {
             if self.one_of_many {
                 live.publish_process(self.pid, heap, goroutine, metrics.clone());

@@ -58,10 +58,10 @@ pub fn heap_of(parts: &[(&Profiles, &ModuleMap)]) -> Profile {
     b.profile.period_type = Some(b.value_type("space", "bytes"));
     // Every allocation is traced: the values are exact, not sampled.
     b.profile.period = 1;
-    let pids: Vec<String> = parts.iter().map(|(p, _)| p.pid.to_string()).collect();
+    let whose: Vec<String> = parts.iter().map(|(p, _)| p.subject()).collect();
     let comment = b.string(&format!(
-        "leaktrace: pid {}; inuse = outstanding longer than {} s; alloc = since attach",
-        pids.join(", "),
+        "leaktrace: {}; inuse = outstanding longer than {} s; alloc = since attach",
+        whose.join(", "),
         first.older_than.as_secs_f64()
     ));
     b.profile.comment.push(comment);

@@ -20,11 +20,21 @@ use crate::{
     report::{
         aggregate::GrowthTracker,
         kernel::{KernelDropped, KernelReport, KernelSite},
+        suppressions::Suppressions,
     },
     symbolize::{Frame, Symbolizer},
 };
 use kallsyms::KernelSymbols;
-pub use sites::group;
+pub use sites::{group, site_function};
+
+/// What each report asks of the kernel-memory table.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    pub older_than: Duration,
+    /// Sites to report (all go to the exports).
+    pub top: usize,
+    pub suppressions: Option<Suppressions>,
+}
 
 /// The kernel-memory tables and what reading them needs.
 pub struct KernelMemory {
@@ -102,26 +112,32 @@ impl KernelMemory {
         })
     }
 
-    /// The report of `pending` (its `top` sites), with every site for the
-    /// exports.
+    /// The report of `pending` (its `top` sites, those `suppressions`
+    /// name left out), with every site for the exports.
     pub fn finish(
         &mut self,
         mut pending: Pending,
         user_frames: Vec<Vec<Frame>>,
-        top: usize,
+        asked: &Asked,
         dropped: &Dropped,
     ) -> (KernelReport, Vec<KernelSite>) {
         for (site, frames) in pending.sites.iter_mut().zip(user_frames) {
             site.user_frames = frames;
         }
-        sites::mark_backing(&mut pending.sites);
+        let mut sites = sites::merge_same(pending.sites);
+        sites::mark_backing(&mut sites);
+        let suppressed = asked
+            .suppressions
+            .as_ref()
+            .map(|rules| sites::suppress(&mut sites, rules));
         self.growth
             .entry(pending.tgid.unwrap_or(0))
             .or_default()
-            .apply(&mut pending.sites);
-        let all = pending.sites.clone();
-        let mut report = sites::totals(pending.sites, &pending.live, pending.older_than, top);
+            .apply(&mut sites);
+        let all = sites.clone();
+        let mut report = sites::totals(sites, &pending.live, pending.older_than, asked.top);
         report.whole_kernel = self.whole_kernel;
+        report.suppressed = suppressed;
         report.dropped = KernelDropped {
             blocks: dropped.get(Counter::KmemMapFull),
             stacks: dropped.get(Counter::KmemStackLost),

@@ -1,15 +1,19 @@
 //! Kernel blocks grouped into sites: one per kernel stack, user stack,
 //! cache (or page order) and GFP flags; and the report's totals.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    time::Duration,
+};
 
 use tracer_common::{KmemBlock, KMEM_PAGE, KMEM_PERCPU};
 
 use super::gfp;
 use crate::{
     report::{
-        aggregate::Trend,
+        aggregate::{StackKey, Tracked, Trend},
         kernel::{Amount, Backing, CacheTotal, KernelKind, KernelReport, KernelSite},
+        suppressions::{Suppressed, Suppressions},
     },
     symbolize::Frame,
 };
@@ -176,6 +180,71 @@ pub fn without_tracing_frames(frames: Vec<Frame>) -> Vec<Frame> {
     frames.into_iter().skip(skip).collect()
 }
 
+/// Sites whose symbolized stacks, cache or order and GFP flags are the
+/// same, as one (two call sites in one function, a stack seen through
+/// different return addresses); largest first.
+pub fn merge_same(sites: Vec<KernelSite>) -> Vec<KernelSite> {
+    let mut index: HashMap<StackKey, usize> = HashMap::new();
+    let mut out: Vec<KernelSite> = Vec::with_capacity(sites.len());
+    for s in sites {
+        match index.entry(s.key()) {
+            Entry::Occupied(e) => {
+                let m = &mut out[*e.get()];
+                m.bytes += s.bytes;
+                m.requested += s.requested;
+                m.blocks += s.blocks;
+                m.oldest = m.oldest.max(s.oldest);
+            }
+            Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(s);
+            }
+        }
+    }
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
+    out
+}
+
+/// Takes the sites `rules` name (by a kernel or user frame) out of
+/// `sites`, counted.
+pub fn suppress(sites: &mut Vec<KernelSite>, rules: &Suppressions) -> Suppressed {
+    let mut suppressed = Suppressed::default();
+    sites.retain(|s| {
+        let rule = rules
+            .matching(&s.frames)
+            .or_else(|| rules.matching(&s.user_frames));
+        match (rule, s.backing) {
+            (Some(rule), None) => {
+                suppressed.add(rule, s.blocks, s.bytes);
+                false
+            }
+            // Pages under a slab go with it (never reported on their own).
+            (Some(_), Some(_)) => false,
+            (None, _) => true,
+        }
+    });
+    suppressed
+}
+
+/// The function a kernel site is named by: the first frame below the
+/// allocator's own (`alloc_pipe_info` under `__kmalloc_cache_noprof`).
+pub fn site_function(frames: &[Frame]) -> Option<&str> {
+    let allocator = |s: &str| {
+        s.ends_with("_noprof")
+            || s.contains("kmalloc")
+            || s.contains("kmem_cache_alloc")
+            || s.contains("alloc_pages")
+            || s.contains("folio_alloc")
+            || s.contains("slab_alloc")
+            || s.starts_with("pcpu_")
+            || s.contains("alloc_percpu")
+            || s == "allocate_slab"
+            || s == "new_slab"
+    };
+    let named = || frames.iter().filter_map(|f| f.symbol.as_deref());
+    named().find(|s| !allocator(s)).or_else(|| named().next())
+}
+
 /// Marks page sites whose pages hold what another site reports: a new
 /// slab's pages (its objects are the slab sites), a large kmalloc's.
 pub fn mark_backing(sites: &mut [KernelSite]) {
@@ -219,6 +288,7 @@ pub fn totals(
         sites_total: sites.len(),
         sites: Vec::new(),
         dropped: Default::default(),
+        suppressed: None,
     };
     let mut caches: HashMap<String, Amount> = HashMap::new();
     for s in &sites {
@@ -298,6 +368,56 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(9, 4096, 1), (7, 384, 2), (7, 64, 1)]);
         assert_eq!(g.sites[1].oldest, Duration::from_secs(3));
+    }
+
+    fn frame(symbol: &str, address: u64) -> Frame {
+        Frame {
+            symbol: Some(symbol.to_string()),
+            module: Some("kernel".to_string()),
+            ..Frame::unknown(address)
+        }
+    }
+
+    fn site(bytes: u64, frames: Vec<Frame>) -> KernelSite {
+        let raw = group(&[&block(KMEM_SLAB, bytes, 0, 1)], 1, Duration::ZERO)
+            .sites
+            .remove(0);
+        raw.into_site(&HashMap::new(), frames, Vec::new())
+    }
+
+    #[test]
+    fn sites_of_one_symbolized_stack_merge_and_rules_take_them_out() {
+        let pipe = |at| {
+            vec![
+                frame("__kmalloc_noprof", at),
+                frame("alloc_pipe_info", at + 1),
+            ]
+        };
+        let sock = vec![
+            frame("kmem_cache_alloc_noprof", 9),
+            frame("unix_create1", 10),
+        ];
+        let merged = merge_same(vec![
+            site(1024, pipe(1)),
+            site(64, sock.clone()),
+            site(1024, pipe(5)),
+        ]);
+        let got: Vec<(Option<&str>, u64, u64)> = merged
+            .iter()
+            .map(|s| (site_function(&s.frames), s.bytes, s.blocks))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("alloc_pipe_info"), 2048, 2),
+                (Some("unix_create1"), 64, 1)
+            ]
+        );
+        let rules = Suppressions::parse("leak:^unix_\n", "f").expect("rules");
+        let mut left = merged;
+        let hidden = suppress(&mut left, &rules);
+        assert_eq!(left.len(), 1);
+        assert_eq!((hidden.sites, hidden.blocks, hidden.bytes), (1, 1, 64));
     }
 
     #[test]

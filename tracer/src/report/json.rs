@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::{
     reachability::{verdict_name, ReachabilityReport, VERDICTS},
+    suppressions::Suppressed,
     Report, SiteReport, ThreadSiteReport,
 };
 use crate::{collect::Dropped, golang::GoReport, symbolize::Frame};
@@ -56,16 +57,7 @@ fn to_value(r: &Report) -> Value {
         "sites_total": r.sites_total,
         "dropped": by_name(&r.dropped, CounterKind::Dropped),
         "stacks_cut_short": by_name(&r.dropped, CounterKind::CutShort),
-        "suppressed": r.suppressed.as_ref().map(|s| json!({
-            "sites": s.sites,
-            "blocks": s.blocks,
-            "bytes": s.bytes,
-            "rules": s.by_rule.iter().map(|(rule, sites, bytes)| json!({
-                "pattern": rule,
-                "sites": sites,
-                "bytes": bytes,
-            })).collect::<Vec<_>>(),
-        })),
+        "suppressed": r.suppressed.as_ref().map(Suppressed::to_json),
         "stacks": r.sites.iter().map(site).collect::<Vec<_>>(),
         "threads": r.threads.iter().map(thread_site).collect::<Vec<_>>(),
         "threads_before_attach": r.threads_before_attach.iter().map(|t| json!({

@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use super::{
     aggregate::{self, FrameKey, StackKey, Tracked, Trend},
-    bytes, human_duration, Style,
+    bytes, human_duration,
+    suppressions::Suppressed,
+    Style,
 };
 use crate::symbolize::Frame;
 
@@ -165,6 +167,8 @@ pub struct KernelReport {
     /// are in `old_backing` only.
     pub sites: Vec<KernelSite>,
     pub dropped: KernelDropped,
+    /// With --suppressions: the kernel sites the rules hid.
+    pub suppressed: Option<Suppressed>,
 }
 
 impl KernelReport {
@@ -224,6 +228,9 @@ pub fn write_text(out: &mut impl Write, k: &KernelReport, style: Style) -> io::R
             .map(|c| format!("{} {} ({})", c.name, bytes(c.amount.bytes), c.amount.blocks))
             .collect();
         writeln!(out, "   slab caches: {}", top.join(", "))?;
+    }
+    if let Some(sup) = &k.suppressed {
+        writeln!(out, "   kernel suppressed: {}", sup.summary())?;
     }
     let d = k.dropped;
     if d.blocks + d.stacks + d.missed > 0 {
@@ -315,8 +322,10 @@ pub fn to_json(k: &KernelReport) -> Value {
             "stacks": k.dropped.stacks,
             "missed_events": k.dropped.missed,
         },
+        "suppressed": k.suppressed.as_ref().map(Suppressed::to_json),
         "sites_total": k.sites_total,
         "sites": k.sites.iter().map(|s| json!({
+            "site": crate::kernel::site_function(&s.frames),
             "kind": s.kind.name(),
             "cache": s.cache,
             "order": s.order,

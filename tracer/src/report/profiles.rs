@@ -101,6 +101,15 @@ pub struct Profiles {
 }
 
 impl Profiles {
+    /// Whose they are, as titles say it: `pid 42`, or `the whole kernel`
+    /// (pid 0: `--kernel` alone).
+    pub fn subject(&self) -> String {
+        match self.pid {
+            0 => "the whole kernel".to_string(),
+            pid => format!("pid {pid}"),
+        }
+    }
+
     /// Outstanding bytes of the traced C allocator's sites (what a report
     /// calls outstanding).
     pub fn malloc_inuse_bytes(&self) -> u64 {

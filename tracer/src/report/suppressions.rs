@@ -149,6 +149,38 @@ impl Suppressed {
     }
 }
 
+impl Suppressed {
+    /// `2 site(s), 4.0 KiB in 8 block(s): leak:rule 2 site(s) 4096 B`.
+    pub fn summary(&self) -> String {
+        let rules: Vec<String> = self
+            .by_rule
+            .iter()
+            .map(|(rule, sites, held)| format!("leak:{rule} {sites} site(s) {held} B"))
+            .collect();
+        format!(
+            "{} site(s), {} in {} block(s){}{}",
+            self.sites,
+            super::bytes(self.bytes),
+            self.blocks,
+            if rules.is_empty() { "" } else { ": " },
+            rules.join(", ")
+        )
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sites": self.sites,
+            "blocks": self.blocks,
+            "bytes": self.bytes,
+            "rules": self.by_rule.iter().map(|(rule, sites, bytes)| serde_json::json!({
+                "pattern": rule,
+                "sites": sites,
+                "bytes": bytes,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,20 +143,7 @@ pub fn write(out: &mut impl Write, r: &Report, style: Style) -> io::Result<()> {
         super::kernel::write_text(out, k, style)?;
     }
     if let Some(sup) = &r.suppressed {
-        let rules: Vec<String> = sup
-            .by_rule
-            .iter()
-            .map(|(rule, sites, held)| format!("leak:{rule} {sites} site(s) {held} B"))
-            .collect();
-        writeln!(
-            out,
-            "   suppressed: {} site(s), {} in {} block(s){}{}",
-            sup.sites,
-            bytes(sup.bytes),
-            sup.blocks,
-            if rules.is_empty() { "" } else { ": " },
-            rules.join(", ")
-        )?;
+        writeln!(out, "   suppressed: {}", sup.summary())?;
     }
     let d = &r.dropped;
     let line = format!(

@@ -1,5 +1,7 @@
 //! `--kernel` alone: the whole kernel's memory, reported every interval
-//! until a signal or `--count` ends the run (no process is traced).
+//! until a signal or `--count` ends the run (no process is traced), and
+//! exported like a process's heap (pprof, folded stacks, flame graph,
+//! `/metrics`).
 
 use std::{
     io::{self, Write},
@@ -13,14 +15,21 @@ use tokio::{
     time::{interval_at, MissedTickBehavior},
 };
 
-use super::{reporter_of, stop, tracer::Tracer};
+use super::{announce, reporter_of, stop, tracer::Tracer, Outputs};
 use crate::{
     cli::{Cli, Format},
-    report::{human_duration, kernel},
+    export::{self, metrics, Exporter},
+    kernel::Asked,
+    report::{
+        human_duration, kernel,
+        profiles::{kernel_samples, Profiles},
+    },
 };
 
 /// Runs the whole-kernel tracer; the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Bad export options fail before anything is loaded.
+    let outputs = Outputs::from_cli(&cli)?;
     // A signal while loading ends the process (what the kernel holds for
     // it goes with its descriptors); from here on it ends the run.
     let tracer = Tracer::load(&cli, false)?;
@@ -29,10 +38,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(trace(cli, tracer))
+    runtime.block_on(trace(cli, tracer, outputs))
 }
 
-async fn trace(cli: Cli, tracer: Tracer) -> anyhow::Result<i32> {
+async fn trace(cli: Cli, tracer: Tracer, mut outputs: Outputs) -> anyhow::Result<i32> {
     let Some(memory) = tracer.kernel.clone() else {
         anyhow::bail!("--kernel: the kernel-memory programs are not loaded");
     };
@@ -43,6 +52,17 @@ async fn trace(cli: Cli, tracer: Tracer) -> anyhow::Result<i32> {
         human_duration(cli.interval),
         human_duration(cli.older_than)
     );
+    let exports = outputs.wants_profiles();
+    let live = outputs.listener.take().map(|l| {
+        announce(&l, false);
+        export::server::serve(l)
+    });
+    let mut exporter = Exporter::new(outputs.paths.clone(), 0, live);
+    let asked = Asked {
+        older_than: cli.older_than,
+        top: cli.top,
+        suppressions: outputs.suppressions.take(),
+    };
     let started = Instant::now();
     let mut timer = interval_at((started + cli.interval).into(), cli.interval);
     timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -62,9 +82,25 @@ async fn trace(cli: Cli, tracer: Tracer) -> anyhow::Result<i32> {
             .begin(None, cli.older_than)
             .context("reading the kernel-memory table")?;
         let dropped = tracer.collector.dropped().context("reading the counters")?;
-        let (section, _) = memory
+        let (section, all) = memory
             .borrow_mut()
-            .finish(pending, Vec::new(), cli.top, &dropped);
+            .finish(pending, Vec::new(), &asked, &dropped);
+        if exports {
+            let profiles = Profiles {
+                pid: 0,
+                container: None,
+                older_than: cli.older_than,
+                taken: SystemTime::now(),
+                since_attach: started.elapsed(),
+                heap: kernel_samples(&all),
+                scanned: false,
+                goroutines: None,
+            };
+            let text = metrics::render_kernel(&section, seq, metrics::OwnUsage::now());
+            if let Err(e) = exporter.write_profiles(seq, &profiles, text) {
+                eprintln!("leaktrace: warning: report {seq}: {e}");
+            }
+        }
         let mut out = io::stdout().lock();
         let written = match cli.format {
             Format::Text => writeln!(

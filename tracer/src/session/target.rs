@@ -55,12 +55,10 @@ pub struct Target {
     /// `--reachability` of a command leaktrace started: the probe that
     /// stops it as it calls `_exit`, for a last scan (until that scan).
     exit_hold: Option<ExitHold>,
-    /// `--kernel`: the kernel-memory tables, and the threshold and number
-    /// of sites to report.
+    /// `--kernel`: the kernel-memory tables, and what each report asks.
     kernel: Option<(
         std::rc::Rc<std::cell::RefCell<crate::kernel::KernelMemory>>,
-        std::time::Duration,
-        usize,
+        crate::kernel::Asked,
     )>,
 }
 
@@ -205,6 +203,14 @@ impl Target {
         if outputs.wants_profiles() {
             builder = builder.with_profiles();
         }
+        let kernel = tracer.kernel.clone().map(|memory| {
+            let asked = crate::kernel::Asked {
+                older_than: cli.older_than,
+                top: cli.top,
+                suppressions: outputs.suppressions.clone(),
+            };
+            (memory, asked)
+        });
         if let Some(rules) = outputs.suppressions {
             builder = builder.with_suppressions(rules);
         }
@@ -237,7 +243,7 @@ impl Target {
                 reports: 0,
             }),
             exit_hold,
-            kernel: tracer.kernel.clone().map(|k| (k, cli.older_than, cli.top)),
+            kernel,
         })
     }
 
@@ -356,15 +362,15 @@ impl Target {
             .builder
             .build(&self.symbolizer, snap.of(self.pid), kind)
             .await?;
-        if let Some((kernel, older_than, top)) = &self.kernel {
+        if let Some((kernel, asked)) = &self.kernel {
             let pending = kernel
                 .borrow_mut()
-                .begin(Some(self.pid), *older_than)
+                .begin(Some(self.pid), asked.older_than)
                 .context("reading the kernel-memory table")?;
             let user = pending.user_frames(Some(&self.symbolizer)).await;
             let (section, all) = kernel
                 .borrow_mut()
-                .finish(pending, user, *top, &report.dropped);
+                .finish(pending, user, asked, &report.dropped);
             if let Some(p) = report.profiles.as_mut() {
                 p.heap.extend(crate::report::profiles::kernel_samples(&all));
             }
