@@ -417,6 +417,7 @@ fn the_whole_kernel_is_traced_without_a_target() {
     let mut fixture = Fixture::start("kmem_hold", &[&N.to_string()]);
     let mut lt = Leaktrace::start(&[
         "--kernel",
+        "-v",
         "-i",
         "0.5",
         "--older-than",
@@ -463,6 +464,14 @@ fn the_whole_kernel_is_traced_without_a_target() {
     fixture.command("free", "freed");
     lt.report_where(|r| held(r, "alloc_pipe_info", "slab", Some("kmalloc-cg-1k")).1 < N / 10);
     lt.signal(libc::SIGINT);
-    let (status, _, _) = lt.finish();
+    let (status, _, stderr) = lt.finish();
     assert!(status.success(), "{status:?}");
+    // Only the kernel-memory programs were loaded, and none is left.
+    let loaded = stderr
+        .iter()
+        .find(|l| l.starts_with("leaktrace: eBPF programs loaded in "))
+        .unwrap_or_else(|| panic!("no -v line in {stderr:?}"));
+    assert!(!loaded.contains("stack_walk"), "{loaded}");
+    assert!(loaded.contains("kmem_cache_alloc"), "{loaded}");
+    assert_eq!(wait_until_no_leaktrace_programs(), Vec::<String>::new());
 }

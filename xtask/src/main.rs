@@ -59,7 +59,7 @@ enum Cmd {
         #[arg(long)]
         record: bool,
         /// Run only these workloads (default: all).
-        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http", "attach", "scale", "reachability"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["micro", "unwind", "redis", "http", "kernel", "attach", "scale", "reachability"])]
         only: Vec<String>,
     },
 }

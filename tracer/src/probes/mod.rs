@@ -124,7 +124,12 @@ const STACK_WALKERS: [&str; 2] = ["stack_walk", "stack_store"];
 
 impl Probes {
     /// Loads the programs; `go`: also those for a Go target's runtime.
-    pub fn load(sizes: MapSizes, mode: ProbeMode, go: bool) -> Result<Self, ProbeError> {
+    pub fn load(
+        sizes: MapSizes,
+        mode: ProbeMode,
+        go: bool,
+        processes: bool,
+    ) -> Result<Self, ProbeError> {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         // Tests only: fewer in-flight slots, so that threads share them.
@@ -175,6 +180,9 @@ impl Probes {
             stopped,
         };
         let mut names: Vec<&'static str> = match mode {
+            // No process to trace (`--kernel` alone): none of the
+            // programs for processes is verified.
+            _ if !processes => Vec::new(),
             ProbeMode::Full => vec![
                 STACK_WALKERS[0],
                 STACK_WALKERS[1],
@@ -204,7 +212,7 @@ impl Probes {
                 verified_insns: insns,
             });
         }
-        if mode == ProbeMode::Full {
+        if mode == ProbeMode::Full && processes {
             for (name, _) in TASK_TRACEPOINTS {
                 probes.load_tracepoint(name)?;
             }

@@ -127,7 +127,26 @@ impl Tracer {
         };
         let loading = Instant::now();
         stop::test_hold("load");
-        let mut probes = Probes::load(sizes, cli.probe_mode, go)?;
+        // `--kernel` alone traces no process: only its programs load.
+        let processes = !whole_kernel(cli);
+        let mut probes = Probes::load(sizes, cli.probe_mode, go, processes)?;
+        let unwind =
+            if !processes || cli.unwind == UnwindMode::Fp || cli.probe_mode != ProbeMode::Full {
+                None
+            } else {
+                let maps = probes.take_unwind_maps()?;
+                Some(
+                    UnwindTables::new(cli.unwind, maps, cli.max_unwind_rows)
+                        .context("cannot set up the unwind tables")?,
+                )
+            };
+        let kernel = match cli.kernel {
+            true => Some(std::rc::Rc::new(std::cell::RefCell::new(kernel_memory(
+                cli,
+                &mut probes,
+            )?))),
+            false => None,
+        };
         if cli.verbose {
             let each: Vec<String> = probes
                 .load_times()
@@ -146,22 +165,6 @@ impl Tracer {
                 each.join(", ")
             );
         }
-        let unwind = if cli.unwind == UnwindMode::Fp || cli.probe_mode != ProbeMode::Full {
-            None
-        } else {
-            let maps = probes.take_unwind_maps()?;
-            Some(
-                UnwindTables::new(cli.unwind, maps, cli.max_unwind_rows)
-                    .context("cannot set up the unwind tables")?,
-            )
-        };
-        let kernel = match cli.kernel {
-            true => Some(std::rc::Rc::new(std::cell::RefCell::new(kernel_memory(
-                cli,
-                &mut probes,
-            )?))),
-            false => None,
-        };
         let maps = probes.take_maps()?;
         let collector = Collector::new(maps.heap, cli.older_than, Instant::now())
             .context("cannot initialise the eBPF maps")?;

@@ -1,9 +1,11 @@
 //! How long leaktrace takes to attach to a running service (from its
 //! start to its "tracing pid" line) and to let go of it again (from
 //! SIGINT to its exit, final report and detach included): redis (a C
-//! service on jemalloc) and the Go net/http service, five times each,
-//! under load from nobody. `-v` makes leaktrace print how long each
-//! eBPF program took to load (the kernel's verifier), kept for the table.
+//! service on jemalloc) and the Go net/http service, the Go service with
+//! `--kernel` (its twelve kernel-memory programs more) and `--kernel`
+//! alone (the whole kernel, no process), five times each, under load from
+//! nobody. `-v` makes leaktrace print how long each eBPF program took to
+//! load (the kernel's verifier), kept for the table.
 
 use std::{
     io::{BufRead, BufReader},
@@ -23,7 +25,7 @@ pub const RUNS: usize = 5;
 
 /// One target's medians.
 pub struct Attach {
-    pub target: &'static str,
+    pub target: String,
     pub to_tracing: Vec<f64>,
     pub to_exit: Vec<f64>,
     /// The `-v` line of the last run: each program's load time.
@@ -43,7 +45,13 @@ pub fn measure(root: &Path, go_service: &Path) -> Result<Vec<Attach>> {
     wait_for("redis-server", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     })?;
-    out.push(runs(root, "redis-server (C, jemalloc)", redis.0.id())?);
+    let pid = redis.0.id().to_string();
+    out.push(runs(
+        root,
+        "redis-server (C, jemalloc)",
+        &["--pid", &pid],
+        TRACING,
+    )?);
     drop(redis);
 
     let port = free_port()?;
@@ -57,20 +65,41 @@ pub fn measure(root: &Path, go_service: &Path) -> Result<Vec<Attach>> {
     wait_for("the Go service", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     })?;
-    out.push(runs(root, "Go net/http service", go.0.id())?);
+    let pid = go.0.id().to_string();
+    out.push(runs(
+        root,
+        "Go net/http service",
+        &["--pid", &pid],
+        TRACING,
+    )?);
+    out.push(runs(
+        root,
+        "Go net/http service, --kernel",
+        &["--kernel", "--pid", &pid],
+        TRACING,
+    )?);
     drop(go);
+    out.push(runs(
+        root,
+        "--kernel alone (the whole kernel)",
+        &["--kernel"],
+        "leaktrace: tracing the whole kernel",
+    )?);
     Ok(out)
 }
 
-fn runs(root: &Path, target: &'static str, pid: u32) -> Result<Attach> {
+/// The line that says a process is traced, every probe attached.
+const TRACING: &str = "tracing pid";
+
+fn runs(root: &Path, target: &str, args: &[&str], ready: &str) -> Result<Attach> {
     let mut a = Attach {
-        target,
+        target: target.to_string(),
         to_tracing: Vec::new(),
         to_exit: Vec::new(),
         programs: String::new(),
     };
     for round in 0..RUNS {
-        let (tracing, exit, programs) = once(root, pid)?;
+        let (tracing, exit, programs) = once(root, args, ready)?;
         eprintln!(
             "attach round {}: {target}: tracing after {:.0} ms, exit {:.0} ms after SIGINT",
             round + 1,
@@ -84,11 +113,14 @@ fn runs(root: &Path, target: &'static str, pid: u32) -> Result<Attach> {
     Ok(a)
 }
 
-/// (seconds to "tracing pid", seconds from SIGINT to exit, the `-v` line).
-fn once(root: &Path, pid: u32) -> Result<(f64, f64, String)> {
+/// (seconds to the `ready` line, seconds from SIGINT to exit, the `-v`
+/// line).
+fn once(root: &Path, args: &[&str], ready: &str) -> Result<(f64, f64, String)> {
     let start = Instant::now();
     let mut child = Command::new(leaktrace_bin(root))
-        .args(["-v", "--pid", &pid.to_string(), "--interval", "3600"])
+        .arg("-v")
+        .args(args)
+        .args(["--interval", "3600"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -102,7 +134,7 @@ fn once(root: &Path, pid: u32) -> Result<(f64, f64, String)> {
         if let Some(rest) = line.strip_prefix("leaktrace: eBPF programs loaded in ") {
             programs = rest.to_string();
         }
-        if line.contains("tracing pid") {
+        if line.contains(ready) {
             tracing = Some(start.elapsed().as_secs_f64());
             break;
         }
@@ -128,7 +160,7 @@ fn once(root: &Path, pid: u32) -> Result<(f64, f64, String)> {
 
 pub fn table(rows: &mut [Attach]) -> String {
     let mut s = format!(
-        "| target | start to \"tracing pid\" (median of {RUNS}) | SIGINT to exit (median) | each run, ms |\n\
+        "| target | start to tracing (median of {RUNS}) | SIGINT to exit (median) | each run, ms |\n\
          | --- | ---: | ---: | --- |\n"
     );
     for r in rows.iter_mut() {

@@ -46,17 +46,7 @@ pub fn run(
     seconds: f64,
     stats: bool,
 ) -> Result<((f64, f64), Option<BpfStats>)> {
-    let port = free_port()?;
-    let server = Server(
-        Command::new(service)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the Go service")?,
-    );
-    wait_for("the Go service", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })?;
+    let (server, port) = serve(service)?;
     let tracer = match setup {
         Setup::Untraced | Setup::Bpftrace => None,
         _ => Some(Tracer::attach(root, server.0.id(), setup)?),
@@ -78,7 +68,25 @@ pub fn run(
     Ok(((keep_alive, close), stats))
 }
 
-fn wrk(url: &str, duration: &str, close: bool) -> Result<f64> {
+/// The service, started and accepting connections on the port returned.
+pub fn serve(service: &Path) -> Result<(Server, u16)> {
+    let port = free_port()?;
+    let server = Server(
+        Command::new(service)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the Go service")?,
+    );
+    wait_for("the Go service", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })?;
+    Ok((server, port))
+}
+
+/// wrk's requests per second on `url` for `duration` ("10s"), 20
+/// connections, each closed after its request with `close`.
+pub fn wrk(url: &str, duration: &str, close: bool) -> Result<f64> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c20", "-d", duration]);
     if close {

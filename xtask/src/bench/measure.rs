@@ -44,30 +44,37 @@ pub struct Tracer {
 
 impl Tracer {
     pub fn attach(root: &Path, pid: u32, setup: Setup) -> Result<Tracer> {
-        let mut cmd = Command::new(leaktrace_bin(root));
+        let mut args = Vec::new();
         if setup == Setup::EmptyProbes {
-            cmd.args(["--probe-mode", "empty"]);
+            args.extend(["--probe-mode", "empty"]);
         }
-        let child = cmd
-            .args(["--pid", &pid.to_string(), "--interval", "3600"])
-            .args(["--format", "json"])
+        let pid = pid.to_string();
+        args.extend(["--pid", &pid]);
+        Tracer::start(root, &args, "tracing pid")
+    }
+
+    /// leaktrace with `args` (reports once an hour, JSON to nowhere), once
+    /// its stderr said `ready` (every probe attached).
+    pub fn start(root: &Path, args: &[&str], ready: &str) -> Result<Tracer> {
+        let child = Command::new(leaktrace_bin(root))
+            .args(args)
+            .args(["--interval", "3600", "--format", "json"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting leaktrace")?;
         let mut t = Tracer { child };
-        t.wait_attached()?;
+        t.wait_for_line(ready)?;
         Ok(t)
     }
 
-    /// leaktrace prints "tracing pid" once every probe is attached.
-    fn wait_attached(&mut self) -> Result<()> {
+    fn wait_for_line(&mut self, ready: &str) -> Result<()> {
         use std::io::{BufRead, BufReader};
         let stderr = self.child.stderr.take().context("leaktrace stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         for line in lines.by_ref() {
             let line = line?;
-            if line.contains("tracing pid") {
+            if line.contains(ready) {
                 // Keep draining so leaktrace never blocks on a full pipe.
                 thread::spawn(move || lines.for_each(drop));
                 return Ok(());
@@ -175,6 +182,41 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// bpftrace running `script` (saved as `name`.bt) with `args`, its maps
+/// of `max_keys` entries (None: bpftrace's default, 4096), once it said it
+/// attached.
+pub fn bpftrace(name: &str, script: &str, args: &[&str], max_keys: Option<u32>) -> Result<Server> {
+    use std::io::{BufRead, BufReader};
+    let path = std::env::temp_dir().join(format!("leaktrace-bench-{name}.bt"));
+    fs::write(&path, script)?;
+    let mut cmd = Command::new("bpftrace");
+    if let Some(n) = max_keys {
+        cmd.env("BPFTRACE_MAX_MAP_KEYS", n.to_string());
+    }
+    let mut child = cmd
+        .args(args)
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting bpftrace")?;
+    let stdout = child.stdout.take().context("bpftrace stdout")?;
+    let server = Server(child);
+    let mut lines = BufReader::new(stdout).lines();
+    // "Attaching N probes..." once attached (after warnings, if any).
+    if !lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("Attaching"))
+    {
+        anyhow::bail!("bpftrace did not attach ({name})");
+    }
+    thread::spawn(move || lines.for_each(drop));
+    // Attaching returns before every probe is live on some versions.
+    thread::sleep(Duration::from_millis(500));
+    Ok(server)
 }
 
 /// A free TCP port on loopback.

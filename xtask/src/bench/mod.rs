@@ -9,10 +9,12 @@
 //! instruction under it; and what walking stacks by unwind tables costs
 //! against frame pointers (`unwind`); and how long attaching and
 //! detaching take (`attach`); what a reachability scan stops the target
-//! for (`reachability`). Timing stays out of the tests.
+//! for (`reachability`); what `--kernel` costs a socket-heavy service
+//! (`kernel`). Timing stays out of the tests.
 
 mod attach;
 mod http;
+mod kernel;
 mod measure;
 mod micro;
 mod reachability;
@@ -122,6 +124,13 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
         ));
     }
 
+    // Kernel memory, on a new connection per request.
+    let kernel_cost = if want("kernel") {
+        Some(kernel::measure(root, &service, seconds, rounds)?)
+    } else {
+        None
+    };
+
     // Many processes through one leaktrace.
     let scaled = if want("scale") {
         scale::measure(root)?
@@ -152,6 +161,12 @@ pub fn run(root: &Path, seconds: f64, rounds: usize, record: bool, only: &[Strin
     );
     if !rows.is_empty() {
         out.push_str(&results_table(&rows));
+    }
+    if let Some(k) = &kernel_cost {
+        out.push_str(
+            "\n`--kernel`, the Go net/http service with a new connection per request:\n\n",
+        );
+        out.push_str(&k.table());
     }
     if !attached.is_empty() {
         out.push_str("\nAttach and detach, leaktrace --pid on a running service:\n\n");

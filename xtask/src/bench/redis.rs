@@ -10,7 +10,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::measure::{free_port, stats_during, wait_for, BpfStats, Server, Setup, Tracer};
+use super::measure::{
+    bpftrace, free_port, stats_during, wait_for, BpfStats, Server, Setup, Tracer,
+};
 
 pub const SETUPS: &[Setup] = &[
     Setup::Untraced,
@@ -114,29 +116,5 @@ uprobe:{lib}:free {{ delete(@live[arg0]); }}
 uprobe:{lib}:sdallocx {{ delete(@live[arg0]); }}
 "
     );
-    let path = std::env::temp_dir().join("leaktrace-bench-memleak.bt");
-    fs::write(&path, script)?;
-    let mut child = Command::new("bpftrace")
-        .args(["-p", &pid.to_string()])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting bpftrace")?;
-    // bpftrace prints "Attaching N probes..." once attached.
-    let stdout = child.stdout.take().context("bpftrace stdout")?;
-    let mut server = Server(child);
-    use std::io::{BufRead, BufReader};
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(l)) if l.starts_with("Attaching") => {}
-        other => {
-            let _ = server.0.kill();
-            bail!("bpftrace did not attach: {other:?}")
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    // Attaching returns before every uprobe is live on some versions.
-    std::thread::sleep(Duration::from_millis(500));
-    Ok(server)
+    bpftrace("memleak", &script, &["-p", &pid.to_string()], None)
 }
