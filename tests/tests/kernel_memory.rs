@@ -16,6 +16,18 @@ const N: u64 = 2000;
 /// eBPF array maps kmem_hold makes (one 4096-byte value each).
 const MAPS: u64 = 200;
 
+/// Reports every half second on everything outstanding, 500 sites.
+const KERNEL_FLAGS: &[&str] = &["--kernel", "-i", "0.5", "--older-than", "0", "-T", "500"];
+
+/// `KERNEL_FLAGS` and `more`.
+fn kernel_flags<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    KERNEL_FLAGS
+        .iter()
+        .copied()
+        .chain(more.iter().copied())
+        .collect()
+}
+
 /// One test at a time: the whole kernel's report sees the other's objects.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -114,10 +126,7 @@ fn cache_blocks(report: &Value, cache: &str) -> u64 {
 fn kernel_memory_held_for_a_process_is_found_at_its_stacks_and_goes_when_freed() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut fixture = Fixture::start("kmem_hold", &[&N.to_string(), &MAPS.to_string()]);
-    let mut lt = Leaktrace::attach(
-        fixture.pid,
-        &["--kernel", "-i", "0.5", "--older-than", "0", "-T", "500"],
-    );
+    let mut lt = Leaktrace::attach(fixture.pid, KERNEL_FLAGS);
     let before = slabinfo();
     fixture.command("hold", "held");
     let after = slabinfo();
@@ -249,21 +258,14 @@ fn kernel_sites_are_exported_and_suppressed() {
     let mut fixture = Fixture::start("kmem_hold", &[&N.to_string()]);
     let mut lt = Leaktrace::attach(
         fixture.pid,
-        &[
-            "--kernel",
-            "-i",
-            "0.5",
-            "--older-than",
-            "0",
-            "-T",
-            "500",
+        &kernel_flags(&[
             "--listen",
             &listen,
             "--folded",
             folded.to_str().expect("path"),
             "--suppressions",
             rules.to_str().expect("path"),
-        ],
+        ]),
     );
     fixture.command("hold", "held");
     let report = lt.report_where(|r| held(r, "shmem_alloc_folio", "page", None).1 >= 2 * N);
@@ -354,17 +356,7 @@ fn kernel_memory_of_a_docker_container() {
         &[],
         &["/app/kmem_hold", &IN_CONTAINER.to_string()],
     );
-    let mut lt = Leaktrace::start(&[
-        "--container",
-        &container.name,
-        "--kernel",
-        "-i",
-        "0.5",
-        "--older-than",
-        "0",
-        "-T",
-        "500",
-    ]);
+    let mut lt = Leaktrace::start(&kernel_flags(&["--container", &container.name]));
     lt.stderr_line(&format!("leaktrace: tracing pid {}", fixture.pid));
     fixture.command("hold", "held");
     let pid = fixture.pid;

@@ -54,17 +54,7 @@ pub fn measure(root: &Path, go_service: &Path) -> Result<Vec<Attach>> {
     )?);
     drop(redis);
 
-    let port = free_port()?;
-    let go = Server(
-        Command::new(go_service)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the Go service")?,
-    );
-    wait_for("the Go service", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })?;
+    let (go, _) = super::http::serve(go_service)?;
     let pid = go.0.id().to_string();
     out.push(runs(
         root,
