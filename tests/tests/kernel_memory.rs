@@ -342,6 +342,33 @@ fn kernel_sites_are_exported_and_suppressed() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A block table too small for what the process holds: every block it
+/// could not record is counted, none silently lost.
+#[test]
+fn blocks_beyond_the_table_are_counted() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const ROOM: u64 = 1000;
+    let mut fixture = Fixture::start("kmem_hold", &[&N.to_string()]);
+    let room = ROOM.to_string();
+    let mut lt = Leaktrace::attach(fixture.pid, &kernel_flags(&["--max-kernel-blocks", &room]));
+    fixture.command("hold", "held");
+    // At least 5 blocks a round (pipe: its buffers and a page; socket
+    // pair: two socks; memfd: two pages) and only ROOM recorded: the rest
+    // is counted once the table filled.
+    let report =
+        lt.report_where(|r| r["kernel"]["dropped"]["blocks"].as_u64() >= Some(5 * N - ROOM));
+    let live = report["kernel"]["live"]["blocks"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    assert!(live <= ROOM, "{live} blocks in a table of {ROOM}");
+    let (status, _, stderr) = run_leaktrace(&["--kernel", "--max-kernel-blocks", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-kernel-blocks"), "{stderr}");
+    lt.signal(libc::SIGINT);
+    let (status, _, _) = lt.finish();
+    assert!(status.success(), "{status:?}");
+}
+
 /// `--container NAME --kernel`: what the kernel holds for a process in a
 /// Docker container, exactly, named by its container.
 #[test]

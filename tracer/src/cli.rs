@@ -125,13 +125,13 @@ pub struct Cli {
     /// With --kernel: capacity of the table of outstanding kernel blocks
     /// (about 130 B each, taken at start: an insert that allocated would
     /// itself be kernel memory); blocks beyond it are counted as dropped.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_KMEM_BLOCKS, requires = "kernel")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_KMEM_BLOCKS, value_parser = clap::value_parser!(u32).range(1..), requires = "kernel")]
     pub max_kernel_blocks: u32,
 
     /// With --kernel: capacity of the kernel stack table (about 560 B
     /// each, taken at start); blocks whose stack finds no room are
     /// counted.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_KMEM_STACKS, requires = "kernel")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_KMEM_STACKS, value_parser = clap::value_parser!(u32).range(1..), requires = "kernel")]
     pub max_kernel_stacks: u32,
 
     /// Show at most this many allocation sites per report, largest first.
