@@ -130,9 +130,12 @@ fn kernel_memory_held_for_a_process_is_found_at_its_stacks_and_goes_when_freed()
     let before = slabinfo();
     fixture.command("hold", "held");
     let after = slabinfo();
-    // Everything held is in one report once the last of it (the memfds'
-    // pages) is.
-    let report = lt.report_where(|r| held(r, "shmem_alloc_folio", "page", None).1 >= 2 * N);
+    // Everything held is in one report once the last of it (the maps,
+    // after the memfds' pages) is.
+    let report = lt.report_where(|r| {
+        held(r, "shmem_alloc_folio", "page", None).1 >= 2 * N
+            && held(r, "array_map_alloc", "slab", None).1 >= MAPS
+    });
 
     // Pipes: the pipe_buffer array (16 slots of 40 bytes: kmalloc-cg-1k)
     // and one page of data each.
@@ -156,6 +159,35 @@ fn kernel_memory_held_for_a_process_is_found_at_its_stacks_and_goes_when_freed()
     // memfds: two page-cache pages each.
     let (bytes, blocks) = held(&report, "shmem_alloc_folio", "page", None);
     assert_eq!((bytes, blocks), (2 * N * 4096, 2 * N), "{}", brief(&report));
+    // The sockets' own objects come from the UNIX-STREAM cache, which SLUB
+    // may have merged into another: the site names the cache it became
+    // and every name linked to it in /sys/kernel/slab.
+    let socks = sites_with(&report, "sk_prot_alloc");
+    assert!(!socks.is_empty(), "{}", brief(&report));
+    for site in socks {
+        let cache = site["cache"].as_str().expect("a cache");
+        let mut names: Vec<&str> = vec![cache];
+        names.extend(
+            site["cache_merged_with"]
+                .as_array()
+                .expect("cache_merged_with")
+                .iter()
+                .filter_map(Value::as_str),
+        );
+        assert!(names.contains(&"UNIX-STREAM"), "{site}");
+        let target = |n: &str| std::fs::read_link(format!("/sys/kernel/slab/{n}")).ok();
+        let mut linked: Vec<String> = std::fs::read_dir("/sys/kernel/slab")
+            .expect("/sys/kernel/slab")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with(':') && target(n).is_some() && target(n) == target(cache))
+            .collect();
+        linked.sort();
+        let mut named: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        named.sort();
+        if target(cache).is_some() {
+            assert_eq!(named, linked, "{site}");
+        }
+    }
     // eBPF maps: struct bpf_array and its value in one kmalloc (4096 B
     // and the struct's header, rounded up to the 8 KiB class).
     let maps = sites_with(&report, "array_map_alloc");

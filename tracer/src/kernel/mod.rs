@@ -7,6 +7,7 @@
 
 mod gfp;
 pub mod kallsyms;
+mod merged;
 mod sites;
 
 use std::{collections::HashMap, os::fd::AsFd, time::Duration};
@@ -42,6 +43,8 @@ pub struct KernelMemory {
     symbols: KernelSymbols,
     /// Slab cache names by `struct kmem_cache *`, as the probes filed them.
     caches: HashMap<u64, String>,
+    /// Per cache name, the other caches SLUB merged into it.
+    merged: HashMap<String, Vec<String>>,
     /// Growth and trend per traced process (0: the whole kernel).
     growth: HashMap<u32, GrowthTracker<KernelSite>>,
     whole_kernel: bool,
@@ -59,6 +62,7 @@ impl KernelMemory {
             maps,
             symbols: KernelSymbols::load()?,
             caches: HashMap::new(),
+            merged: HashMap::new(),
             growth: HashMap::new(),
             whole_kernel,
         })
@@ -100,7 +104,11 @@ impl KernelMemory {
         for g in grouped.sites {
             let frames = self.kernel_frames(g.kernel_stack);
             user_stacks.push(self.user_ips(g.user_stack));
-            sites.push(g.into_site(&self.caches, frames, Vec::new()));
+            let mut site = g.into_site(&self.caches, frames, Vec::new());
+            if let Some(others) = site.cache.as_ref().and_then(|c| self.merged.get(c)) {
+                site.merged_with = others.clone();
+            }
+            sites.push(site);
         }
         Ok(Pending {
             tgid,
@@ -146,13 +154,19 @@ impl KernelMemory {
         (report, all)
     }
 
-    /// Caches the probes named since the last report.
+    /// Caches the probes named since the last report (and, when there
+    /// are new ones, which caches the kernel merged).
     fn learn_caches(&mut self) {
+        let mut learned = false;
         for (ptr, name) in self.maps.caches.iter().filter_map(Result::ok) {
             self.caches.entry(ptr).or_insert_with(|| {
+                learned = true;
                 let end = name.name.iter().position(|&b| b == 0).unwrap_or(32);
                 String::from_utf8_lossy(&name.name[..end]).into_owned()
             });
+        }
+        if learned {
+            self.merged = merged::read(std::path::Path::new(merged::SLAB_DIR));
         }
     }
 

@@ -133,6 +133,7 @@ impl RawSite {
             growth: None,
             trend: Trend::New,
             backing: None,
+            merged_with: Vec::new(),
             frames,
             user_frames,
         }

@@ -71,6 +71,9 @@ pub struct KernelSite {
     pub trend: Trend,
     /// Pages holding what other sites report already (not in the totals).
     pub backing: Option<Backing>,
+    /// The other slab caches SLUB merged into `cache` (the objects may be
+    /// any of them: `struct kmem_cache` names only the first).
+    pub merged_with: Vec<String>,
     /// Kernel stack, innermost first (the allocator's own frame first).
     pub frames: Vec<Frame>,
     /// The allocating process's user stack (traced processes only).
@@ -253,9 +256,14 @@ pub fn write_text(out: &mut impl Write, k: &KernelReport, style: Style) -> io::R
             style.paint(
                 "33",
                 &format!(
-                    "kernel #{} {} {}: {} in {} blocks, oldest {}{growth}, {}",
+                    "kernel #{} {}{} {}: {} in {} blocks, oldest {}{growth}, {}",
                     i + 1,
                     s.what(),
+                    if s.merged_with.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (merged with {})", s.merged_with.join(", "))
+                    },
                     s.gfp,
                     bytes(s.bytes),
                     s.blocks,
@@ -328,6 +336,7 @@ pub fn to_json(k: &KernelReport) -> Value {
             "site": crate::kernel::site_function(&s.frames),
             "kind": s.kind.name(),
             "cache": s.cache,
+            "cache_merged_with": s.merged_with,
             "order": s.order,
             "gfp": s.gfp,
             "bytes": s.bytes,
