@@ -65,3 +65,13 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static M: Mutex<()> = Mutex::new(());
     M.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Waits until every RCU callback queued so far has run (the kernel's
+/// `rcu_barrier()`, through rcutree's `do_rcu_barrier` parameter): what
+/// the kernel frees after a grace period (inodes, their security blobs,
+/// page-cache tree nodes) is freed once this returns, however long grace
+/// periods take on a loaded machine. A kernel without the parameter is
+/// left to finish them in its own time.
+pub fn rcu_barrier() {
+    let _ = std::fs::write("/sys/module/rcutree/parameters/do_rcu_barrier", "1");
+}

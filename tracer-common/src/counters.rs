@@ -65,9 +65,12 @@ counters! {
     /// A kernel block recorded without its kernel stack (the kernel's
     /// walk failed, or the kernel stack table was full).
     KmemStackLost = 17, Dropped, "kernel_stacks_lost";
+    /// A kernel free whose block could not be removed from the table (an
+    /// error other than "not there"): the block stays outstanding.
+    KmemFreeFailed = 18, Dropped, "kernel_free_failed";
 }
 
-pub const COUNTER_COUNT: u32 = 18;
+pub const COUNTER_COUNT: u32 = 19;
 
 // The table is in index order (userspace indexes it by `Counter as usize`).
 const _: () = {

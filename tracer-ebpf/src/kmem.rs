@@ -25,7 +25,7 @@ use tracer_common::{
 use crate::{
     counters::count,
     stack_record::{mix, HASH_SEED},
-    traced, EEXIST,
+    traced, EEXIST, ENOENT,
 };
 
 // Sizes are defaults; userspace sizes both from its flags (to 1 without
@@ -157,7 +157,13 @@ fn record_now(ctx: &RawTracePointContext, who: (u32, bool), key: KmemKey, mut bl
 
 #[inline(always)]
 fn forget(ptr: u64, kind: u32) {
-    let _ = KMEM_BLOCKS.remove(&KmemKey { ptr, kind, _pad: 0 });
+    // Most frees are of blocks never recorded (not "not there" is a
+    // free lost: counted).
+    if let Err(e) = KMEM_BLOCKS.remove(&KmemKey { ptr, kind, _pad: 0 }) {
+        if e != -ENOENT {
+            count(Counter::KmemFreeFailed);
+        }
+    }
 }
 
 /// `ZERO_SIZE_PTR` and below: not a block.

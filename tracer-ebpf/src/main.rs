@@ -40,6 +40,9 @@ mod window;
 /// The errno of a map insert with `BPF_NOEXIST` that found the key.
 #[cfg(target_arch = "bpf")]
 pub(crate) const EEXIST: i32 = 17;
+/// The errno of a map delete that did not find the key.
+#[cfg(target_arch = "bpf")]
+pub(crate) const ENOENT: i32 = 2;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

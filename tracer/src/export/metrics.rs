@@ -332,12 +332,13 @@ fn kernel_memory(o: &mut Out, k: &KernelReport) {
         o,
         "leaktrace_kernel_not_recorded_total",
         "counter",
-        "Kernel allocations or frees not recorded since attach, by reason (block_table_full: see --max-kernel-blocks; stack_lost: recorded without a stack; missed: a probe already running on that CPU).",
+        "Kernel allocations or frees not recorded since attach, by reason (block_table_full: see --max-kernel-blocks; stack_lost: recorded without a stack; missed: a probe already running on that CPU; free_failed: a freed block the table kept).",
     );
     for (reason, v) in [
         ("block_table_full", d.blocks),
         ("stack_lost", d.stacks),
         ("missed", d.missed),
+        ("free_failed", d.frees_failed),
     ] {
         f.sample(&[("reason", reason)], v);
     }

@@ -150,6 +150,7 @@ impl KernelMemory {
             blocks: dropped.get(Counter::KmemMapFull),
             stacks: dropped.get(Counter::KmemStackLost),
             missed: pending.missed,
+            frees_failed: dropped.get(Counter::KmemFreeFailed),
         };
         (report, all)
     }

@@ -143,6 +143,8 @@ pub struct KernelDropped {
     /// Program runs the kernel skipped (one of them already running on
     /// that CPU): allocations or frees not seen.
     pub missed: u64,
+    /// Frees whose block the table failed to remove (it stays).
+    pub frees_failed: u64,
 }
 
 /// The kernel memory a report covers.
@@ -236,11 +238,11 @@ pub fn write_text(out: &mut impl Write, k: &KernelReport, style: Style) -> io::R
         writeln!(out, "   kernel suppressed: {}", sup.summary())?;
     }
     let d = k.dropped;
-    if d.blocks + d.stacks + d.missed > 0 {
+    if d.blocks + d.stacks + d.missed + d.frees_failed > 0 {
         writeln!(
             out,
-            "   kernel: not recorded since attach: {} blocks (table full, see --max-kernel-blocks), {} stacks, {} events missed (a probe already running on that CPU)",
-            d.blocks, d.stacks, d.missed
+            "   kernel: not recorded since attach: {} blocks (table full, see --max-kernel-blocks), {} stacks, {} events missed (a probe already running on that CPU), {} frees failed",
+            d.blocks, d.stacks, d.missed, d.frees_failed
         )?;
     }
     for (i, s) in k.sites.iter().enumerate() {
@@ -329,6 +331,7 @@ pub fn to_json(k: &KernelReport) -> Value {
             "blocks": k.dropped.blocks,
             "stacks": k.dropped.stacks,
             "missed_events": k.dropped.missed,
+            "frees_failed": k.dropped.frees_failed,
         },
         "suppressed": k.suppressed.as_ref().map(Suppressed::to_json),
         "sites_total": k.sites_total,
