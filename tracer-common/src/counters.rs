@@ -68,9 +68,12 @@ counters! {
     /// A kernel free whose block could not be removed from the table (an
     /// error other than "not there"): the block stays outstanding.
     KmemFreeFailed = 18, Dropped, "kernel_free_failed";
+    /// A kernel allocation not recorded: it came (in an interrupt) while
+    /// one of the kernel-memory programs was recording on that CPU.
+    KmemAllocNested = 19, Dropped, "kernel_alloc_nested";
 }
 
-pub const COUNTER_COUNT: u32 = 19;
+pub const COUNTER_COUNT: u32 = 20;
 
 // The table is in index order (userspace indexes it by `Counter as usize`).
 const _: () = {

@@ -127,6 +127,7 @@ fn record(ctx: &RawTracePointContext, who: (u32, bool), key: KmemKey, block: Kme
     // SAFETY: this CPU's flag; what interrupts us finishes before we go on.
     unsafe {
         if *busy != 0 {
+            count(Counter::KmemAllocNested);
             return;
         }
         *busy = 1;

@@ -149,7 +149,7 @@ impl KernelMemory {
         report.dropped = KernelDropped {
             blocks: dropped.get(Counter::KmemMapFull),
             stacks: dropped.get(Counter::KmemStackLost),
-            missed: pending.missed,
+            missed: pending.missed + dropped.get(Counter::KmemAllocNested),
             frees_failed: dropped.get(Counter::KmemFreeFailed),
         };
         (report, all)
