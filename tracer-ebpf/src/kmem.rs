@@ -52,10 +52,10 @@ static KMEM_CONFIG: Array<KmemConfig> = Array::with_max_entries(1, 0);
 static KMEM_SCRATCH: PerCpuArray<KmemStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// Whether one of these programs is recording on this CPU now. An
-/// allocation made while it is (by an interrupt that came meanwhile, or
-/// by the map update itself) is not recorded: it is mostly leaktrace's
-/// own, and its stack would overwrite the scratch in use. Tracepoints run
-/// with preemption off, so only interrupts nest.
+/// allocation made while it is (by an interrupt that came meanwhile) is
+/// not recorded, only counted: its stack would overwrite the scratch in
+/// use. (The tables are preallocated, so their updates allocate nothing.)
+/// Tracepoints run with preemption off, so only interrupts nest.
 #[map]
 static KMEM_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
@@ -158,8 +158,8 @@ fn record_now(ctx: &RawTracePointContext, who: (u32, bool), key: KmemKey, mut bl
 
 #[inline(always)]
 fn forget(ptr: u64, kind: u32) {
-    // Most frees are of blocks never recorded (not "not there" is a
-    // free lost: counted).
+    // Most frees are of blocks never recorded ("not there"); any other
+    // error leaves a freed block in the table, so it is counted.
     if let Err(e) = KMEM_BLOCKS.remove(&KmemKey { ptr, kind, _pad: 0 }) {
         if e != -ENOENT {
             count(Counter::KmemFreeFailed);
